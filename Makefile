@@ -1,0 +1,50 @@
+# usltun — one entry point for building, testing and benchmarking.
+# `make test` is the one test command; .ci/run calls it. It needs root (the
+# integration tests build hosts from network namespaces).
+
+GO      ?= go
+PKGS_RACE := ./usl/... ./flow/...
+export GOFLAGS := -buildvcs=false
+
+.PHONY: all build test test-long vet deps bench fuzz clean
+
+all: build
+
+build:
+	$(GO) build -o bin/usltun ./cmd/usltun
+
+# deps installs what the tests and benchmarks need on a fresh Debian machine.
+# Go modules come through `go mod download`; system tools through apt-get.
+APT_PKGS := iproute2 nftables iperf3 wireguard-go wireguard-tools
+deps:
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	$(GO) mod download
+
+vet:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }
+	$(GO) vet ./...
+
+# The session layer runs under the race detector; everything else (including
+# the namespace-based integration tests, which need root) runs plainly.
+test: deps vet
+	$(GO) test -race -count=1 -timeout 10m $(PKGS_RACE)
+	$(GO) test -count=1 -timeout 20m $$($(GO) list ./... | grep -v -e /usl$$ -e /flow$$)
+
+test-long:
+	USLTUN_LONG=1 $(MAKE) test
+
+bench: deps
+	$(GO) test -run '^$$' -bench . -benchmem ./usl/
+
+# fuzz runs each fuzz target for FUZZTIME; the checked-in corpus under
+# testdata/fuzz already runs as plain tests in `make test`.
+FUZZTIME ?= 30s
+fuzz:
+	$(GO) test ./flow/ -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
+
+clean:
+	rm -rf bin
