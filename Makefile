@@ -40,11 +40,16 @@ test-long:
 bench: deps
 	$(GO) test -run '^$$' -bench . -benchmem ./usl/
 
-# fuzz runs each fuzz target for FUZZTIME; the checked-in corpus under
-# testdata/fuzz already runs as plain tests in `make test`.
+# fuzz runs every fuzz target in the tree for FUZZTIME each; the checked-in
+# corpus under testdata/fuzz already runs as plain tests in `make test`.
 FUZZTIME ?= 30s
 fuzz:
-	$(GO) test ./flow/ -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
+	@for pkg in $$($(GO) list ./...); do \
+		for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
+			echo "== $$pkg $$f"; \
+			$(GO) test $$pkg -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) || exit 1; \
+		done; \
+	done
 
 clean:
 	rm -rf bin
