@@ -1,0 +1,239 @@
+package tun
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+)
+
+const tunPath = "/dev/net/tun"
+
+// Device is a configured TUN interface. It is safe for concurrent use.
+type Device struct {
+	name    string
+	file    *os.File
+	nl      *netlink.Handle // bound to the namespace the device was created in
+	index   int
+	routes  []netlink.Route
+	offload Offload
+	ep      *endpoint
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Create opens /dev/net/tun, creates the interface cfg.Name in the calling
+// thread's network namespace, probes offloads and configures MTU, addresses,
+// link state and routes through netlink. On error nothing is left behind.
+func Create(cfg Config) (*Device, error) {
+	if err := validate(&cfg); err != nil {
+		return nil, err
+	}
+	// The handle's sockets live in the current namespace, so Close works even
+	// when called from a thread in another namespace.
+	nl, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("tun: open netlink: %w", err)
+	}
+	if _, err := nl.LinkByName(cfg.Name); err == nil {
+		nl.Close()
+		return nil, fmt.Errorf("tun: interface %q already exists: choose another name with --tun or remove it", cfg.Name)
+	}
+	file, offload, err := openTUN(cfg.Name, !cfg.DisableOffload)
+	if err != nil {
+		nl.Close()
+		return nil, err
+	}
+	d := &Device{name: cfg.Name, file: file, nl: nl, offload: offload}
+	if err := d.configure(cfg); err != nil {
+		d.Close()
+		return nil, err
+	}
+	ep, err := newEndpoint(file, uint32(cfg.MTU), offload)
+	if err != nil {
+		d.Close()
+		return nil, err
+	}
+	d.ep = ep
+	return d, nil
+}
+
+func validate(cfg *Config) error {
+	if cfg.Name == "" {
+		return errors.New("tun: empty interface name")
+	}
+	if len(cfg.Name) >= unix.IFNAMSIZ {
+		return fmt.Errorf("tun: interface name %q is longer than %d bytes", cfg.Name, unix.IFNAMSIZ-1)
+	}
+	if cfg.MTU == 0 {
+		cfg.MTU = DefaultMTU
+	}
+	if cfg.MTU < 576 || cfg.MTU > 65535 {
+		return fmt.Errorf("tun: MTU %d out of range 576..65535", cfg.MTU)
+	}
+	v6 := false
+	for _, p := range append(append([]netip.Prefix(nil), cfg.Addrs...), cfg.Routes...) {
+		if !p.IsValid() {
+			return fmt.Errorf("tun: invalid prefix %v", p)
+		}
+		v6 = v6 || p.Addr().Is6()
+	}
+	if v6 && cfg.MTU < 1280 {
+		return fmt.Errorf("tun: MTU %d is below the IPv6 minimum of 1280", cfg.MTU)
+	}
+	return nil
+}
+
+// openTUN creates the interface and returns its file, registered with the Go
+// poller (non-blocking fd), so reads park instead of holding a thread and
+// Close wakes a blocked reader.
+func openTUN(name string, wantVnet bool) (*os.File, Offload, error) {
+	fd, err := unix.Open(tunPath, unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	switch {
+	case errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENODEV) || errors.Is(err, unix.ENXIO):
+		return nil, 0, fmt.Errorf("tun: open %s: %w (load the tun module: modprobe tun)", tunPath, err)
+	case errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM):
+		return nil, 0, fmt.Errorf("tun: open %s: %w (run as root or grant CAP_NET_ADMIN)", tunPath, err)
+	case err != nil:
+		return nil, 0, fmt.Errorf("tun: open %s: %w", tunPath, err)
+	}
+	vnet := wantVnet
+	err = setIff(fd, name, vnet)
+	if err != nil && vnet && errors.Is(err, unix.EINVAL) {
+		// A kernel without IFF_VNET_HDR support: plain packets still work.
+		vnet = false
+		err = setIff(fd, name, false)
+	}
+	if err != nil {
+		unix.Close(fd)
+		switch {
+		case errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES):
+			return nil, 0, fmt.Errorf("tun: create %q: %w (run as root or grant CAP_NET_ADMIN)", name, err)
+		case errors.Is(err, unix.EBUSY) || errors.Is(err, unix.EEXIST):
+			return nil, 0, fmt.Errorf("tun: create %q: %w (the name is in use)", name, err)
+		}
+		return nil, 0, fmt.Errorf("tun: create %q: %w", name, err)
+	}
+	offload := OffloadNone
+	if vnet {
+		offload = probeOffload(fd)
+	}
+	return os.NewFile(uintptr(fd), tunPath), offload, nil
+}
+
+func setIff(fd int, name string, vnet bool) error {
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		return err
+	}
+	flags := uint16(unix.IFF_TUN | unix.IFF_NO_PI)
+	if vnet {
+		flags |= unix.IFF_VNET_HDR
+	}
+	ifr.SetUint16(flags)
+	return unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr)
+}
+
+// probeOffload asks the kernel to send us TSO super-segments with partial
+// checksums. Without it the vnet header still lets us send large segments.
+func probeOffload(fd int) Offload {
+	if unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, unix.TUN_F_CSUM|unix.TUN_F_TSO4|unix.TUN_F_TSO6) == nil {
+		return OffloadTSO
+	}
+	// USO is left off on purpose: gVisor would take a UDP super-datagram as
+	// one datagram, and splitting it here costs what USO would save.
+	_ = unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, 0)
+	return OffloadVnet
+}
+
+func (d *Device) configure(cfg Config) error {
+	link, err := d.nl.LinkByName(cfg.Name)
+	if err != nil {
+		return fmt.Errorf("tun: find %q: %w", cfg.Name, err)
+	}
+	d.index = link.Attrs().Index
+	if err := d.nl.LinkSetMTU(link, cfg.MTU); err != nil {
+		return fmt.Errorf("tun: set MTU %d on %s: %w", cfg.MTU, cfg.Name, err)
+	}
+	for _, p := range cfg.Addrs {
+		a := &netlink.Addr{IPNet: ipNet(p)}
+		if p.Addr().Is6() {
+			// Duplicate address detection on a point-to-point TUN only delays
+			// the address becoming usable by a second or more.
+			a.Flags = unix.IFA_F_NODAD
+		}
+		if err := d.nl.AddrAdd(link, a); err != nil {
+			return fmt.Errorf("tun: add address %v to %s: %w", p, cfg.Name, err)
+		}
+	}
+	if err := d.nl.LinkSetUp(link); err != nil {
+		return fmt.Errorf("tun: set %s up: %w", cfg.Name, err)
+	}
+	for _, p := range cfg.Routes {
+		r := netlink.Route{LinkIndex: d.index, Dst: ipNet(p.Masked()), Scope: netlink.SCOPE_LINK}
+		if err := d.nl.RouteAdd(&r); err != nil {
+			return fmt.Errorf("tun: add route %v via %s: %w", p, cfg.Name, err)
+		}
+		d.routes = append(d.routes, r)
+	}
+	return nil
+}
+
+func ipNet(p netip.Prefix) *net.IPNet {
+	bits := 32
+	if p.Addr().Is6() {
+		bits = 128
+	}
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), bits)}
+}
+
+// Name returns the interface name.
+func (d *Device) Name() string { return d.name }
+
+// Endpoint returns the gVisor link endpoint reading and writing this device.
+// It is the same value on every call; attach it to exactly one stack.
+func (d *Device) Endpoint() stack.LinkEndpoint { return d.ep }
+
+// Offloads describes the offload mode in effect, e.g. for status and logs.
+func (d *Device) Offloads() string { return d.offload.String() }
+
+// Offload returns the offload mode in effect.
+func (d *Device) Offload() Offload { return d.offload }
+
+// Close removes the routes and the interface. Detach the endpoint from its
+// stack first (stack Close); Close also wakes a reader still blocked on it.
+func (d *Device) Close() error {
+	d.closeOnce.Do(func() { d.closeErr = d.close() })
+	return d.closeErr
+}
+
+func (d *Device) close() error {
+	var errs []error
+	for i := range d.routes {
+		err := d.nl.RouteDel(&d.routes[i])
+		if err != nil && !errors.Is(err, unix.ESRCH) && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, fmt.Errorf("tun: remove route %v: %w", d.routes[i].Dst, err))
+		}
+	}
+	if d.ep != nil {
+		d.ep.shutdown()
+	}
+	// The device is not persistent: closing the last fd unregisters it.
+	if err := d.file.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("tun: close %s: %w", d.name, err))
+	}
+	if link, err := d.nl.LinkByIndex(d.index); err == nil && link.Attrs().Name == d.name {
+		if err := d.nl.LinkDel(link); err != nil && !errors.Is(err, unix.ENODEV) {
+			errs = append(errs, fmt.Errorf("tun: delete %s: %w", d.name, err))
+		}
+	}
+	d.nl.Close()
+	return errors.Join(errs...)
+}
