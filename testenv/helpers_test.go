@@ -1,0 +1,60 @@
+package testenv
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"testing"
+	"time"
+)
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("testenv tests build network namespaces and need root; run as root (e.g. sudo go test ./testenv/...)")
+	}
+}
+
+// pair builds a—b on 10.0.0.0/24 and fd10::/64.
+func pair(t *testing.T) (a, b *Host, l *LinkPair) {
+	t.Helper()
+	a, b = NewHost(t, "a"), NewHost(t, "b")
+	l = Link(t, a, b, "10.0.0.1/24,fd10::1/64", "10.0.0.2/24,fd10::2/64")
+	return a, b, l
+}
+
+// echoServer accepts on ln and echoes every connection until ln closes.
+func echoServer(t *testing.T, ln net.Listener) {
+	t.Helper()
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_, _ = io.Copy(c, c)
+			}()
+		}
+	}()
+}
+
+// roundTrip writes msg and reads it back within timeout.
+func roundTrip(c net.Conn, msg []byte, timeout time.Duration) error {
+	_ = c.SetDeadline(time.Now().Add(timeout))
+	defer c.SetDeadline(time.Time{})
+	if _, err := c.Write(msg); err != nil {
+		return err
+	}
+	buf := make([]byte, len(msg))
+	_, err := io.ReadFull(c, buf)
+	return err
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
