@@ -96,13 +96,8 @@ func validate(cfg *Config) error {
 // Close wakes a blocked reader.
 func openTUN(name string, wantVnet bool) (*os.File, Offload, error) {
 	fd, err := unix.Open(tunPath, unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
-	switch {
-	case errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENODEV) || errors.Is(err, unix.ENXIO):
-		return nil, 0, fmt.Errorf("tun: open %s: %w (load the tun module: modprobe tun)", tunPath, err)
-	case errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM):
-		return nil, 0, fmt.Errorf("tun: open %s: %w (run as root or grant CAP_NET_ADMIN)", tunPath, err)
-	case err != nil:
-		return nil, 0, fmt.Errorf("tun: open %s: %w", tunPath, err)
+	if err != nil {
+		return nil, 0, openErr(err)
 	}
 	vnet := wantVnet
 	err = setIff(fd, name, vnet)
@@ -126,6 +121,17 @@ func openTUN(name string, wantVnet bool) (*os.File, Offload, error) {
 		offload = probeOffload(fd)
 	}
 	return os.NewFile(uintptr(fd), tunPath), offload, nil
+}
+
+// openErr explains a failed open of /dev/net/tun.
+func openErr(err error) error {
+	switch {
+	case errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENODEV) || errors.Is(err, unix.ENXIO):
+		return fmt.Errorf("tun: open %s: %w (load the tun module: modprobe tun)", tunPath, err)
+	case errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM):
+		return fmt.Errorf("tun: open %s: %w (run as root or grant CAP_NET_ADMIN)", tunPath, err)
+	}
+	return fmt.Errorf("tun: open %s: %w", tunPath, err)
 }
 
 func setIff(fd int, name string, vnet bool) error {

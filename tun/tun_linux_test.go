@@ -1,0 +1,359 @@
+package tun
+
+import (
+	"bytes"
+	"errors"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/usltun/usltun/tun/tuntest"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+)
+
+func mustCreate(t *testing.T, ns *tuntest.NS, cfg Config) *Device {
+	t.Helper()
+	var d *Device
+	if err := ns.Do(func() (err error) { d, err = Create(cfg); return err }); err != nil {
+		t.Fatalf("Create(%+v): %v", cfg, err)
+	}
+	return d
+}
+
+func TestCreateConfiguresAndCloseRemoves(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+	}{
+		{"offload", Config{Name: "tnt0", MTU: 1400,
+			Addrs:  []netip.Prefix{netip.MustParsePrefix("10.77.0.1/24"), netip.MustParsePrefix("fd77::1/64")},
+			Routes: []netip.Prefix{netip.MustParsePrefix("10.78.0.0/16"), netip.MustParsePrefix("fd78::/48")}}},
+		{"plain", Config{Name: "tnt1", MTU: 1280, DisableOffload: true,
+			Addrs:  []netip.Prefix{netip.MustParsePrefix("10.77.0.1/24")},
+			Routes: []netip.Prefix{netip.MustParsePrefix("10.78.1.0/24")}}},
+		{"default mtu, no addrs", Config{Name: "tnt2"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ns := tuntest.NewNS(t)
+			d := mustCreate(t, ns, tc.cfg)
+			if tc.cfg.DisableOffload && d.Offload() != OffloadNone {
+				t.Errorf("offload %v with DisableOffload", d.Offloads())
+			}
+			if !tc.cfg.DisableOffload && d.Offload() == OffloadNone {
+				t.Errorf("offload probe fell back to none on this kernel")
+			}
+			wantMTU := tc.cfg.MTU
+			if wantMTU == 0 {
+				wantMTU = DefaultMTU
+			}
+			if got := d.Endpoint().MTU(); got != uint32(wantMTU) {
+				t.Errorf("endpoint MTU %d, want %d", got, wantMTU)
+			}
+			err := ns.Do(func() error {
+				l, err := netlink.LinkByName(tc.cfg.Name)
+				if err != nil {
+					return err
+				}
+				if l.Attrs().MTU != wantMTU {
+					t.Errorf("kernel MTU %d, want %d", l.Attrs().MTU, wantMTU)
+				}
+				if l.Attrs().Flags&net.FlagUp == 0 {
+					t.Errorf("link not up")
+				}
+				addrs, err := netlink.AddrList(l, netlink.FAMILY_ALL)
+				if err != nil {
+					return err
+				}
+				for _, p := range tc.cfg.Addrs {
+					if !hasAddr(addrs, p) {
+						t.Errorf("address %v missing: %v", p, addrs)
+					}
+				}
+				for _, p := range tc.cfg.Routes {
+					if !hasRoute(t, l, p) {
+						t.Errorf("route %v missing", p)
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := d.Close(); err != nil {
+				t.Fatalf("Close: %v", err)
+			}
+			err = ns.Do(func() error {
+				if _, err := netlink.LinkByName(tc.cfg.Name); err == nil {
+					t.Errorf("%s still exists after Close", tc.cfg.Name)
+				}
+				routes, err := netlink.RouteList(nil, netlink.FAMILY_ALL)
+				if err != nil {
+					return err
+				}
+				for _, r := range routes {
+					for _, p := range tc.cfg.Routes {
+						if r.Dst != nil && r.Dst.String() == p.String() {
+							t.Errorf("route %v left behind", p)
+						}
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+func hasAddr(addrs []netlink.Addr, p netip.Prefix) bool {
+	for _, a := range addrs {
+		if a.IPNet.String() == p.String() {
+			return true
+		}
+	}
+	return false
+}
+
+func hasRoute(t *testing.T, l netlink.Link, p netip.Prefix) bool {
+	routes, err := netlink.RouteList(l, netlink.FAMILY_ALL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range routes {
+		if r.Dst != nil && r.Dst.String() == p.Masked().String() {
+			return true
+		}
+	}
+	return false
+}
+
+func TestCreateErrors(t *testing.T) {
+	ns := tuntest.NewNS(t)
+	d := mustCreate(t, ns, Config{Name: "tnbusy"})
+	defer d.Close()
+	for _, tc := range []struct {
+		cfg  Config
+		want string
+	}{
+		{Config{Name: "tnbusy"}, "already exists"},
+		{Config{Name: "lo"}, "already exists"},
+		{Config{Name: "averyveryverylongname"}, "longer than"},
+		{Config{Name: ""}, "empty"},
+		{Config{Name: "tnx", MTU: 100}, "out of range"},
+		{Config{Name: "tnx", MTU: 1000, Routes: []netip.Prefix{netip.MustParsePrefix("fd00::/8")}}, "IPv6 minimum"},
+	} {
+		err := ns.Do(func() error {
+			d, err := Create(tc.cfg)
+			if err == nil {
+				d.Close()
+			}
+			return err
+		})
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Create(%+v) = %v, want error containing %q", tc.cfg, err, tc.want)
+		}
+	}
+}
+
+// capture is a stack.NetworkDispatcher that records delivered packets.
+type capture struct {
+	mu   sync.Mutex
+	pkts [][]byte
+	ch   chan struct{}
+}
+
+func (c *capture) DeliverNetworkPacket(_ tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
+	b := pkt.ToView().AsSlice()
+	c.mu.Lock()
+	c.pkts = append(c.pkts, bytes.Clone(b))
+	c.mu.Unlock()
+	select {
+	case c.ch <- struct{}{}:
+	default:
+	}
+}
+func (c *capture) DeliverLinkPacket(tcpip.NetworkProtocolNumber, *stack.PacketBuffer) {}
+
+// udp4 builds an IPv4/UDP packet with valid checksums.
+func udp4(src, dst netip.AddrPort, payload []byte) []byte {
+	b := make([]byte, header.IPv4MinimumSize+header.UDPMinimumSize+len(payload))
+	ip := header.IPv4(b)
+	ip.Encode(&header.IPv4Fields{
+		TotalLength: uint16(len(b)), TTL: 64, Protocol: uint8(header.UDPProtocolNumber),
+		SrcAddr: tcpip.AddrFrom4(src.Addr().As4()), DstAddr: tcpip.AddrFrom4(dst.Addr().As4()),
+	})
+	ip.SetChecksum(^ip.CalculateChecksum())
+	u := header.UDP(b[header.IPv4MinimumSize:])
+	u.Encode(&header.UDPFields{SrcPort: src.Port(), DstPort: dst.Port(), Length: uint16(len(u))})
+	copy(u.Payload(), payload)
+	x := header.PseudoHeaderChecksum(header.UDPProtocolNumber, ip.SourceAddress(), ip.DestinationAddress(), uint16(len(u)))
+	x = checksum.Checksum(payload, x)
+	u.SetChecksum(^u.CalculateChecksum(x))
+	return b
+}
+
+// TestEndpointThroughDevice sends a datagram from a kernel socket into the
+// device and checks the endpoint delivers the exact packet, then writes a
+// reply through the endpoint and checks the kernel socket receives it.
+func TestEndpointThroughDevice(t *testing.T) {
+	for _, off := range []bool{false, true} {
+		t.Run(map[bool]string{false: "offload", true: "plain"}[off], func(t *testing.T) {
+			ns := tuntest.NewNS(t)
+			d := mustCreate(t, ns, Config{Name: "tne0", DisableOffload: off,
+				Addrs:  []netip.Prefix{netip.MustParsePrefix("10.79.0.1/24")},
+				Routes: []netip.Prefix{netip.MustParsePrefix("10.79.1.0/24")}})
+			defer d.Close()
+			c := &capture{ch: make(chan struct{}, 1)}
+			ep := d.Endpoint()
+			ep.Attach(c)
+			defer ep.Attach(nil)
+
+			var conn *net.UDPConn
+			if err := ns.Do(func() (err error) {
+				conn, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(10, 79, 0, 1)})
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			local := conn.LocalAddr().(*net.UDPAddr).AddrPort()
+			remote := netip.MustParseAddrPort("10.79.1.5:5353")
+			msg := []byte("hello from the kernel")
+			if _, err := conn.WriteToUDPAddrPort(msg, remote); err != nil {
+				t.Fatal(err)
+			}
+			var got []byte
+			deadline := time.After(5 * time.Second)
+			for got == nil {
+				select {
+				case <-c.ch:
+				case <-deadline:
+					t.Fatal("no packet delivered from the device")
+				}
+				c.mu.Lock()
+				for _, p := range c.pkts {
+					if header.IPVersion(p) == 4 && header.IPv4(p).Protocol() == uint8(header.UDPProtocolNumber) {
+						got = p
+					}
+				}
+				c.mu.Unlock()
+			}
+			ip := header.IPv4(got)
+			u := header.UDP(ip.Payload())
+			if ip.DestinationAddress() != tcpip.AddrFrom4(remote.Addr().As4()) || u.DestinationPort() != remote.Port() ||
+				u.SourcePort() != local.Port() || !bytes.Equal(u.Payload(), msg) {
+				t.Fatalf("delivered packet %x does not match the datagram sent", got)
+			}
+
+			reply := []byte("hello from the endpoint")
+			pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(udp4(remote, local, reply))})
+			var l stack.PacketBufferList
+			l.PushBack(pkt)
+			if n, err := ep.WritePackets(l); n != 1 || err != nil {
+				t.Fatalf("WritePackets = %d, %v", n, err)
+			}
+			l.Reset()
+			conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+			buf := make([]byte, 100)
+			n, from, err := conn.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				t.Fatalf("kernel socket: %v", err)
+			}
+			if from != remote || !bytes.Equal(buf[:n], reply) {
+				t.Fatalf("kernel got %q from %v, want %q from %v", buf[:n], from, reply, remote)
+			}
+		})
+	}
+}
+
+// TestVnetHeader checks the virtio-net header for the packets gVisor hands
+// a host-GSO endpoint.
+func TestVnetHeader(t *testing.T) {
+	tcp4 := func(payload int, gso stack.GSO) *stack.PacketBuffer {
+		pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{
+			ReserveHeaderBytes: header.IPv4MinimumSize + header.TCPMinimumSize + 12,
+			Payload:            buffer.MakeWithData(make([]byte, payload)),
+		})
+		pkt.TransportHeader().Push(header.TCPMinimumSize + 12)
+		pkt.NetworkHeader().Push(header.IPv4MinimumSize)
+		pkt.GSOOptions = gso
+		return pkt
+	}
+	v4 := stack.GSO{Type: stack.GSOTCPv4, NeedsCsum: true, CsumOffset: 16, MSS: 1348, L3HdrLen: 20}
+	v6 := stack.GSO{Type: stack.GSOTCPv6, NeedsCsum: true, CsumOffset: 16, MSS: 1328, L3HdrLen: 40}
+	for _, tc := range []struct {
+		name string
+		pkt  *stack.PacketBuffer
+		want [vnetHdrLen]byte
+	}{
+		{"no gso", tcp4(100, stack.GSO{}), [vnetHdrLen]byte{}},
+		{"small, csum only", tcp4(100, v4), [vnetHdrLen]byte{1, 0, 0, 0, 0, 0, 20, 0, 16, 0}},
+		{"tso4", tcp4(60000, v4), [vnetHdrLen]byte{1, 1, 52, 0, 0x44, 0x05, 20, 0, 16, 0}},
+		{"tso6", tcp4(60000, v6), [vnetHdrLen]byte{1, 4, 52, 0, 0x30, 0x05, 40, 0, 16, 0}},
+	} {
+		w := &writer{e: &endpoint{vnet: true}}
+		w.fillHeader(tc.pkt)
+		if w.hdr != tc.want {
+			t.Errorf("%s: header %x, want %x", tc.name, w.hdr, tc.want)
+		}
+		tc.pkt.DecRef()
+	}
+}
+
+// TestReaderDeliver feeds the reader raw reads as the kernel returns them.
+func TestReaderDeliver(t *testing.T) {
+	ip4 := udp4(netip.MustParseAddrPort("10.0.0.1:1"), netip.MustParseAddrPort("10.0.0.2:2"), []byte("x"))
+	hdr := func(gsoType byte) []byte { return []byte{0, gsoType, 0, 0, 0, 0, 0, 0, 0, 0} }
+	for _, tc := range []struct {
+		name    string
+		vnet    bool
+		in      []byte
+		deliver bool
+	}{
+		{"plain ipv4", false, ip4, true},
+		{"vnet ipv4", true, append(hdr(vnetGSONone), ip4...), true},
+		{"vnet tso4 ecn", true, append(hdr(vnetGSOTCPv4|vnetGSOECN), ip4...), true},
+		{"vnet uso dropped", true, append(hdr(5), ip4...), false},
+		{"short vnet", true, []byte{0, 0, 0}, false},
+		{"empty", false, nil, false},
+		{"not ip", false, []byte{0x20, 1, 2, 3}, false},
+		{"oversized", false, make([]byte, maxPacket+1), false},
+	} {
+		c := &capture{ch: make(chan struct{}, 1)}
+		e := &endpoint{vnet: tc.vnet}
+		r := reader{e: e}
+		r.gro.Init(true)
+		r.gro.Dispatcher = c
+		r.deliver(tc.in)
+		r.gro.Flush()
+		if got := len(c.pkts) == 1; got != tc.deliver {
+			t.Errorf("%s: delivered %v, want %v", tc.name, got, tc.deliver)
+		}
+		if tc.deliver && !bytes.Equal(c.pkts[0], ip4) {
+			t.Errorf("%s: delivered %x, want %x", tc.name, c.pkts[0], ip4)
+		}
+		if !tc.deliver && e.dropped.Load() != 1 {
+			t.Errorf("%s: dropped counter %d, want 1", tc.name, e.dropped.Load())
+		}
+	}
+}
+
+func TestOpenErrorMessages(t *testing.T) {
+	// The messages users see must say what to do.
+	for errno, want := range map[unix.Errno]string{unix.ENOENT: "modprobe tun", unix.EPERM: "CAP_NET_ADMIN"} {
+		err := openErr(errno)
+		if !errors.Is(err, errno) || !strings.Contains(err.Error(), want) {
+			t.Errorf("openErr(%v) = %v, want %q", errno, err, want)
+		}
+	}
+}
