@@ -1,0 +1,67 @@
+package loadgen
+
+import "time"
+
+// GapMin is the shortest pause between two reads that a timeline records.
+// Shorter pauses are scheduling noise; a heal that falls into one counts as
+// a recovery of at most GapMin.
+const GapMin = 5 * time.Millisecond
+
+// maxGaps bounds the gaps a timeline keeps (the most recent ones).
+const maxGaps = 1024
+
+// Gap is a pause between two reads, in Unix nanoseconds.
+type Gap struct {
+	Start int64 `json:"start"`
+	End   int64 `json:"end"`
+}
+
+// timeline records when a receiving direction made progress. record runs
+// once per read on the reader's goroutine and allocates nothing except when
+// a pause of at least GapMin occurred (rare by definition).
+type timeline struct {
+	First   int64 `json:"first,omitempty"` // first byte, Unix ns
+	Last    int64 `json:"last,omitempty"`  // latest byte
+	Longest int64 `json:"longest_stall_ns"`
+	Gaps    []Gap `json:"gaps,omitempty"` // ring once full; see next
+	next    int
+}
+
+func (t *timeline) record(now int64) {
+	if t.First == 0 {
+		t.First, t.Last = now, now
+		return
+	}
+	d := now - t.Last
+	if d > t.Longest {
+		t.Longest = d
+	}
+	if d >= int64(GapMin) {
+		g := Gap{Start: t.Last, End: now}
+		if len(t.Gaps) < maxGaps {
+			t.Gaps = append(t.Gaps, g)
+		} else {
+			t.Gaps[t.next] = g
+			t.next = (t.next + 1) % maxGaps
+		}
+	}
+	t.Last = now
+}
+
+// firstAfter returns the time of the first byte at or after heal, and false
+// if no byte came after it. Within a stretch without recorded gaps bytes
+// arrived at least every GapMin, so the heal time itself is the answer.
+func (t *timeline) firstAfter(heal int64) (int64, bool) {
+	switch {
+	case t.First == 0 || heal > t.Last:
+		return 0, false
+	case heal <= t.First:
+		return t.First, true
+	}
+	for _, g := range t.Gaps {
+		if g.Start < heal && heal <= g.End {
+			return g.End, true
+		}
+	}
+	return heal, true
+}
