@@ -70,8 +70,8 @@ var (
 type Half struct {
 	Bytes    int64    `json:"bytes"`
 	SHA256   string   `json:"sha256,omitempty"`
-	Complete bool     `json:"complete"`           // sender: FIN sent; receiver: FIN received
-	Mismatch int64    `json:"mismatch"`           // receiver: offset of the first wrong byte, -1 if none
+	Complete bool     `json:"complete"`          // sender: FIN sent; receiver: FIN received
+	Mismatch int64    `json:"mismatch"`          // receiver: offset of the first wrong byte, -1 if none
 	Timeline timeline `json:"timeline,omitzero"` // receiver only
 }
 
