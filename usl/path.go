@@ -1,0 +1,208 @@
+package usl
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// A path is one authenticated, encrypted byte stream (a TCP connection)
+// carrying frames of one session. Each path has a reader and a writer
+// goroutine; frames never get a goroutine of their own.
+type path struct {
+	s      *Session
+	conn   *liveConn
+	rc     *recordConn
+	remote string
+	start  time.Time
+
+	kick chan struct{} // cap 1: "there may be something to send"
+	done chan struct{} // closed when the path is closed
+	once sync.Once
+
+	watchdog *time.Timer
+
+	// Guarded by s.mu.
+	closed      bool
+	next        uint64 // next session seq this path sends
+	pongPending bool
+	pongVal     uint64
+	pingDue     bool
+	stage       []byte // plaintext gathered for one write, owned by the writer
+
+	hdr [headerLen]byte // reader's header buffer
+	ctl [8]byte         // reader's control payload buffer
+}
+
+// liveConn stamps the time of every successful read, so the dead-interval
+// watchdog sees a slow link that still trickles bytes as alive.
+type liveConn struct {
+	net.Conn
+	base time.Time
+	last atomic.Int64 // ns since base of the last read
+}
+
+func newLiveConn(c net.Conn) *liveConn { return &liveConn{Conn: c, base: time.Now()} }
+
+func (c *liveConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.last.Store(int64(time.Since(c.base)))
+	}
+	return n, err
+}
+
+func (c *liveConn) idle() time.Duration {
+	return time.Since(c.base) - time.Duration(c.last.Load())
+}
+
+var errPathDead = errors.New("path dead: nothing received within the dead interval")
+
+func newPath(s *Session, c *liveConn) *path {
+	stage := max(256<<10, headerLen+s.cfg.MaxFrame+4*(headerLen+8))
+	p := &path{
+		s:      s,
+		conn:   c,
+		remote: c.RemoteAddr().String(),
+		start:  time.Now(),
+		kick:   make(chan struct{}, 1),
+		done:   make(chan struct{}),
+		stage:  make([]byte, 0, stage),
+	}
+	// Created stopped, so close never races with run over the field.
+	p.watchdog = time.AfterFunc(time.Hour, p.checkDead)
+	p.watchdog.Stop()
+	return p
+}
+
+func (p *path) poke() {
+	select {
+	case p.kick <- struct{}{}:
+	default:
+	}
+}
+
+// close tears the connection down; the reader then reports the path down.
+func (p *path) close() {
+	p.once.Do(func() {
+		close(p.done)
+		p.conn.Close()
+		p.watchdog.Stop()
+	})
+}
+
+// run starts the goroutines of an attached path whose keys are set.
+func (p *path) run() {
+	p.conn.last.Store(int64(time.Since(p.conn.base)))
+	dead := p.s.cfg.DeadInterval
+	// The watchdog is a timer, not a check in the writer loop, because the
+	// writer may sit blocked in Write on a blackholed connection forever.
+	p.watchdog.Reset(dead)
+	go p.readLoop()
+	go p.writeLoop()
+}
+
+// abandon gives up a path attached but never run.
+func (p *path) abandon(err error) {
+	p.s.pathFailed(p, err)
+	p.s.pathDown(p, err)
+	p.s.wg.Add(-2)
+}
+
+func (p *path) checkDead() {
+	dead := p.s.cfg.DeadInterval
+	idle := p.conn.idle()
+	if idle >= dead {
+		p.s.pathFailed(p, errPathDead)
+		return
+	}
+	select {
+	case <-p.done:
+	default:
+		p.watchdog.Reset(dead - idle)
+	}
+}
+
+func (p *path) readLoop() {
+	defer p.s.wg.Done()
+	err := p.readFrames()
+	p.s.pathDown(p, err)
+}
+
+func (p *path) readFrames() error {
+	s := p.s
+	for {
+		if _, err := io.ReadFull(p.rc, p.hdr[:]); err != nil {
+			return fmt.Errorf("read: %w", err)
+		}
+		h, err := parseHeader(p.hdr[:], s.cfg.MaxFrame)
+		if err != nil {
+			return fmt.Errorf("protocol: %w", err)
+		}
+		var data *[]byte
+		var payload []byte
+		switch {
+		case h.typ == frameData:
+			data = s.pool.get(int(h.length))
+			payload = *data
+		case h.typ == frameOpen:
+			payload = make([]byte, h.length) // kept as the descriptor
+		default:
+			payload = p.ctl[:h.length]
+		}
+		if _, err := io.ReadFull(p.rc, payload); err != nil {
+			if data != nil {
+				s.pool.put(data)
+			}
+			return fmt.Errorf("read: %w", err)
+		}
+		if err := s.handleFrame(p, h, payload, data); err != nil {
+			return err
+		}
+	}
+}
+
+func (p *path) writeLoop() {
+	defer p.s.wg.Done()
+	s := p.s
+	ping := time.NewTicker(s.cfg.KeepaliveInterval)
+	defer ping.Stop()
+	ackTimer := time.NewTimer(time.Hour)
+	ackTimer.Stop()
+	defer ackTimer.Stop()
+	for {
+		s.mu.Lock()
+		buf, wait, endAfter := s.fillLocked(p, p.stage[:0], time.Now())
+		s.mu.Unlock()
+		if len(buf) > 0 {
+			if err := p.rc.writePlain(buf); err != nil {
+				s.pathFailed(p, fmt.Errorf("write: %w", err))
+				return
+			}
+			if endAfter {
+				// The ack of the peer's CLOSE is on the wire: nothing is
+				// left to deliver in either direction.
+				s.end(ErrSessionClosed, Closed)
+				return
+			}
+			continue
+		}
+		if wait > 0 {
+			ackTimer.Reset(wait)
+		}
+		select {
+		case <-p.kick:
+		case <-ackTimer.C:
+		case <-ping.C:
+			s.mu.Lock()
+			p.pingDue = true
+			s.mu.Unlock()
+		case <-p.done:
+			return
+		}
+	}
+}

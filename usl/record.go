@@ -1,0 +1,114 @@
+package usl
+
+import (
+	"bufio"
+	"crypto/cipher"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+
+	"golang.org/x/crypto/chacha20poly1305"
+)
+
+// A path's byte stream after the handshake is a sequence of records:
+//
+//	0 length u16 (bytes of ciphertext that follow, 16..65535)
+//	2 ciphertext = ChaCha20-Poly1305(plaintext), nonce = record counter
+//
+// exactly a Noise transport message. The plaintexts of consecutive records
+// form one byte stream in which frames sit back to back; a frame may span
+// records. This lets the writer pack many small frames into one record (one
+// seal, one syscall) and still carry 64 KiB data frames.
+const (
+	maxRecord      = 65535
+	tagLen         = chacha20poly1305.Overhead
+	maxRecordPlain = maxRecord - tagLen
+)
+
+// recordConn encrypts and decrypts the records of one path. The read and
+// write halves are used by one goroutine each.
+type recordConn struct {
+	conn net.Conn
+
+	send      cipher.AEAD
+	sendN     uint64
+	sendNonce [chacha20poly1305.NonceSize]byte
+	out       []byte // sealed records waiting for one Write
+
+	recv      cipher.AEAD
+	recvN     uint64
+	recvNonce [chacha20poly1305.NonceSize]byte
+	br        *bufio.Reader
+	in        []byte // current record: ciphertext, then plaintext in place
+	plain     []byte // unread plaintext of the current record
+}
+
+func newRecordConn(c net.Conn, br *bufio.Reader, sendKey, recvKey [32]byte) (*recordConn, error) {
+	s, err := chacha20poly1305.New(sendKey[:])
+	if err != nil {
+		return nil, fmt.Errorf("send cipher: %w", err)
+	}
+	r, err := chacha20poly1305.New(recvKey[:])
+	if err != nil {
+		return nil, fmt.Errorf("receive cipher: %w", err)
+	}
+	return &recordConn{conn: c, send: s, recv: r, br: br, in: make([]byte, maxRecord)}, nil
+}
+
+// nonce fills the Noise ChaChaPoly nonce: 4 zero bytes, then the counter
+// little-endian. The array is reused, so sealing allocates nothing.
+func putNonce(n *[chacha20poly1305.NonceSize]byte, ctr uint64) []byte {
+	binary.LittleEndian.PutUint64(n[4:], ctr)
+	return n[:]
+}
+
+// writePlain seals plain into as many records as it needs and writes them
+// with one Write call.
+func (rc *recordConn) writePlain(plain []byte) error {
+	need := len(plain) + (len(plain)/maxRecordPlain+1)*(2+tagLen)
+	if cap(rc.out) < need {
+		rc.out = make([]byte, 0, need)
+	}
+	out := rc.out[:0]
+	for len(plain) > 0 {
+		n := min(len(plain), maxRecordPlain)
+		out = binary.BigEndian.AppendUint16(out, uint16(n+tagLen))
+		out = rc.send.Seal(out, putNonce(&rc.sendNonce, rc.sendN), plain[:n], nil)
+		rc.sendN++
+		plain = plain[n:]
+	}
+	_, err := rc.conn.Write(out)
+	return err
+}
+
+var errRecordShort = errors.New("record shorter than its tag")
+
+// Read returns decrypted stream bytes, opening the next record as needed.
+// Any authentication failure is fatal to the path.
+func (rc *recordConn) Read(p []byte) (int, error) {
+	for len(rc.plain) == 0 {
+		var lb [2]byte
+		if _, err := io.ReadFull(rc.br, lb[:]); err != nil {
+			return 0, err
+		}
+		n := int(binary.BigEndian.Uint16(lb[:]))
+		if n < tagLen {
+			return 0, errRecordShort
+		}
+		ct := rc.in[:n]
+		if _, err := io.ReadFull(rc.br, ct); err != nil {
+			return 0, err
+		}
+		pt, err := rc.recv.Open(ct[:0], putNonce(&rc.recvNonce, rc.recvN), ct, nil)
+		if err != nil {
+			return 0, fmt.Errorf("record %d: %w", rc.recvN, err)
+		}
+		rc.recvN++
+		rc.plain = pt
+	}
+	n := copy(p, rc.plain)
+	rc.plain = rc.plain[n:]
+	return n, nil
+}

@@ -1,0 +1,688 @@
+package usl
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+)
+
+// Session is one authenticated, resumable session with a peer. It carries
+// any number of streams and survives the death of its paths.
+type Session struct {
+	cfg    Config
+	log    *slog.Logger
+	dialer bool
+	peer   PublicKey // the owner: only this key may resume the session
+	pool   bufPool
+	sched  scheduler
+	wg     sync.WaitGroup // paths and the dial loop
+	ctx    context.Context
+	cancel context.CancelFunc
+	done   chan struct{}
+	onEnd  func(*Session) // the listener forgets the session
+
+	// ackThreshold is how many received bytes make an ack urgent. A bounded
+	// replay buffer on the peer depends on timely acks; a quarter window
+	// keeps a single stream's sender from waiting on the ack delay.
+	ackThreshold int
+
+	mu           sync.Mutex
+	id           sessionID
+	inc          uint64 // incarnation; the dialer starts a new one when fenced
+	peerEpoch    uint64 // 0 until the first handshake (dialer)
+	peerWindow   uint64
+	maxSendFrame int
+	state        SessionState
+	everUp       bool
+	announced    bool // listener: handed out by Accept
+	paths        []*path
+	remote       string
+	downSince    time.Time
+	timeout      *time.Timer // listener: session timeout while no path
+
+	// Send side.
+	nextSeq     uint64 // next seq to assign
+	acked       uint64 // the peer's cumulative ack
+	replay      replayQueue
+	replayBytes int
+	highestSent uint64
+	spaceWait   chan struct{} // closed when replay space frees; nil if none waits
+
+	// Receive side.
+	recvSeq      uint64 // last in-order seq received
+	ackSent      uint64 // last ack put on the wire
+	ackDeadline  time.Time
+	ackUrgent    bool
+	recvSinceAck int
+
+	streams    map[uint32]*Stream
+	nextStream uint32
+	acceptQ    []*Stream
+	acceptWake chan struct{}
+
+	closing      bool
+	closeSeq     uint64
+	closeAcked   chan struct{}
+	peerClosed   bool
+	peerCloseSeq uint64
+	err          error
+
+	bytesIn, bytesOut, retrans, reconnects, fences uint64
+	rtt                                            time.Duration
+	lastErr                                        string
+}
+
+func newSession(cfg Config, dialer bool, peer PublicKey, id sessionID) *Session {
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Session{
+		cfg:          cfg,
+		dialer:       dialer,
+		peer:         peer,
+		sched:        failover{},
+		ctx:          ctx,
+		cancel:       cancel,
+		done:         make(chan struct{}),
+		ackThreshold: min(64<<10, max(cfg.StreamWindow/4, 1)),
+		id:           id,
+		peerWindow:   uint64(cfg.StreamWindow),
+		maxSendFrame: cfg.MaxFrame,
+		nextSeq:      1,
+		streams:      make(map[uint32]*Stream),
+		acceptWake:   make(chan struct{}, 1),
+		closeAcked:   make(chan struct{}),
+		downSince:    time.Now(),
+	}
+	s.nextStream = 2
+	role := "listener"
+	if dialer {
+		s.nextStream = 1
+		role = "dialer"
+	}
+	s.log = cfg.Logger.With("session", id.String(), "role", role)
+	return s
+}
+
+// PeerKey is the authenticated static key of the peer that owns the session.
+func (s *Session) PeerKey() PublicKey { return s.peer }
+
+// Done is closed when the session ends for good.
+func (s *Session) Done() <-chan struct{} { return s.done }
+
+// Err says why the session ended; nil while it lives.
+func (s *Session) Err() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err
+}
+
+// Stats returns a snapshot.
+func (s *Session) Stats() Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := Stats{
+		State:         s.state,
+		SessionID:     fmt.Sprintf("%x", s.id[:8]),
+		RTT:           s.rtt,
+		BytesIn:       s.bytesIn,
+		BytesOut:      s.bytesOut,
+		Unacked:       s.replayBytes,
+		Retransmitted: s.retrans,
+		Reconnects:    s.reconnects,
+		Fences:        s.fences,
+		LastError:     s.lastErr,
+		Streams:       len(s.streams),
+		PeerKey:       s.peer,
+	}
+	if len(s.paths) > 0 {
+		st.Remote = s.remote
+	}
+	return st
+}
+
+// kickLocked wakes the paths' writers.
+func (s *Session) kickLocked() {
+	for _, p := range s.paths {
+		p.poke()
+	}
+}
+
+// pushLocked appends a sequenced frame of n payload bytes to the replay
+// buffer and returns the payload to fill in.
+func (s *Session) pushLocked(t frameType, stream uint32, n int) []byte {
+	b := s.pool.get(headerLen + n)
+	h := frameHeader{typ: t, stream: stream, seq: s.nextSeq, length: uint32(n)}
+	h.put(*b)
+	data := 0
+	if t == frameData {
+		data = n
+	}
+	s.replay.push(entry{seq: s.nextSeq, buf: b, data: data})
+	s.replayBytes += data
+	s.nextSeq++
+	s.kickLocked()
+	return (*b)[headerLen:]
+}
+
+func (s *Session) pushU64Locked(t frameType, stream uint32, v uint64) {
+	binary.BigEndian.PutUint64(s.pushLocked(t, stream, 8), v)
+}
+
+// ackLocked frees everything the peer acknowledged. This is the only place
+// replay memory is released while the session lives: TCP's own acks mean
+// nothing, the bytes may still sit unread in a socket buffer that a reset
+// throws away.
+func (s *Session) ackLocked(a uint64) error {
+	if a <= s.acked {
+		return nil
+	}
+	if a >= s.nextSeq {
+		return fmt.Errorf("protocol: peer acks seq %d, only %d were sent", a, s.nextSeq-1)
+	}
+	for s.acked < a {
+		e := s.replay.pop()
+		s.replayBytes -= e.data
+		s.pool.put(e.buf)
+		s.acked++
+	}
+	if s.closeSeq != 0 && a >= s.closeSeq {
+		close(s.closeAcked)
+		s.closeSeq = 0
+	}
+	if s.spaceWait != nil {
+		close(s.spaceWait)
+		s.spaceWait = nil
+	}
+	return nil
+}
+
+// noteRecvLocked schedules the ack for a received sequenced frame: at once
+// past the byte threshold, else within AckDelay, unless a frame going out
+// anyway carries it first.
+func (s *Session) noteRecvLocked(n int) {
+	s.recvSinceAck += headerLen + n
+	if s.ackDeadline.IsZero() {
+		s.ackDeadline = time.Now().Add(s.cfg.AckDelay)
+		s.kickLocked()
+	}
+	if s.recvSinceAck >= s.ackThreshold && !s.ackUrgent {
+		s.ackUrgent = true
+		s.kickLocked()
+	}
+}
+
+func appendCtl(buf []byte, t frameType, ack uint64, v uint64, withPayload bool) []byte {
+	h := frameHeader{typ: t, ack: ack}
+	if withPayload {
+		h.length = 8
+	}
+	var hb [headerLen]byte
+	h.put(hb[:])
+	buf = append(buf, hb[:]...)
+	if withPayload {
+		buf = binary.BigEndian.AppendUint64(buf, v)
+	}
+	return buf
+}
+
+// fillLocked gathers what path p should send now into buf: pong, ping, the
+// sequenced frames past p's cursor, and a bare ACK when one is due. wait>0
+// asks the writer to come back then for a delayed ack. endAfter says the
+// write carries the ack of the peer's CLOSE, after which the session ends.
+func (s *Session) fillLocked(p *path, buf []byte, now time.Time) (out []byte, wait time.Duration, endAfter bool) {
+	if p.closed {
+		return buf, 0, false
+	}
+	if p.pongPending {
+		buf = appendCtl(buf, framePong, s.recvSeq, p.pongVal, true)
+		p.pongPending = false
+	}
+	if p.pingDue {
+		buf = appendCtl(buf, framePing, s.recvSeq, uint64(time.Since(p.start)), true)
+		p.pingDue = false
+	}
+	if p.next <= s.acked {
+		p.next = s.acked + 1
+	}
+	for p.next < s.nextSeq {
+		e := s.replay.at(int(p.next - s.acked - 1))
+		b := *e.buf
+		if len(buf) > 0 && len(buf)+len(b) > cap(buf) {
+			break
+		}
+		if s.sched.carries(p, p.next, s.paths) {
+			off := len(buf)
+			buf = append(buf, b...)
+			putAck(buf[off:], s.recvSeq)
+			if p.next <= s.highestSent {
+				s.retrans += uint64(len(b))
+			} else {
+				s.highestSent = p.next
+			}
+		}
+		p.next++
+	}
+	if len(buf) == 0 && s.recvSeq > s.ackSent {
+		if !s.ackUrgent && now.Before(s.ackDeadline) {
+			return buf, s.ackDeadline.Sub(now), false
+		}
+		buf = appendCtl(buf, frameAck, s.recvSeq, 0, false)
+	}
+	if len(buf) > 0 {
+		s.ackSent = s.recvSeq
+		s.recvSinceAck = 0
+		s.ackDeadline = time.Time{}
+		s.ackUrgent = false
+		endAfter = s.peerClosed && s.ackSent >= s.peerCloseSeq
+	}
+	return buf, 0, endAfter
+}
+
+// handleFrame applies one received frame. data is the pooled buffer of a
+// DATA payload, which the session now owns. An error kills the path.
+func (s *Session) handleFrame(p *path, h frameHeader, payload []byte, data *[]byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	consumed := false
+	defer func() {
+		if data != nil && !consumed {
+			s.pool.put(data)
+		}
+	}()
+	if p.closed {
+		return errPathClosed
+	}
+	if err := s.ackLocked(h.ack); err != nil {
+		return err
+	}
+	if !h.typ.sequenced() {
+		switch h.typ {
+		case framePing:
+			p.pongVal = binary.BigEndian.Uint64(payload)
+			p.pongPending = true
+			p.poke()
+		case framePong:
+			sent := time.Duration(binary.BigEndian.Uint64(payload))
+			if rtt := time.Since(p.start) - sent; rtt >= 0 && sent > 0 {
+				if s.rtt == 0 {
+					s.rtt = rtt
+				} else {
+					s.rtt = (7*s.rtt + rtt) / 8
+				}
+			}
+		}
+		return nil
+	}
+	if h.seq <= s.recvSeq {
+		return nil // a duplicate from a retransmission or another path
+	}
+	if h.seq != s.recvSeq+1 {
+		// One path at a time delivers in order and resumes at our recvSeq,
+		// so a gap is a broken peer. A multipath scheduler adds a reorder
+		// buffer here.
+		return fmt.Errorf("protocol: frame seq %d, want %d", h.seq, s.recvSeq+1)
+	}
+	s.recvSeq = h.seq
+	s.noteRecvLocked(int(h.length))
+	if h.typ == frameClose {
+		s.peerClosed = true
+		s.peerCloseSeq = h.seq
+		s.ackUrgent = true
+		s.kickLocked()
+		return nil
+	}
+	st := s.streams[h.stream]
+	switch h.typ {
+	case frameOpen:
+		return s.openedByPeerLocked(h.stream, payload)
+	case frameData:
+		if st == nil {
+			return nil // reset meanwhile; the peer learns from our RESET
+		}
+		consumed = st.deliverLocked(data)
+	case frameAccept:
+		if st != nil {
+			st.acceptedLocked()
+		}
+	case frameReset:
+		if st != nil {
+			st.failLocked(&ResetError{Code: ResetCode(payload[0]), Remote: true})
+		}
+	case frameFin:
+		if st != nil {
+			st.finLocked()
+		}
+	case frameWindow:
+		if st != nil {
+			st.windowLocked(binary.BigEndian.Uint64(payload))
+		}
+	}
+	return nil
+}
+
+var errPathClosed = errors.New("path closed")
+
+// openedByPeerLocked handles OPEN.
+func (s *Session) openedByPeerLocked(id uint32, desc []byte) error {
+	if (id%2 == 1) != !s.dialer {
+		return fmt.Errorf("protocol: peer opened stream %d with our parity", id)
+	}
+	if s.streams[id] != nil {
+		return fmt.Errorf("protocol: peer opened stream %d twice", id)
+	}
+	if len(s.streams) >= s.cfg.MaxStreams || s.closing || s.peerClosed {
+		s.pushLocked(frameReset, id, 1)[0] = byte(ResetLimit)
+		return nil
+	}
+	st := newStream(s, id, desc)
+	st.sendLimit = s.peerWindow
+	s.streams[id] = st
+	s.acceptQ = append(s.acceptQ, st)
+	select {
+	case s.acceptWake <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// attach registers a path after the peer's handshake message. peerRecv is
+// the last seq the peer received: everything up to it is acked, and p will
+// send from the seq after it. It returns our own recv seq for the reply.
+func (s *Session) attach(c *liveConn, inc uint64, peerRecv uint64, window, maxFrame uint32) (*path, uint64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		return nil, 0, s.err
+	}
+	if inc != s.inc {
+		return nil, 0, errors.New("session was fenced during the handshake")
+	}
+	if err := s.ackLocked(peerRecv); err != nil {
+		return nil, 0, err
+	}
+	p := newPath(s, c)
+	p.next = peerRecv + 1
+	// Counted here, under the lock and before the session can end, so that
+	// Close's wg.Wait never races with this Add. run or abandon settles it.
+	s.wg.Add(2)
+	for _, old := range s.paths {
+		old.closed = true
+		old.close()
+	}
+	s.paths = append(s.paths[:0], p)
+	if s.everUp {
+		s.reconnects++
+	}
+	s.everUp = true
+	s.state = Up
+	s.remote = p.remote
+	s.peerWindow = uint64(window)
+	s.maxSendFrame = min(s.cfg.MaxFrame, int(maxFrame))
+	if s.timeout != nil {
+		s.timeout.Stop()
+		s.timeout = nil
+	}
+	// The reply carries our recv seq: it is an ack.
+	s.ackSent = s.recvSeq
+	s.recvSinceAck = 0
+	s.ackDeadline = time.Time{}
+	s.ackUrgent = false
+	s.log.Info("path up", "remote", p.remote, "resume_from", peerRecv+1, "reconnects", s.reconnects)
+	return p, s.recvSeq, nil
+}
+
+// pathFailed closes p for err; the reader then reports it down.
+func (s *Session) pathFailed(p *path, err error) {
+	s.mu.Lock()
+	if !p.closed {
+		p.closed = true
+		s.lastErr = err.Error()
+	}
+	s.mu.Unlock()
+	p.close()
+}
+
+// pathDown is the reader's last word on its path.
+func (s *Session) pathDown(p *path, err error) {
+	p.close()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !p.closed {
+		p.closed = true
+		if err != nil {
+			s.lastErr = err.Error()
+		}
+	}
+	for i, q := range s.paths {
+		if q == p {
+			s.paths = append(s.paths[:i], s.paths[i+1:]...)
+			break
+		}
+	}
+	if len(s.paths) > 0 || s.err != nil {
+		return
+	}
+	if s.state == Up {
+		s.state = Reconnecting
+		s.downSince = time.Now()
+		s.log.Info("path down", "remote", p.remote, "err", s.lastErr)
+	}
+	if !s.dialer && s.cfg.SessionTimeout > 0 && s.timeout == nil {
+		s.timeout = time.AfterFunc(s.cfg.SessionTimeout, s.expire)
+	}
+}
+
+// expire ends a listener-side session nobody resumed in time.
+func (s *Session) expire() {
+	s.mu.Lock()
+	expired := len(s.paths) == 0 && s.timeout != nil
+	s.mu.Unlock()
+	if expired {
+		s.end(ErrSessionTimeout, Closed)
+	}
+}
+
+// end finishes the session for good. Streams fail with err, except after
+// the peer's CLOSE, which ends them gracefully (buffered data, then EOF).
+func (s *Session) end(err error, state SessionState) {
+	s.mu.Lock()
+	first := s.endLocked(err, state)
+	cb := s.onEnd
+	s.mu.Unlock()
+	if first && cb != nil {
+		cb(s)
+	}
+}
+
+func (s *Session) endLocked(err error, state SessionState) bool {
+	if s.err != nil {
+		return false
+	}
+	s.err = err
+	s.state = state
+	s.cancel()
+	s.dropPathsLocked()
+	graceful := s.peerClosed && errors.Is(err, ErrSessionClosed)
+	for _, st := range s.streams {
+		if graceful {
+			st.peerClosedLocked()
+		} else {
+			st.failLocked(err)
+		}
+	}
+	clear(s.streams)
+	for _, st := range s.acceptQ {
+		st.failLocked(err)
+	}
+	s.acceptQ = nil
+	s.dropReplayLocked()
+	if s.timeout != nil {
+		s.timeout.Stop()
+		s.timeout = nil
+	}
+	close(s.done)
+	if err != nil && !errors.Is(err, ErrSessionClosed) {
+		s.log.Warn("session ended", "err", err)
+	} else {
+		s.log.Info("session closed")
+	}
+	return true
+}
+
+func (s *Session) dropPathsLocked() {
+	for _, p := range s.paths {
+		p.closed = true
+		p.close()
+	}
+	s.paths = nil
+}
+
+func (s *Session) dropReplayLocked() {
+	for s.replay.len() > 0 {
+		e := s.replay.pop()
+		s.pool.put(e.buf)
+	}
+	s.replayBytes = 0
+	s.acked = s.nextSeq - 1
+	if s.spaceWait != nil {
+		close(s.spaceWait)
+		s.spaceWait = nil
+	}
+}
+
+// fenceLocked handles a restarted peer on the dialing side: every stream
+// of the old incarnation fails with ErrPeerRestarted, nothing of it is
+// delivered or retransmitted, and a fresh incarnation begins.
+func (s *Session) fenceLocked(why string) {
+	s.fences++
+	s.log.Warn("peer restarted: session fenced", "why", why, "fences", s.fences)
+	if s.closing {
+		s.endLocked(ErrPeerRestarted, Fenced)
+		return
+	}
+	s.dropPathsLocked()
+	for _, st := range s.streams {
+		st.failLocked(ErrPeerRestarted)
+	}
+	clear(s.streams)
+	for _, st := range s.acceptQ {
+		st.failLocked(ErrPeerRestarted)
+	}
+	s.acceptQ = nil
+	s.dropReplayLocked()
+	s.inc++
+	s.id = newSessionID()
+	s.nextSeq, s.acked, s.highestSent = 1, 0, 0
+	s.recvSeq, s.ackSent, s.recvSinceAck = 0, 0, 0
+	s.ackDeadline, s.ackUrgent = time.Time{}, false
+	s.peerEpoch = 0
+	s.state = Fenced
+	s.lastErr = "peer restarted: " + why
+}
+
+// OpenStream sends OPEN with the descriptor and waits until the peer
+// accepts (nil) or rejects (a *ResetError). During a partition it keeps
+// waiting; ctx bounds the wait.
+func (s *Session) OpenStream(ctx context.Context, desc []byte) (*Stream, error) {
+	if len(desc) > maxDescriptor {
+		return nil, fmt.Errorf("usl: descriptor of %d bytes exceeds %d", len(desc), maxDescriptor)
+	}
+	s.mu.Lock()
+	if s.err != nil {
+		s.mu.Unlock()
+		return nil, s.err
+	}
+	if s.closing || s.peerClosed {
+		s.mu.Unlock()
+		return nil, ErrSessionClosed
+	}
+	if len(s.streams) >= s.cfg.MaxStreams {
+		s.mu.Unlock()
+		return nil, ErrLimit
+	}
+	id := s.nextStream
+	if id > 1<<32-3 {
+		s.mu.Unlock()
+		return nil, errors.New("usl: stream ids exhausted; open a new session")
+	}
+	s.nextStream += 2
+	st := newStream(s, id, append([]byte(nil), desc...))
+	st.opener = true
+	s.streams[id] = st
+	copy(s.pushLocked(frameOpen, id, len(desc)), desc)
+	s.mu.Unlock()
+
+	select {
+	case <-st.openDone:
+	case <-ctx.Done():
+		st.Reset(ResetAborted)
+		return nil, fmt.Errorf("open stream: %w", ctx.Err())
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if st.err != nil {
+		return nil, st.err
+	}
+	return st, nil
+}
+
+// AcceptStream returns the next stream the peer opened. The caller must
+// answer it with Accept or Reject.
+func (s *Session) AcceptStream(ctx context.Context) (*Stream, error) {
+	for {
+		s.mu.Lock()
+		if len(s.acceptQ) > 0 {
+			st := s.acceptQ[0]
+			s.acceptQ[0] = nil
+			s.acceptQ = s.acceptQ[1:]
+			s.mu.Unlock()
+			return st, nil
+		}
+		err := s.err
+		s.mu.Unlock()
+		if err != nil {
+			return nil, err
+		}
+		select {
+		case <-s.acceptWake:
+		case <-s.done:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// Close ends the session reliably: a CLOSE frame follows everything
+// written before, and Close returns once the peer acked it, or after a
+// bounded wait when the peer is unreachable.
+func (s *Session) Close() error {
+	s.mu.Lock()
+	if s.err == nil && !s.closing {
+		s.closing = true
+		if s.everUp && !s.peerClosed {
+			s.closeSeq = s.nextSeq
+			s.pushLocked(frameClose, 0, 0)
+		}
+	}
+	wait := s.closeSeq != 0
+	s.mu.Unlock()
+	if wait {
+		d := closeWait
+		if to := s.cfg.SessionTimeout; to > 0 && to < d {
+			d = to
+		}
+		t := time.NewTimer(d)
+		select {
+		case <-s.closeAcked:
+		case <-s.done:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+	s.end(ErrSessionClosed, Closed)
+	s.wg.Wait()
+	return nil
+}

@@ -1,0 +1,466 @@
+package usl
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"time"
+)
+
+// Stream is one bidirectional byte stream of a session. It implements
+// net.Conn. Write never fails because a path died: the bytes wait in the
+// replay buffer until a path carries them. Only a reset, Close, a deadline
+// or the end of the session produce errors.
+type Stream struct {
+	s      *Session
+	id     uint32
+	desc   []byte
+	opener bool
+
+	openDone chan struct{} // closed on ACCEPT, RESET or session end
+	rwake    chan struct{} // cap 1: readable, or state changed
+	wwake    chan struct{} // cap 1: credit, or state changed
+	rdl, wdl deadline
+
+	// Guarded by s.mu.
+	opened     bool // ACCEPT sent or received
+	answered   bool // acceptor: Accept or Reject was called
+	sendLimit  uint64
+	sent       uint64
+	wfin       bool // we sent FIN
+	rfin       bool // the peer's FIN arrived
+	rclosed    bool // CloseRead or Close: discard what arrives
+	closed     bool // Close was called
+	writeShut  bool // the peer closed the session: no more writes
+	err        error
+	rq         []*[]byte
+	roff       int // read offset into rq[0]
+	rbuffered  int
+	consumed   uint64 // bytes read by the application (or discarded)
+	advertised uint64 // the credit limit we granted the peer
+	removed    bool
+}
+
+var _ net.Conn = (*Stream)(nil)
+
+func newStream(s *Session, id uint32, desc []byte) *Stream {
+	return &Stream{
+		s:          s,
+		id:         id,
+		desc:       desc,
+		openDone:   make(chan struct{}),
+		rwake:      make(chan struct{}, 1),
+		wwake:      make(chan struct{}, 1),
+		rdl:        newDeadline(),
+		wdl:        newDeadline(),
+		advertised: uint64(s.cfg.StreamWindow),
+	}
+}
+
+func wake(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+// Errors of stream calls in the wrong state.
+var (
+	ErrStreamClosed   = fmt.Errorf("usl: stream closed: %w", net.ErrClosed)
+	ErrWriteClosed    = errors.New("usl: write after CloseWrite")
+	ErrNotAccepted    = errors.New("usl: stream not accepted yet")
+	ErrAlreadyAnswerd = errors.New("usl: stream already accepted or rejected")
+)
+
+// Descriptor is the opaque destination the opener sent.
+func (st *Stream) Descriptor() []byte { return st.desc }
+
+// ID is the stream's number within its session, for logs.
+func (st *Stream) ID() uint32 { return st.id }
+
+// Accept answers an OPEN positively; the opener's OpenStream returns.
+func (st *Stream) Accept() error {
+	s := st.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if st.opener || st.answered {
+		return ErrAlreadyAnswerd
+	}
+	if st.err != nil {
+		return st.err
+	}
+	st.answered, st.opened = true, true
+	s.pushLocked(frameAccept, st.id, 0)
+	return nil
+}
+
+// Reject answers an OPEN with a reset reason; the opener's OpenStream
+// returns a *ResetError with that code.
+func (st *Stream) Reject(code ResetCode) error {
+	s := st.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if st.opener || st.answered {
+		return ErrAlreadyAnswerd
+	}
+	st.answered = true
+	if st.err != nil {
+		return st.err
+	}
+	st.sendResetLocked(code)
+	return nil
+}
+
+func (st *Stream) sendResetLocked(code ResetCode) {
+	s := st.s
+	if s.err == nil {
+		s.pushLocked(frameReset, st.id, 1)[0] = byte(code)
+	}
+	st.failLocked(&ResetError{Code: code})
+}
+
+// Reset aborts both directions with a reason the peer's Read and Write
+// then return.
+func (st *Stream) Reset(code ResetCode) error {
+	s := st.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if st.err != nil {
+		return nil
+	}
+	st.answered = true
+	st.sendResetLocked(code)
+	return nil
+}
+
+// CloseWrite sends FIN: the peer reads EOF after the data written before.
+func (st *Stream) CloseWrite() error {
+	s := st.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if st.err != nil {
+		return st.err
+	}
+	if st.wfin {
+		return nil
+	}
+	if !st.opened {
+		return ErrNotAccepted
+	}
+	if s.err != nil || st.writeShut {
+		return ErrSessionClosed
+	}
+	st.wfin = true
+	s.pushLocked(frameFin, st.id, 0)
+	st.maybeRemoveLocked()
+	wake(st.wwake)
+	return nil
+}
+
+// CloseRead discards what is buffered and what still arrives. The peer is
+// not told, as with shutdown(SHUT_RD); its credit keeps flowing so it can
+// reach its FIN.
+func (st *Stream) CloseRead() error {
+	s := st.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st.rclosed = true
+	st.discardLocked(true)
+	wake(st.rwake)
+	return nil
+}
+
+// Close half-closes the write side (FIN) and stops reading. A stream never
+// accepted is rejected as aborted.
+func (st *Stream) Close() error {
+	s := st.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if st.closed {
+		return nil
+	}
+	st.closed = true
+	if st.err == nil {
+		switch {
+		case !st.opener && !st.answered:
+			st.answered = true
+			st.sendResetLocked(ResetAborted)
+		case !st.wfin && st.opened && s.err == nil && !st.writeShut:
+			st.wfin = true
+			s.pushLocked(frameFin, st.id, 0)
+		}
+	}
+	st.rclosed = true
+	st.discardLocked(st.err == nil)
+	st.maybeRemoveLocked()
+	wake(st.rwake)
+	wake(st.wwake)
+	return nil
+}
+
+// Read returns io.EOF after the peer's FIN, a *ResetError after a reset,
+// os.ErrDeadlineExceeded after the read deadline.
+func (st *Stream) Read(b []byte) (int, error) {
+	s := st.s
+	for {
+		s.mu.Lock()
+		if st.closed {
+			s.mu.Unlock()
+			return 0, ErrStreamClosed
+		}
+		if st.rbuffered > 0 {
+			if len(b) == 0 {
+				s.mu.Unlock()
+				return 0, nil
+			}
+			n := st.readLocked(b)
+			s.mu.Unlock()
+			return n, nil
+		}
+		switch {
+		case st.err != nil:
+			err := st.err
+			s.mu.Unlock()
+			return 0, err
+		case st.rfin:
+			s.mu.Unlock()
+			return 0, io.EOF
+		case st.rclosed:
+			s.mu.Unlock()
+			return 0, io.EOF
+		}
+		s.mu.Unlock()
+		select {
+		case <-st.rwake:
+		case <-st.rdl.wait():
+			return 0, os.ErrDeadlineExceeded
+		}
+	}
+}
+
+func (st *Stream) readLocked(b []byte) int {
+	s := st.s
+	n := 0
+	for n < len(b) && len(st.rq) > 0 {
+		buf := *st.rq[0]
+		c := copy(b[n:], buf[st.roff:])
+		n += c
+		st.roff += c
+		if st.roff == len(buf) {
+			s.pool.put(st.rq[0])
+			st.rq[0] = nil
+			st.rq = st.rq[1:]
+			st.roff = 0
+		}
+	}
+	if len(st.rq) == 0 {
+		st.rq = st.rq[:0:0]
+	}
+	st.rbuffered -= n
+	st.consumed += uint64(n)
+	st.creditLocked()
+	return n
+}
+
+// creditLocked grants the peer more window once a quarter of it was
+// consumed, so WINDOW frames stay rare on a busy stream.
+func (st *Stream) creditLocked() {
+	s := st.s
+	if st.rfin || st.err != nil || s.err != nil {
+		return
+	}
+	w := uint64(s.cfg.StreamWindow)
+	limit := st.consumed + w
+	if limit-st.advertised >= max(w/4, 1) {
+		st.advertised = limit
+		s.pushU64Locked(frameWindow, st.id, limit)
+	}
+}
+
+// discardLocked drops buffered data, optionally granting its credit back.
+func (st *Stream) discardLocked(credit bool) {
+	for _, b := range st.rq {
+		st.s.pool.put(b)
+	}
+	st.consumed += uint64(st.rbuffered)
+	st.rq, st.roff, st.rbuffered = nil, 0, 0
+	if credit {
+		st.creditLocked()
+	}
+}
+
+// Write blocks while the stream has no credit or the replay buffer is
+// full. A dead path never makes it fail.
+func (st *Stream) Write(b []byte) (int, error) {
+	s := st.s
+	total := 0
+	for len(b) > 0 {
+		s.mu.Lock()
+		if err := st.writeErrLocked(); err != nil {
+			s.mu.Unlock()
+			return total, err
+		}
+		credit := int(min(st.sendLimit-st.sent, 1<<30))
+		space := s.cfg.ReplayBuffer - s.replayBytes
+		n := min(len(b), credit, space, s.maxSendFrame)
+		if n > 0 {
+			copy(s.pushLocked(frameData, st.id, n), b[:n])
+			st.sent += uint64(n)
+			s.bytesOut += uint64(n)
+			s.mu.Unlock()
+			b = b[n:]
+			total += n
+			continue
+		}
+		var spaceCh chan struct{}
+		if space <= 0 {
+			if s.spaceWait == nil {
+				s.spaceWait = make(chan struct{})
+			}
+			spaceCh = s.spaceWait
+		}
+		s.mu.Unlock()
+		select {
+		case <-st.wwake:
+		case <-spaceCh:
+		case <-st.wdl.wait():
+			return total, os.ErrDeadlineExceeded
+		}
+	}
+	return total, nil
+}
+
+func (st *Stream) writeErrLocked() error {
+	s := st.s
+	switch {
+	case st.closed:
+		return ErrStreamClosed
+	case st.err != nil:
+		return st.err
+	case st.wfin:
+		return ErrWriteClosed
+	case !st.opened:
+		return ErrNotAccepted
+	case s.err != nil:
+		return s.err
+	case s.closing || st.writeShut:
+		return ErrSessionClosed
+	case isClosed(st.wdl.wait()):
+		return os.ErrDeadlineExceeded
+	}
+	return nil
+}
+
+// deliverLocked queues a DATA payload; it reports whether it kept data.
+func (st *Stream) deliverLocked(data *[]byte) bool {
+	s := st.s
+	n := len(*data)
+	if st.err != nil || st.rfin {
+		return false
+	}
+	if st.consumed+uint64(st.rbuffered+n) > st.advertised {
+		// The peer overran the credit we granted: abort the stream, not
+		// the session, which is healthy.
+		s.log.Warn("peer overran stream credit", "stream", st.id)
+		st.sendResetLocked(ResetAborted)
+		return false
+	}
+	s.bytesIn += uint64(n)
+	if st.rclosed {
+		st.consumed += uint64(n)
+		st.creditLocked()
+		return false
+	}
+	st.rq = append(st.rq, data)
+	st.rbuffered += n
+	wake(st.rwake)
+	return true
+}
+
+func (st *Stream) acceptedLocked() {
+	if !st.opener || st.opened || st.err != nil {
+		return
+	}
+	st.opened = true
+	st.sendLimit = max(st.sendLimit, st.s.peerWindow)
+	close(st.openDone)
+}
+
+func (st *Stream) finLocked() {
+	st.rfin = true
+	st.maybeRemoveLocked()
+	wake(st.rwake)
+}
+
+func (st *Stream) windowLocked(limit uint64) {
+	if limit > st.sendLimit {
+		st.sendLimit = limit
+		wake(st.wwake)
+	}
+}
+
+// failLocked ends the stream with err in both directions. Buffered data is
+// dropped: after a reset or a fence nothing more is delivered.
+func (st *Stream) failLocked(err error) {
+	if st.err != nil {
+		return
+	}
+	st.err = err
+	st.discardLocked(false)
+	if !st.opened && st.opener {
+		close(st.openDone)
+		st.opened = true
+	}
+	st.maybeRemoveLocked()
+	wake(st.rwake)
+	wake(st.wwake)
+}
+
+// peerClosedLocked ends a stream because the peer closed the session after
+// sending everything: buffered data stays readable, then EOF.
+func (st *Stream) peerClosedLocked() {
+	st.rfin = true
+	st.writeShut = true
+	if st.opener && !st.opened {
+		st.err = ErrSessionClosed
+		st.opened = true
+		close(st.openDone)
+	}
+	wake(st.rwake)
+	wake(st.wwake)
+}
+
+func (st *Stream) maybeRemoveLocked() {
+	if st.removed {
+		return
+	}
+	if st.err != nil || (st.wfin && st.rfin) {
+		st.removed = true
+		if st.s.streams[st.id] == st {
+			delete(st.s.streams, st.id)
+		}
+	}
+}
+
+func (st *Stream) LocalAddr() net.Addr  { return streamAddr{st.id, "local"} }
+func (st *Stream) RemoteAddr() net.Addr { return streamAddr{st.id, "remote"} }
+
+func (st *Stream) SetDeadline(t time.Time) error {
+	st.rdl.set(t)
+	st.wdl.set(t)
+	return nil
+}
+func (st *Stream) SetReadDeadline(t time.Time) error  { st.rdl.set(t); return nil }
+func (st *Stream) SetWriteDeadline(t time.Time) error { st.wdl.set(t); return nil }
+
+// streamAddr names a stream end; USL streams have no IP addresses of their
+// own, the destination lives in the descriptor.
+type streamAddr struct {
+	id   uint32
+	side string
+}
+
+func (a streamAddr) Network() string { return "usl" }
+func (a streamAddr) String() string  { return fmt.Sprintf("usl-stream-%d-%s", a.id, a.side) }
