@@ -1,0 +1,226 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/usltun/usltun/flow"
+	"github.com/usltun/usltun/usl"
+	"go.uber.org/goleak"
+)
+
+// sessionPair returns a client session whose peer's streams are served by a
+// gateway exporting exports, over loopback TCP.
+func sessionPair(t *testing.T, exports ...string) *usl.Session {
+	t.Helper()
+	ck, _ := usl.GeneratePrivateKey()
+	sk, _ := usl.GeneratePrivateKey()
+	l, err := usl.Listen("tcp", "127.0.0.1:0", usl.Config{PrivateKey: sk, PeerKeys: []usl.PublicKey{ck.Public()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	c, err := usl.Dial(ctx, l.Addr().String(), usl.Config{PrivateKey: ck, PeerKeys: []usl.PublicKey{sk.Public()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	actx, acancel := context.WithTimeout(ctx, 5*time.Second)
+	defer acancel()
+	s, err := l.Accept(actx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ps []netip.Prefix
+	for _, e := range exports {
+		ps = append(ps, netip.MustParsePrefix(e))
+	}
+	g := New(Config{Exports: ps, DialTimeout: 2 * time.Second, UDPIdleTimeout: time.Second})
+	served := make(chan struct{})
+	go func() { g.Serve(ctx, s); close(served) }()
+	t.Cleanup(func() {
+		c.Close()
+		s.Close()
+		l.Close()
+		cancel()
+		<-served
+		g.Wait()
+	})
+	return c
+}
+
+func open(t *testing.T, s *usl.Session, proto flow.Proto, addr string) (*usl.Stream, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	d := flow.Dest{Proto: proto, Addr: netip.MustParseAddrPort(addr)}
+	return s.OpenStream(ctx, d.Marshal())
+}
+
+// TestMain checks, after every test's cleanups ran, that no session, relay
+// or dial goroutine outlived its test.
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func TestConnectOutcomes(t *testing.T) {
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	defer ln.Close()
+	closed, _ := net.Listen("tcp", "127.0.0.1:0")
+	closedAddr := closed.Addr().String()
+	closed.Close()
+
+	s := sessionPair(t, "127.0.0.0/8")
+	cases := []struct {
+		addr string
+		want error
+	}{
+		{closedAddr, usl.ErrRefused},
+		{"10.255.255.1:80", usl.ErrForbidden}, // outside the exports
+		{"[::1]:80", usl.ErrForbidden},
+	}
+	for _, c := range cases {
+		st, err := open(t, s, flow.TCP, c.addr)
+		if !errors.Is(err, c.want) {
+			t.Errorf("open %s: err = %v, want %v", c.addr, err, c.want)
+		}
+		if st != nil {
+			st.Close()
+		}
+	}
+	st, err := open(t, s, flow.TCP, ln.Addr().String())
+	if err != nil {
+		t.Fatalf("open exported listener: %v", err)
+	}
+	st.Close()
+}
+
+// TestHalfCloseBothWays sends a request, half-closes, and reads a reply that
+// the server writes only after it saw EOF: FIN must cross in both
+// directions, and the bytes must match exactly.
+func TestHalfCloseBothWays(t *testing.T) {
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	defer ln.Close()
+	req := make([]byte, 3<<20)
+	rand.Read(req)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		got, _ := io.ReadAll(c) // until the client's FIN
+		sum := sha256.Sum256(got)
+		c.Write(bytes.Repeat(sum[:], 1<<14)) // 512 KiB reply, after EOF
+		c.(*net.TCPConn).CloseWrite()
+	}()
+	s := sessionPair(t, "127.0.0.1/32")
+	st, err := open(t, s, flow.TCP, ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if _, err := st.Write(req); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	reply, err := io.ReadAll(st)
+	if err != nil {
+		t.Fatalf("read reply: %v", err)
+	}
+	sum := sha256.Sum256(req)
+	if want := bytes.Repeat(sum[:], 1<<14); !bytes.Equal(reply, want) {
+		t.Fatalf("reply of %d bytes does not carry the request's SHA-256", len(reply))
+	}
+}
+
+// TestResetsBothWays checks that aborting the stream makes the
+// destination see ECONNRESET, and that a destination RST resets the stream.
+func TestResetsBothWays(t *testing.T) {
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	defer ln.Close()
+	accepted := make(chan *net.TCPConn, 2)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c.(*net.TCPConn)
+		}
+	}()
+	s := sessionPair(t, "127.0.0.1/32")
+
+	st, err := open(t, s, flow.TCP, ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := <-accepted
+	st.Reset(usl.ResetAborted)
+	dst.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadAll(dst); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("destination read after stream reset: %v, want ECONNRESET", err)
+	}
+	dst.Close()
+
+	st, err = open(t, s, flow.TCP, ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst = <-accepted
+	dst.SetLinger(0)
+	dst.Close()
+	st.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadAll(st); !errors.Is(err, usl.ErrAborted) {
+		t.Fatalf("stream read after destination RST: %v, want %v", err, usl.ErrAborted)
+	}
+	st.Close()
+}
+
+func TestUDPDatagrams(t *testing.T) {
+	pc, _ := net.ListenPacket("udp", "127.0.0.1:0")
+	defer pc.Close()
+	go func() {
+		buf := make([]byte, 65535)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo(bytes.ToUpper(buf[:n]), from)
+		}
+	}()
+	s := sessionPair(t, "127.0.0.1/32")
+	st, err := open(t, s, flow.UDP, pc.LocalAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	for _, msg := range []string{"hello", "", string(bytes.Repeat([]byte("x"), 60000))} {
+		rec := binary.BigEndian.AppendUint16(nil, uint16(len(msg)))
+		if _, err := st.Write(append(rec, msg...)); err != nil {
+			t.Fatal(err)
+		}
+		st.SetReadDeadline(time.Now().Add(5 * time.Second))
+		var hdr [2]byte
+		if _, err := io.ReadFull(st, hdr[:]); err != nil {
+			t.Fatalf("reply header: %v", err)
+		}
+		got := make([]byte, binary.BigEndian.Uint16(hdr[:]))
+		if _, err := io.ReadFull(st, got); err != nil {
+			t.Fatalf("reply: %v", err)
+		}
+		if want := bytes.ToUpper([]byte(msg)); !bytes.Equal(got, want) {
+			t.Fatalf("datagram of %d bytes came back as %d bytes", len(want), len(got))
+		}
+	}
+}

@@ -1,0 +1,195 @@
+package gateway
+
+import (
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/usltun/usltun/usl"
+)
+
+// relayBufSize is the copy chunk. 64 KiB matches the largest USL data frame
+// and a TSO segment, so one read usually fills one frame.
+const relayBufSize = 64 << 10
+
+// bufPool holds relay buffers. A buffer is taken only once data is ready to
+// read (see waitReadable), so idle flows pin no buffer: 10,000 idle flows
+// would otherwise pin 1.25 GiB.
+var bufPool = sync.Pool{New: func() any { b := make([]byte, relayBufSize); return &b }}
+
+// halfCloser is a connection whose write side can be shut down alone.
+type halfCloser interface {
+	net.Conn
+	CloseWrite() error
+}
+
+// relayTCP copies both ways between the stream and the destination socket.
+// A FIN on one side becomes CloseWrite on the other; a reset on one side
+// aborts the other with a reset. Once one direction has finished, the other
+// gets halfClose to finish too.
+func relayTCP(st *usl.Stream, c *net.TCPConn, halfClose time.Duration) {
+	done := make(chan error, 2)
+	go func() { done <- copyHalf(c, st, nil) }()
+	go func() { done <- copyHalf(st, c, c) }()
+	pending := 2
+	err := <-done
+	pending--
+	if err == nil {
+		t := time.NewTimer(halfClose)
+		select {
+		case err = <-done:
+			pending--
+		case <-t.C:
+			err = errHalfCloseTimeout
+		}
+		t.Stop()
+	}
+	if err == nil {
+		st.Close()
+		c.Close()
+		return
+	}
+	abortTCP(st, c, err)
+	// Both sides are closed now, so the remaining copy returns promptly.
+	for ; pending > 0; pending-- {
+		<-done
+	}
+}
+
+var errHalfCloseTimeout = errors.New("half-closed flow timed out")
+
+// abortTCP tears both sides down with a reset, choosing the stream's reason
+// from what went wrong.
+func abortTCP(st *usl.Stream, c *net.TCPConn, cause error) {
+	var re *usl.ResetError
+	if !errors.As(cause, &re) {
+		st.Reset(usl.ResetAborted)
+	}
+	// SO_LINGER 0 makes Close send an RST, which is how the destination
+	// learns that the client side aborted rather than finished.
+	c.SetLinger(0)
+	c.Close()
+	st.Close()
+}
+
+// copyHalf copies src to dst until src ends. On EOF it half-closes dst and
+// returns nil; any other error is returned. When src is a TCP socket, the
+// copy waits for readability before taking a buffer from the pool.
+func copyHalf(dst halfCloser, src io.Reader, srcTCP *net.TCPConn) error {
+	for {
+		if srcTCP != nil {
+			if err := waitReadable(srcTCP); err != nil {
+				return err
+			}
+		}
+		bp := bufPool.Get().(*[]byte)
+		n, rerr := src.Read(*bp)
+		var werr error
+		if n > 0 {
+			_, werr = dst.Write((*bp)[:n])
+		}
+		bufPool.Put(bp)
+		if werr != nil {
+			return werr
+		}
+		if rerr == io.EOF {
+			return dst.CloseWrite()
+		}
+		if rerr != nil {
+			return rerr
+		}
+	}
+}
+
+// waitReadable blocks until c has data or an EOF/error pending, without
+// reading it. MSG_PEEK into a one-byte array costs no buffer.
+func waitReadable(c syscall.Conn) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var one [1]byte
+	var serr error
+	err = rc.Read(func(fd uintptr) bool {
+		_, _, serr = syscall.Recvfrom(int(fd), one[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		return serr != syscall.EAGAIN
+	})
+	if err != nil {
+		return err
+	}
+	// A peek returns queued data before a pending error, so an error here
+	// means nothing is left to read. It must be returned now: the peek has
+	// consumed the socket error, and a later Read would see a plain EOF,
+	// turning the destination's RST into a clean FIN.
+	if serr != nil {
+		return os.NewSyscallError("recvfrom", serr)
+	}
+	return nil
+}
+
+// relayUDP carries datagrams between the stream and a connected UDP socket.
+// On the stream each datagram is a 2-byte big-endian length and the payload.
+// The flow ends after idle with no datagram either way.
+func relayUDP(st *usl.Stream, c *net.UDPConn, idle time.Duration) {
+	var last atomic.Int64
+	last.Store(time.Now().UnixNano())
+	touch := func() { last.Store(time.Now().UnixNano()) }
+	idleFor := func() time.Duration { return time.Since(time.Unix(0, last.Load())) }
+
+	done := make(chan struct{}, 2)
+	// stream → socket. It has no deadline of its own: a deadline firing
+	// between a record's header and payload would lose the framing. The
+	// other direction watches for idleness and closes both sides.
+	go func() {
+		defer func() { done <- struct{}{} }()
+		var hdr [2]byte
+		for {
+			if _, err := io.ReadFull(st, hdr[:]); err != nil {
+				return
+			}
+			bp := bufPool.Get().(*[]byte)
+			p := (*bp)[:binary.BigEndian.Uint16(hdr[:])]
+			_, err := io.ReadFull(st, p)
+			if err == nil {
+				touch()
+				// A send error (ECONNREFUSED from an earlier ICMP port
+				// unreachable) loses one datagram, as UDP does; go on.
+				c.Write(p)
+			}
+			bufPool.Put(bp)
+			if err != nil {
+				return
+			}
+		}
+	}()
+	go func() { // socket → stream
+		defer func() { done <- struct{}{} }()
+		for {
+			c.SetReadDeadline(time.Now().Add(idle))
+			bp := bufPool.Get().(*[]byte)
+			n, err := c.Read((*bp)[2:])
+			if err == nil {
+				touch()
+				binary.BigEndian.PutUint16(*bp, uint16(n))
+				_, err = st.Write((*bp)[:2+n])
+			}
+			bufPool.Put(bp)
+			if errors.Is(err, os.ErrDeadlineExceeded) && idleFor() < idle {
+				continue
+			}
+			if err != nil && !errors.Is(err, syscall.ECONNREFUSED) {
+				return
+			}
+		}
+	}()
+	<-done
+	c.Close()
+	st.Close()
+	<-done
+}
