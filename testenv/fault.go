@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"os"
 	"slices"
 	"time"
 
@@ -178,13 +179,11 @@ func (l *LinkPair) Down() error {
 // either host are put back. It counts as a heal (see OnHeal).
 func (l *LinkPair) Up() error {
 	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.markHealLocked()
 	if err := l.setDown(false); err != nil {
-		l.mu.Unlock()
 		return l.fail(err)
 	}
-	healed := l.markHealLocked()
-	l.mu.Unlock()
-	l.notifyHeal(healed)
 	return nil
 }
 
@@ -281,6 +280,8 @@ func (e *End) setRate(bitsPerSec uint64) error {
 // OnHeal callbacks receive and HealedAt returns.
 func (l *LinkPair) Heal() error {
 	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.markHealLocked()
 	var errs []error
 	if err := l.applyFaults(faultSet{}); err != nil {
 		errs = append(errs, err)
@@ -300,32 +301,28 @@ func (l *LinkPair) Heal() error {
 			errs = append(errs, err)
 		}
 	}
-	healed := l.markHealLocked()
-	l.mu.Unlock()
 	if err := errors.Join(errs...); err != nil {
 		return l.fail(fmt.Errorf("%s: heal: %w", l, err))
 	}
 	l.t.Logf("testenv: %s: healed", l)
-	l.notifyHeal(healed)
 	return nil
 }
 
-func (l *LinkPair) markHealLocked() time.Time {
+// markHealLocked takes the heal time and tells the OnHeal callbacks, just
+// before the kernel state changes: so whoever measures recovery knows of the
+// heal before the first byte can pass, at the price of a heal time that is
+// early by the callbacks' run time (microseconds).
+func (l *LinkPair) markHealLocked() {
 	l.lastHeal = time.Now()
-	return l.lastHeal
-}
-
-func (l *LinkPair) notifyHeal(at time.Time) {
-	l.mu.Lock()
-	fns := slices.Clone(l.onHeal)
-	l.mu.Unlock()
-	for _, fn := range fns {
-		fn(at)
+	for _, fn := range l.onHeal {
+		fn(l.lastHeal)
 	}
 }
 
-// OnHeal registers fn to be called with the heal time after every Heal and
-// Up (so after every flap cycle too); for example a traffic run's MarkHeal.
+// OnHeal registers fn to be called with the heal time on every Heal and Up
+// (so on every flap cycle too); for example a traffic run's MarkHeal, or
+// HealFile. fn runs just before the link carries packets again, with the
+// link locked: it must be quick and must not call the link's methods.
 func (l *LinkPair) OnHeal(fn func(time.Time)) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -337,4 +334,21 @@ func (l *LinkPair) HealedAt() time.Time {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.lastHeal
+}
+
+// HealFile appends every heal time of the link to the file at path, one
+// Unix-nanosecond timestamp per line: the heal-file format of
+// tools/uslload's --heal-file, for measuring recovery in another process.
+func (l *LinkPair) HealFile(path string) {
+	l.OnHeal(func(at time.Time) {
+		f, err := os.OpenFile(path, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+		if err != nil {
+			l.t.Errorf("testenv: heal file: %v", err)
+			return
+		}
+		defer f.Close()
+		if _, err := fmt.Fprintf(f, "%d\n", at.UnixNano()); err != nil {
+			l.t.Errorf("testenv: heal file %s: %v", path, err)
+		}
+	})
 }

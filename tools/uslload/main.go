@@ -59,6 +59,7 @@ type clientCmd struct {
 	HealFile   string        `help:"File of heal times (one Unix-ns timestamp per line) written by a fault injector; recovery delays are computed for each."`
 	Timeout    time.Duration `default:"10m" help:"Abort the run after this long."`
 	JSON       bool          `help:"Print the report as JSON."`
+	Output     string        `help:"Write the report to this file instead of standard output."`
 	Progress   time.Duration `default:"0s" help:"Print a progress line to stderr this often (0: never)."`
 	ReportWait time.Duration `default:"10s" help:"How long to wait for the server's half of the report."`
 }
@@ -111,17 +112,35 @@ func (c *clientCmd) Run(log *slog.Logger) error {
 	if rerr != nil {
 		log.Warn("incomplete report", "err", rerr)
 	}
-	if c.JSON {
-		enc := json.NewEncoder(os.Stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(rep); err != nil {
-			return fmt.Errorf("write report: %w", err)
-		}
-	} else {
-		fmt.Print(rep.String())
+	if err := c.write(rep); err != nil {
+		return err
 	}
 	if !rep.Verified {
 		return errNotVerified{}
+	}
+	return nil
+}
+
+func (c *clientCmd) write(rep *loadgen.Report) error {
+	out := os.Stdout
+	if c.Output != "" {
+		f, err := os.Create(c.Output)
+		if err != nil {
+			return fmt.Errorf("report file: %w", err)
+		}
+		defer f.Close()
+		out = f
+	}
+	var err error
+	if c.JSON {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		err = enc.Encode(rep)
+	} else {
+		_, err = fmt.Fprint(out, rep.String())
+	}
+	if err != nil {
+		return fmt.Errorf("write report: %w", err)
 	}
 	return nil
 }
