@@ -7,6 +7,8 @@ import (
 	"os"
 	"testing"
 	"time"
+
+	"github.com/google/nftables"
 )
 
 func requireRoot(t *testing.T) {
@@ -57,4 +59,22 @@ func roundTrip(c net.Conn, msg []byte, timeout time.Duration) error {
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
+}
+
+func hasTable(t *testing.T, e *End) bool {
+	t.Helper()
+	c, err := nftables.New(nftables.WithNetNSFd(int(e.Host.ns)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tables, err := c.ListTables()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tb := range tables {
+		if tb.Name == e.tableName() {
+			return true
+		}
+	}
+	return false
 }

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -357,4 +358,22 @@ func (h *Host) Run(argv ...string) (string, error) {
 
 func prefixNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// WaitDial dials network/addr from inside the host until a connection
+// succeeds or timeout passes; use it to wait for a daemon to listen.
+func (h *Host) WaitDial(network, addr string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		ctx, cancel := context.WithDeadline(context.Background(), deadline)
+		c, err := h.DialContext(ctx, network, addr)
+		cancel()
+		if err == nil {
+			return c.Close()
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("testenv: %s: %s %s not reachable within %v: %w", h.label, network, addr, timeout, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

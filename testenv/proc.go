@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -257,4 +259,23 @@ func runIn(h *Host, argv ...string) (string, error) {
 		err = fmt.Errorf("run %v on %s: %w", argv, h, err)
 	}
 	return out.String(), err
+}
+
+// RSS is the resident set size of the current incarnation in bytes, from
+// /proc/<pid>/status (VmRSS), for memory-bound assertions.
+func (p *Proc) RSS() (int64, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.Pid()))
+	if err != nil {
+		return 0, fmt.Errorf("testenv: rss of %s: %w", p.name, err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("testenv: rss of %s: %q: %w", p.name, line, err)
+			}
+			return kb << 10, nil
+		}
+	}
+	return 0, fmt.Errorf("testenv: rss of %s: no VmRSS in /proc/%d/status", p.name, p.Pid())
 }
