@@ -389,7 +389,7 @@ func (r *Run) assemble(server []EndReport) *Report {
 	for _, e := range server {
 		byFlow[e.Flow] = e
 	}
-	rep := &Report{Mode: r.cfg.Mode.String(), Dirs: r.cfg.Dirs.String(), Start: r.start, Elapsed: time.Since(r.start), Verified: true}
+	rep := &Report{Mode: r.cfg.Mode.String(), Dirs: r.cfg.Dirs.String(), Start: r.start, Elapsed: time.Since(r.start), Verified: true, NoVerify: r.cfg.NoVerify}
 	var lat hist
 	for i, cf := range r.ends {
 		fr := FlowReport{Flow: i}
@@ -421,7 +421,13 @@ func (r *Run) assemble(server []EndReport) *Report {
 		rep.Flows = append(rep.Flows, fr)
 	}
 	slices.SortStableFunc(rep.Errors, func(a, b ErrorEvent) int { return a.At.Compare(b.At) })
-	if secs := rep.Elapsed.Seconds(); secs > 0 {
+	// The rate runs from the start (dials included) to the last byte
+	// received, not to now: the report exchange is not traffic.
+	var last time.Time
+	for _, f := range rep.Flows {
+		last = latest(last, f.Up.Last, f.Down.Last)
+	}
+	if secs := last.Sub(r.start).Seconds(); secs > 0 {
 		rep.BitsPerSec = float64(rep.BytesUp+rep.BytesDown) * 8 / secs
 	}
 	if r.cfg.Mode == RR {
@@ -483,6 +489,16 @@ func recoveries(flows []FlowReport, heals []time.Time) []Recovery {
 			}
 		}
 		out = append(out, rc)
+	}
+	return out
+}
+
+func latest(ts ...time.Time) time.Time {
+	var out time.Time
+	for _, t := range ts {
+		if t.After(out) {
+			out = t
+		}
 	}
 	return out
 }

@@ -263,11 +263,16 @@ func BenchmarkLoopback(b *testing.B) {
 	s := NewServer(ln, nil)
 	defer s.Close()
 	const n = 256 << 20
-	b.SetBytes(n)
-	for b.Loop() {
-		rep, err := RunFor(context.Background(), Config{Addr: s.Addr().String(), Bytes: n, Dirs: Up})
-		if err != nil || !rep.Verified {
-			b.Fatalf("%v\n%v", err, rep)
-		}
+	for _, noVerify := range []bool{false, true} {
+		name := map[bool]string{false: "verify", true: "noverify"}[noVerify]
+		b.Run(name, func(b *testing.B) {
+			b.SetBytes(n)
+			for b.Loop() {
+				rep, err := RunFor(context.Background(), Config{Addr: s.Addr().String(), Bytes: n, Dirs: Up, NoVerify: noVerify})
+				if err != nil || rep.BytesUp != n || len(rep.Errors) != 0 {
+					b.Fatalf("%v\n%v", err, rep)
+				}
+			}
+		})
 	}
 }
