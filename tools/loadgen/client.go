@@ -27,6 +27,10 @@ type Config struct {
 	Dirs  Dir    // default Both (bulk, half-close); RR always uses both
 
 	Bytes    int64         // bulk: bytes per flow and direction (0: until Duration)
+	// UpBytes and DownBytes, when set, override Bytes for one direction;
+	// for example a short request that half-closes while a long reply
+	// streams: UpBytes: 1000, Duration: 20 * time.Second.
+	UpBytes, DownBytes int64
 	Duration time.Duration // bulk: stop sending after this (0: until Bytes)
 	Idle     time.Duration // silence after connecting, before the transfer
 
@@ -63,13 +67,24 @@ func (c *Config) fill() error {
 		if c.Requests == 0 && c.Duration == 0 {
 			return errors.New("loadgen: rr needs Requests or Duration")
 		}
-	} else if c.Bytes == 0 && c.Duration == 0 {
-		return errors.New("loadgen: bulk needs Bytes or Duration")
+	} else if c.Duration == 0 && (c.Dirs&Up != 0 && c.bytes(Up) == 0 || c.Dirs&Down != 0 && c.bytes(Down) == 0) {
+		return errors.New("loadgen: bulk needs Bytes (or UpBytes/DownBytes) or Duration")
 	}
 	if c.ReportWait == 0 {
 		c.ReportWait = 10 * time.Second
 	}
 	return nil
+}
+
+// bytes is the byte bound of one direction (0: none).
+func (c *Config) bytes(d Dir) int64 {
+	switch {
+	case d == Up && c.UpBytes != 0:
+		return c.UpBytes
+	case d == Down && c.DownBytes != 0:
+		return c.DownBytes
+	}
+	return c.Bytes
 }
 
 func cmp0(v, def int) int {
@@ -100,6 +115,7 @@ type Run struct {
 type clientFlow struct {
 	end       *flowEnd
 	connected bool // the header went out; the server should know the flow
+	connect   time.Duration
 	lat       hist
 	dialErr   *ErrorEvent
 }
@@ -182,10 +198,10 @@ func (r *Run) header(flow int) *header {
 		idleMs:     uint32(c.Idle / time.Millisecond),
 	}
 	if c.Dirs&Up != 0 {
-		h.upBytes = uint64(c.Bytes)
+		h.upBytes = uint64(c.bytes(Up))
 	}
 	if c.Dirs&Down != 0 {
-		h.downBytes = uint64(c.Bytes)
+		h.downBytes = uint64(c.bytes(Down))
 	}
 	if c.Mode == RR {
 		h.reqSize, h.respSize = uint32(c.ReqSize), uint32(c.RespSize)
@@ -195,7 +211,9 @@ func (r *Run) header(flow int) *header {
 
 func (r *Run) runFlow(ctx context.Context, i int, cf *clientFlow) {
 	h := r.header(i)
+	t0 := time.Now()
 	conn, err := r.cfg.Dial(ctx, "tcp", r.cfg.Addr)
+	cf.connect = time.Since(t0)
 	if err != nil {
 		if r.canceled.Load() || ctx.Err() != nil {
 			err = fmt.Errorf("%w: %w", errCanceled, err)
@@ -392,7 +410,7 @@ func (r *Run) assemble(server []EndReport) *Report {
 	rep := &Report{Mode: r.cfg.Mode.String(), Dirs: r.cfg.Dirs.String(), Start: r.start, Elapsed: time.Since(r.start), Verified: true, NoVerify: r.cfg.NoVerify}
 	var lat hist
 	for i, cf := range r.ends {
-		fr := FlowReport{Flow: i}
+		fr := FlowReport{Flow: i, Connect: cf.connect}
 		fr.Up.Mismatch, fr.Down.Mismatch = -1, -1
 		if cf.dialErr != nil {
 			fr.Errors = append(fr.Errors, *cf.dialErr)

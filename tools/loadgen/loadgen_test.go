@@ -276,3 +276,20 @@ func BenchmarkLoopback(b *testing.B) {
 		})
 	}
 }
+
+// TestHalfClosedWhileReplyStreams: the client's FIN comes early while the
+// server keeps sending, as in the partition suite's half-close scenario.
+func TestHalfClosedWhileReplyStreams(t *testing.T) {
+	s := startServer(t)
+	rep := run(t, Config{Addr: s.Addr().String(), UpBytes: 1000, Duration: 300 * time.Millisecond})
+	if !rep.Verified {
+		t.Fatalf("not verified:\n%s", rep)
+	}
+	f := rep.Flows[0]
+	if f.Up.Received != 1000 || f.Down.Received <= 1000 || !f.Down.Last.After(f.Up.Last) {
+		t.Fatalf("up %d (last %v), down %d (last %v)", f.Up.Received, f.Up.Last, f.Down.Received, f.Down.Last)
+	}
+	if f.Connect <= 0 {
+		t.Fatalf("connect time %v", f.Connect)
+	}
+}

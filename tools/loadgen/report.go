@@ -105,6 +105,9 @@ type FlowReport struct {
 	Up     Direction    `json:"up"`   // client → server
 	Down   Direction    `json:"down"` // server → client
 	Errors []ErrorEvent `json:"errors,omitempty"`
+	// Connect is how long the dial took (connect() latency, or how long a
+	// connect attempt waited out a partition).
+	Connect time.Duration `json:"connect"`
 	// ServerSeen is false when the server never reported this flow.
 	ServerSeen bool `json:"server_seen"`
 }
@@ -185,7 +188,11 @@ func (r *Report) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%d flows, mode %s, directions %s, %v\n", len(r.Flows), r.Mode, r.Dirs, r.Elapsed.Round(time.Millisecond))
 	fmt.Fprintf(&b, "received: up %s, down %s, %s\n", humanBytes(r.BytesUp), humanBytes(r.BytesDown), humanRate(r.BitsPerSec))
-	fmt.Fprintf(&b, "longest stall: %v\n", r.LongestStall.Round(time.Microsecond))
+	var connect time.Duration
+	for _, f := range r.Flows {
+		connect = max(connect, f.Connect)
+	}
+	fmt.Fprintf(&b, "longest stall: %v, slowest connect: %v\n", r.LongestStall.Round(time.Microsecond), connect.Round(time.Microsecond))
 	if r.Latency != nil {
 		fmt.Fprintf(&b, "latency: %d round trips, p50 %v, p99 %v, max %v\n", r.Latency.Count, r.Latency.P50, r.Latency.P99, r.Latency.Max)
 	}

@@ -50,6 +50,8 @@ type clientCmd struct {
 	Mode       string        `default:"bulk" enum:"bulk,halfclose,rr" help:"bulk, halfclose (write, shutdown, read reply) or rr (request/response latency)."`
 	Dir        string        `default:"both" enum:"up,down,both" help:"Directions for bulk/halfclose: up (client to server), down, both."`
 	Bytes      string        `default:"" help:"Bytes per flow and direction (e.g. 64MiB); empty: until --duration."`
+	UpBytes    string        `help:"Override --bytes for the up direction."`
+	DownBytes  string        `help:"Override --bytes for the down direction."`
 	Duration   time.Duration `default:"0s" help:"Send for this long (bulk, rr)."`
 	Idle       time.Duration `default:"0s" help:"Stay silent this long after connecting."`
 	ReqSize    int           `default:"64" help:"rr request size."`
@@ -82,8 +84,14 @@ func (c *clientCmd) Run(log *slog.Logger) error {
 	if cfg.Dirs, err = loadgen.ParseDir(c.Dir); err != nil {
 		return err
 	}
-	if c.Bytes != "" {
-		if cfg.Bytes, err = parseBytes(c.Bytes); err != nil {
+	for _, b := range []struct {
+		flag string
+		dst  *int64
+	}{{c.Bytes, &cfg.Bytes}, {c.UpBytes, &cfg.UpBytes}, {c.DownBytes, &cfg.DownBytes}} {
+		if b.flag == "" {
+			continue
+		}
+		if *b.dst, err = parseBytes(b.flag); err != nil {
 			return err
 		}
 	}
