@@ -26,13 +26,13 @@ type Config struct {
 	Mode  Mode   // default Bulk
 	Dirs  Dir    // default Both (bulk, half-close); RR always uses both
 
-	Bytes    int64         // bulk: bytes per flow and direction (0: until Duration)
+	Bytes int64 // bulk: bytes per flow and direction (0: until Duration)
 	// UpBytes and DownBytes, when set, override Bytes for one direction;
 	// for example a short request that half-closes while a long reply
 	// streams: UpBytes: 1000, Duration: 20 * time.Second.
 	UpBytes, DownBytes int64
-	Duration time.Duration // bulk: stop sending after this (0: until Bytes)
-	Idle     time.Duration // silence after connecting, before the transfer
+	Duration           time.Duration // bulk: stop sending after this (0: until Bytes)
+	Idle               time.Duration // silence after connecting, before the transfer
 
 	ReqSize, RespSize int // rr: message sizes; default 64 bytes each
 	Requests          int // rr: round trips per flow (0: until Duration)
