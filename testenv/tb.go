@@ -3,7 +3,10 @@ package testenv
 import (
 	"fmt"
 	"log/slog"
+	"os"
+	"os/signal"
 	"sync"
+	"syscall"
 )
 
 // TB is the part of testing.TB the lab uses; *testing.T and *testing.B
@@ -109,4 +112,29 @@ func (l *Lab) Recover(err *error) {
 		panic(r)
 	}
 	*err = fe
+}
+
+// CloseOnSignal makes SIGINT and SIGTERM tear the lab down (Close) and exit
+// the program with status 130, so a Ctrl-C during a demo leaves nothing
+// behind. The returned stop function removes the handler.
+func (l *Lab) CloseOnSignal() (stop func()) {
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, os.Interrupt, syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() {
+		select {
+		case sig := <-ch:
+			l.log.Warn("tearing the lab down", "signal", sig.String())
+			l.Close()
+			os.Exit(130)
+		case <-done:
+		}
+	}()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			signal.Stop(ch)
+			close(done)
+		})
+	}
 }

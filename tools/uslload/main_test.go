@@ -134,3 +134,34 @@ func TestParseBytes(t *testing.T) {
 		}
 	}
 }
+
+// TestBlackholeRecoveryFromHealFile: the fault injector (this test) and the
+// client (another process) share the heal time through a heal file.
+func TestBlackholeRecoveryFromHealFile(t *testing.T) {
+	a, _, l, bin := lab(t)
+	dir := t.TempDir()
+	out, heal := filepath.Join(dir, "report.json"), filepath.Join(dir, "heal")
+	l.HealFile(heal)
+	p := a.Start(t, "client", bin, "client", "--connect", "10.0.0.2:9000", "--flows", "2",
+		"--duration", "4s", "--json", "--output", out, "--heal-file", heal)
+	time.Sleep(500 * time.Millisecond)
+	if err := l.Blackhole(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1500 * time.Millisecond)
+	if err := l.Heal(); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Wait(30 * time.Second); err != nil {
+		t.Fatalf("client: %v\n%s", err, p.Output())
+	}
+	rep := readReport(t, out)
+	if !rep.Verified || len(rep.Recoveries) != 1 {
+		t.Fatalf("verified %v, recoveries %+v, errors %v", rep.Verified, rep.Recoveries, rep.Errnos())
+	}
+	rc := rep.Recoveries[0]
+	if rc.Delay <= 0 || rc.Delay > 5*time.Second || rep.LongestStall < 1400*time.Millisecond {
+		t.Fatalf("recovery %v, longest stall %v", rc.Delay, rep.LongestStall)
+	}
+	t.Logf("plain TCP after a 1.5 s blackhole: stall %v, recovery %v (flow %d %s)", rep.LongestStall, rc.Delay, rc.Flow, rc.Direction)
+}
