@@ -1,6 +1,7 @@
 package testenv
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/netip"
@@ -270,7 +271,12 @@ func (h *Host) reapplyRoutes() {
 // Run is a shorthand for running a short command inside the host and
 // returning its combined output; for daemons use Start.
 func (h *Host) Run(argv ...string) (string, error) {
-	return runIn(h, argv...)
+	return runIn(context.Background(), h, argv...)
+}
+
+// RunContext is Run, with the command killed when ctx ends.
+func (h *Host) RunContext(ctx context.Context, argv ...string) (string, error) {
+	return runIn(ctx, h, argv...)
 }
 
 func prefixNet(p netip.Prefix) *net.IPNet {

@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -246,11 +247,11 @@ func exitText(err error) string {
 }
 
 // runIn runs a short command inside h and returns its combined output.
-func runIn(h *Host, argv ...string) (string, error) {
+func runIn(ctx context.Context, h *Host, argv ...string) (string, error) {
 	if len(argv) == 0 {
 		return "", errors.New("testenv: run: empty command")
 	}
-	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	cmd.WaitDelay = 2 * time.Second

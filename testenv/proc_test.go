@@ -1,6 +1,7 @@
 package testenv
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -229,5 +230,19 @@ func TestSweepStaleRemovesDeadOwners(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(netnsDir, live)); err != nil {
 		t.Fatalf("namespace of a live pid swept: %v", err)
+	}
+}
+
+func TestRunContextBounded(t *testing.T) {
+	requireRoot(t)
+	a := NewHost(t, "a")
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if _, err := a.RunContext(ctx, "sleep", "10"); err == nil {
+		t.Fatal("RunContext outlived its context without an error")
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("RunContext took %v after a 200 ms context", d)
 	}
 }
