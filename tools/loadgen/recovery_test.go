@@ -121,3 +121,30 @@ func isTimeout(err error) bool {
 	ne, ok := err.(net.Error)
 	return ok && ne.Timeout()
 }
+
+// TestTimelineKeepsLongGaps: with more gaps than fit, the short ones go and
+// the long (fault) gap survives, so recovery stays exact for it.
+func TestTimelineKeepsLongGaps(t *testing.T) {
+	var tl timeline
+	ms := int64(time.Millisecond)
+	now := int64(1e12)
+	tl.record(now)
+	for i := range 3 * maxGaps {
+		step := 6 * ms // a short gap each time
+		if i == maxGaps/2 {
+			step = 2000 * ms // the fault
+		}
+		now += step
+		tl.record(now)
+	}
+	if len(tl.Gaps) != maxGaps || tl.Dropped != 6*ms {
+		t.Fatalf("%d gaps, dropped %d", len(tl.Gaps), tl.Dropped)
+	}
+	found := false
+	for _, g := range tl.Gaps {
+		found = found || g.End-g.Start == 2000*ms
+	}
+	if !found {
+		t.Fatal("the long gap was dropped")
+	}
+}

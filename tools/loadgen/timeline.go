@@ -7,7 +7,10 @@ import "time"
 // a recovery of at most GapMin.
 const GapMin = 5 * time.Millisecond
 
-// maxGaps bounds the gaps a timeline keeps (the most recent ones).
+// maxGaps bounds the gaps a timeline keeps. When full, the shortest gap
+// is dropped: recovery delays are measured from the gap a heal falls into,
+// so what matters is keeping the long (fault) gaps; a heal that falls into a
+// dropped gap is under-reported by at most Dropped.
 const maxGaps = 1024
 
 // Gap is a pause between two reads, in Unix nanoseconds.
@@ -23,8 +26,8 @@ type timeline struct {
 	First   int64 `json:"first,omitempty"` // first byte, Unix ns
 	Last    int64 `json:"last,omitempty"`  // latest byte
 	Longest int64 `json:"longest_stall_ns"`
-	Gaps    []Gap `json:"gaps,omitempty"` // ring once full; see next
-	next    int
+	Gaps    []Gap `json:"gaps,omitempty"`
+	Dropped int64 `json:"dropped_gap_ns,omitempty"` // longest gap dropped for space
 }
 
 func (t *timeline) record(now int64) {
@@ -37,15 +40,29 @@ func (t *timeline) record(now int64) {
 		t.Longest = d
 	}
 	if d >= int64(GapMin) {
-		g := Gap{Start: t.Last, End: now}
-		if len(t.Gaps) < maxGaps {
-			t.Gaps = append(t.Gaps, g)
-		} else {
-			t.Gaps[t.next] = g
-			t.next = (t.next + 1) % maxGaps
-		}
+		t.addGap(Gap{Start: t.Last, End: now})
 	}
 	t.Last = now
+}
+
+func (t *timeline) addGap(g Gap) {
+	if len(t.Gaps) < maxGaps {
+		t.Gaps = append(t.Gaps, g)
+		return
+	}
+	// Full: replace the shortest gap if the new one is longer. The scan is
+	// rare (only on a pause of GapMin or more with a full table).
+	short := 0
+	for i, x := range t.Gaps {
+		if x.End-x.Start < t.Gaps[short].End-t.Gaps[short].Start {
+			short = i
+		}
+	}
+	drop := g
+	if x := t.Gaps[short]; g.End-g.Start > x.End-x.Start {
+		drop, t.Gaps[short] = x, g
+	}
+	t.Dropped = max(t.Dropped, drop.End-drop.Start)
 }
 
 // firstAfter returns the time of the first byte at or after heal, and false
