@@ -44,6 +44,7 @@ const (
 	maxPacket = vnetHdrLen + 65535
 
 	vnetFlagNeedsCsum = 1 // VIRTIO_NET_HDR_F_NEEDS_CSUM
+	vnetFlagDataValid = 2 // VIRTIO_NET_HDR_F_DATA_VALID
 	vnetGSONone       = 0
 	vnetGSOTCPv4      = 1
 	vnetGSOTCPv6      = 4
@@ -73,12 +74,13 @@ func newEndpoint(file *os.File, mtu uint32, offload Offload) (*endpoint, error) 
 	}
 	e := &endpoint{file: file, rc: rc, vnet: offload != OffloadNone}
 	e.mtu.Store(mtu)
-	if offload == OffloadTSO {
-		// With TUN_F_CSUM the kernel hands us CHECKSUM_PARTIAL packets whose
-		// TCP/UDP checksum field holds only the pseudo-header sum: gVisor must
-		// not verify it. The packets never crossed a wire.
-		e.caps |= stack.CapabilityRXChecksumOffload
-	}
+	// RXChecksumOffload makes the NIC trust pkt.RXChecksumValidated as set
+	// by deliver and by gVisor's GRO, which verifies the TCP checksums of
+	// packets not yet validated before it merges them (merged packets no
+	// longer carry a checksum gVisor could verify). Without it GRO output is
+	// dropped as malformed. UDP and ICMP from the kernel are then not
+	// re-verified: they were built by this host's own stack.
+	e.caps = stack.CapabilityRXChecksumOffload
 	e.writers.New = func() any {
 		w := &writer{e: e, iov: make([]unix.Iovec, 0, 8)}
 		w.fn = w.writev // bound once, so rc.Write does not allocate per packet
@@ -212,6 +214,7 @@ func (r *reader) deliver(b []byte) {
 		r.e.dropped.Add(1) // truncated: larger than any GSO segment we allow
 		return
 	}
+	validated := false
 	if r.e.vnet {
 		if len(b) < vnetHdrLen {
 			r.e.dropped.Add(1)
@@ -227,6 +230,11 @@ func (r *reader) deliver(b []byte) {
 			r.e.dropped.Add(1) // UDP/USO was not negotiated
 			return
 		}
+		// NEEDS_CSUM: the checksum field holds only the pseudo-header sum
+		// (CHECKSUM_PARTIAL), so it cannot be verified, and needs no
+		// verification: the packet never left this host. DATA_VALID: the
+		// kernel verified it.
+		validated = b[0]&(vnetFlagNeedsCsum|vnetFlagDataValid) != 0
 		b = b[vnetHdrLen:]
 	}
 	if len(b) == 0 {
@@ -247,7 +255,7 @@ func (r *reader) deliver(b []byte) {
 	// is reused and nothing is allocated per packet on the Go heap.
 	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(b)})
 	pkt.NetworkProtocolNumber = proto
-	pkt.RXChecksumValidated = r.e.caps&stack.CapabilityRXChecksumOffload != 0
+	pkt.RXChecksumValidated = validated
 	r.gro.Enqueue(pkt)
 	pkt.DecRef()
 }
@@ -351,3 +359,6 @@ func (w *writer) fillHeader(pkt *stack.PacketBuffer) {
 		put16(4, g.MSS)                    // gso_size
 	}
 }
+
+// Dropped counts inbound packets dropped as malformed or unsupported.
+func (e *endpoint) Dropped() uint64 { return e.dropped.Load() }

@@ -1,0 +1,247 @@
+// Package netstack terminates the applications' TCP and UDP flows that
+// arrive on the TUN device in a gVisor network stack, and hands each flow to
+// a Dialer that carries it to the far side (a USL stream in usltun).
+//
+// TCP connect semantics are preserved end to end:
+//
+//	app SYN ──► forwarder ──► Dialer.DialFlow (peer dials the destination)
+//	                           ├─ ok          ──► SYN-ACK, splice both ways
+//	                           ├─ refused,
+//	                           │  forbidden,
+//	                           │  limit, fenced ──► RST          (ECONNREFUSED)
+//	                           └─ unreachable,
+//	                              timeout     ──► ICMP unreachable (EHOSTUNREACH)
+//
+// The application never sees a connect that succeeds and then closes. While
+// the session is partitioned DialFlow blocks and the SYN waits (the app
+// retransmits it; gVisor swallows duplicates of an in-flight 4-tuple), bounded
+// by Config.ConnectTimeout.
+//
+// Once spliced, a FIN from either side becomes CloseWrite on the other, an
+// RST becomes an abort, and the wait for the second FIN is bounded by
+// Config.HalfCloseTimeout. There are no per-flow keepalives: the session
+// below keeps itself alive, and healthy idle flows live for hours.
+package netstack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/usltun/usltun/flow"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+)
+
+// Dialer opens the remote half of a flow. cmd/usltun implements it on a
+// usl.Session; tests implement it in memory. DialFlow returns only once the
+// destination accepted the connection (TCP) or the stream is open (UDP);
+// errors are *usl.ResetError values (errors.Is with usl.ErrRefused, ...).
+type Dialer interface {
+	DialFlow(ctx context.Context, dest flow.Dest) (Conn, error)
+}
+
+// Conn is the remote half of a flow. For UDP its bytes are datagrams, each
+// prefixed with a 2-byte big-endian length.
+type Conn interface {
+	net.Conn
+	CloseWrite() error
+}
+
+// Aborter is implemented by Conns that can abort both directions at once
+// (usl.Stream.Reset(ResetAborted)). It is used when the application resets
+// its connection; a Conn without it is closed instead.
+type Aborter interface {
+	Abort() error
+}
+
+// Config configures a Stack. Zero values select the defaults.
+type Config struct {
+	// MTU of the link; if set it must equal the link endpoint's MTU.
+	MTU int
+	// MaxFlows caps open TCP plus UDP flows (default 8192). Beyond it new
+	// SYNs are answered with RST and new UDP flows are dropped.
+	MaxFlows int
+	// MaxPendingConnects caps TCP handshakes waiting for DialFlow (the
+	// forwarder's in-flight limit, default 1024). SYNs beyond it are dropped
+	// and retransmitted by the application.
+	MaxPendingConnects int
+	// ConnectTimeout bounds how long a SYN waits for DialFlow (default 60 s),
+	// generous so a connect during a partition completes after the heal.
+	ConnectTimeout time.Duration
+	// HalfCloseTimeout bounds the wait for the second FIN once one side
+	// has closed its direction (default 2 min).
+	HalfCloseTimeout time.Duration
+	// UDPIdleTimeout closes a UDP flow without traffic either way (default 60 s).
+	UDPIdleTimeout time.Duration
+	// Dialer opens the remote half of each flow. Required.
+	Dialer Dialer
+	// Logger receives flow-level logs; nil discards them.
+	Logger *slog.Logger
+}
+
+func (c *Config) setDefaults() {
+	if c.MaxFlows <= 0 {
+		c.MaxFlows = 8192
+	}
+	if c.MaxPendingConnects <= 0 {
+		c.MaxPendingConnects = 1024
+	}
+	if c.ConnectTimeout <= 0 {
+		c.ConnectTimeout = 60 * time.Second
+	}
+	if c.HalfCloseTimeout <= 0 {
+		c.HalfCloseTimeout = 2 * time.Minute
+	}
+	if c.UDPIdleTimeout <= 0 {
+		c.UDPIdleTimeout = 60 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Stats is a snapshot of the stack's flows.
+type Stats struct {
+	TCPFlows        int    // spliced TCP flows
+	PendingConnects int    // SYNs waiting for DialFlow
+	UDPFlows        int    // open UDP flows
+	RefusedByLimit  uint64 // flows refused because MaxFlows was reached
+	DialErrors      uint64 // DialFlow failures (refused, unreachable, ...)
+	EchoReplies     uint64 // ICMP echo requests answered
+}
+
+// Stack is a gVisor stack serving one link endpoint.
+type Stack struct {
+	cfg   Config
+	s     *stack.Stack
+	link  *linkFilter
+	nicID tcpip.NICID
+	log   *slog.Logger
+
+	ctx    context.Context // canceled by Close: aborts pending dials
+	cancel context.CancelFunc
+
+	mu      sync.Mutex
+	closing bool
+	flows   map[flowCloser]struct{}
+	wg      sync.WaitGroup // every flow goroutine
+
+	flowCount    atomic.Int64 // TCP (pending or spliced) + UDP, against MaxFlows
+	tcpFlows     atomic.Int64
+	pending      atomic.Int64
+	udpFlows     atomic.Int64
+	refused      atomic.Uint64
+	dialErrors   atomic.Uint64
+	lastLimitLog atomic.Int64 // unix nanos; limit logs at most every 10 s
+
+	bufs sync.Pool // *[]byte of poolBuf bytes, borrowed by busy pumps
+
+	closeOnce sync.Once
+}
+
+// flowCloser is a live flow that Close must shut down.
+type flowCloser interface{ shutdown() }
+
+// New builds the stack on ep. Transport handlers are installed before the NIC
+// is created, so no packet can reach a NIC without them.
+func New(ep stack.LinkEndpoint, cfg Config) (*Stack, error) {
+	if cfg.Dialer == nil {
+		return nil, errors.New("netstack: Config.Dialer is required")
+	}
+	if cfg.MTU != 0 && uint32(cfg.MTU) != ep.MTU() {
+		return nil, fmt.Errorf("netstack: MTU %d differs from the link's MTU %d", cfg.MTU, ep.MTU())
+	}
+	cfg.setDefaults()
+	st := &Stack{cfg: cfg, log: cfg.Logger, flows: make(map[flowCloser]struct{}), nicID: 1}
+	st.ctx, st.cancel = context.WithCancel(context.Background())
+	st.bufs.New = func() any { b := make([]byte, poolBuf); return &b }
+	st.s = newGVisorStack()
+	if err := tune(st.s); err != nil {
+		st.s.Destroy()
+		return nil, err
+	}
+	st.installHandlers()
+	st.link = newLinkFilter(ep, cfg.MaxPendingConnects)
+	if err := st.createNIC(); err != nil {
+		st.s.Destroy()
+		return nil, err
+	}
+	return st, nil
+}
+
+// Stats returns a snapshot of the flow counters.
+func (st *Stack) Stats() Stats {
+	return Stats{
+		TCPFlows:        int(st.tcpFlows.Load()),
+		PendingConnects: int(st.pending.Load()),
+		UDPFlows:        int(st.udpFlows.Load()),
+		RefusedByLimit:  st.refused.Load(),
+		DialErrors:      st.dialErrors.Load(),
+		EchoReplies:     st.link.echoReplies.Load(),
+	}
+}
+
+// track registers a live flow and its goroutine; it fails once Close began.
+func (st *Stack) track(f flowCloser) bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.closing {
+		return false
+	}
+	st.flows[f] = struct{}{}
+	st.wg.Add(1)
+	return true
+}
+
+func (st *Stack) untrack(f flowCloser) {
+	st.mu.Lock()
+	delete(st.flows, f)
+	st.mu.Unlock()
+	st.wg.Done()
+}
+
+// acquireFlow reserves one of MaxFlows; on failure it counts and logs.
+func (st *Stack) acquireFlow(dest flow.Dest) bool {
+	if st.flowCount.Add(1) <= int64(st.cfg.MaxFlows) {
+		return true
+	}
+	st.flowCount.Add(-1)
+	n := st.refused.Add(1)
+	now := time.Now().UnixNano()
+	last := st.lastLimitLog.Load()
+	if now-last >= int64(10*time.Second) && st.lastLimitLog.CompareAndSwap(last, now) {
+		st.log.Warn("flow limit reached, refusing new flows", "max_flows", st.cfg.MaxFlows, "dest", dest.String(), "refused_total", n)
+	}
+	return false
+}
+
+func (st *Stack) releaseFlow() { st.flowCount.Add(-1) }
+
+// Close shuts every flow down, with FINs where the flow can take them
+// (data in flight at that moment is not delivered), then tears the stack
+// down and waits for all goroutines, including the link endpoint's reader.
+func (st *Stack) Close() error {
+	st.closeOnce.Do(func() {
+		st.mu.Lock()
+		st.closing = true
+		flows := make([]flowCloser, 0, len(st.flows))
+		for f := range st.flows {
+			flows = append(flows, f)
+		}
+		st.mu.Unlock()
+		st.cancel()
+		for _, f := range flows {
+			f.shutdown()
+		}
+		st.wg.Wait()
+		st.s.Close()
+		st.s.Wait() // removes the NIC, which detaches and waits for the link reader
+	})
+	return nil
+}

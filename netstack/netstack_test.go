@@ -1,0 +1,515 @@
+package netstack
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/usltun/usltun/flow"
+	"github.com/usltun/usltun/usl"
+	"go.uber.org/goleak"
+	"golang.org/x/net/icmp"
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
+)
+
+// exchange sends n random bytes each way at the same time, with a
+// half-close after sending, and checks both sides got exactly the other's
+// bytes by SHA-256.
+func exchange(t *testing.T, h *harness, target string, n int) {
+	t.Helper()
+	l := h.listen("tcp4")
+	d := &kernelDialer{h: h, addr: l.Addr().String()}
+	h.st.cfg.Dialer = d
+	type result struct {
+		sent, got [32]byte
+		err       error
+	}
+	srv := make(chan result, 1)
+	serve(l, func(c *net.TCPConn) {
+		defer c.Close()
+		var r result
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r.sent, r.err = sendRandom(c, n)
+			if r.err == nil {
+				r.err = c.CloseWrite()
+			}
+		}()
+		hs := sha256.New()
+		if _, err := io.Copy(hs, c); err != nil && r.err == nil {
+			r.err = err
+		}
+		wg.Wait()
+		copy(r.got[:], hs.Sum(nil))
+		srv <- r
+	})
+	c, err := h.dial("tcp", target, 5*time.Second)
+	if err != nil {
+		t.Fatalf("connect %s: %v", target, err)
+	}
+	defer c.Close()
+	var sent [32]byte
+	var serr error
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		sent, serr = sendRandom(c, n)
+		if serr == nil {
+			serr = c.(*net.TCPConn).CloseWrite()
+		}
+	}()
+	hs := sha256.New()
+	got, err := io.Copy(hs, c)
+	if err != nil {
+		t.Fatalf("client read: %v", err)
+	}
+	wg.Wait()
+	if serr != nil {
+		t.Fatalf("client send: %v", serr)
+	}
+	var r result
+	select {
+	case r = <-srv:
+	case <-time.After(30 * time.Second):
+		t.Fatal("server did not finish")
+	}
+	if r.err != nil {
+		t.Fatalf("server: %v", r.err)
+	}
+	if got != int64(n) || !bytes.Equal(hs.Sum(nil), r.sent[:]) {
+		t.Fatalf("client got %d bytes, sha mismatch %x vs %x", got, hs.Sum(nil), r.sent)
+	}
+	if r.got != sent {
+		t.Fatalf("server sha %x, client sent %x", r.got, sent)
+	}
+	l.Close() // stops serve's accept loop before the leak check
+	want := netip.MustParseAddrPort(target)
+	if dest := d.lastDest(); dest.Proto != flow.TCP || dest.Addr != want {
+		t.Fatalf("dialer asked for %v, want tcp/%v", dest, want)
+	}
+}
+
+func sendRandom(w io.Writer, n int) (sum [32]byte, err error) {
+	hs := sha256.New()
+	buf := make([]byte, 256<<10)
+	for left := n; left > 0; {
+		b := buf[:min(left, len(buf))]
+		rand.Read(b)
+		hs.Write(b)
+		if _, err := w.Write(b); err != nil {
+			return sum, err
+		}
+		left -= len(b)
+	}
+	copy(sum[:], hs.Sum(nil))
+	return sum, nil
+}
+
+func TestTransfer16MiB(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		target    string
+		noOffload bool
+	}{
+		{"v4 offload", "10.66.1.10:8080", false},
+		{"v4 plain", "10.66.1.10:8080", true},
+		{"v6 offload", "[fd66:1::10]:443", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			leaks := goleak.IgnoreCurrent()
+			h := newHarness(t, Config{Dialer: dialFunc(nil)}, tc.noOffload)
+			exchange(t, h, tc.target, 16<<20)
+			h.close()
+			// The netns helpers' threads and the test's own listener are gone
+			// by now; gVisor's and the splice goroutines must be too.
+			goleak.VerifyNone(t, leaks)
+		})
+	}
+}
+
+func TestConnectErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		err    error
+		target string
+		want   syscall.Errno
+	}{
+		{"refused", usl.ErrRefused, "10.66.1.20:81", syscall.ECONNREFUSED},
+		{"forbidden", &usl.ResetError{Code: usl.ResetForbidden, Remote: true}, "10.66.1.20:82", syscall.ECONNREFUSED},
+		{"peer restarted", usl.ErrPeerRestarted, "10.66.1.20:83", syscall.ECONNREFUSED},
+		{"limit", usl.ErrLimit, "10.66.1.20:84", syscall.ECONNREFUSED},
+		{"unreachable v4", &usl.ResetError{Code: usl.ResetUnreachable, Remote: true}, "10.66.1.20:85", syscall.EHOSTUNREACH},
+		{"unreachable v6", usl.ErrUnreachable, "[fd66:1::20]:85", syscall.EHOSTUNREACH},
+		{"timeout", usl.ErrTimeout, "10.66.1.20:86", syscall.EHOSTUNREACH},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, Config{Dialer: dialFunc(func(context.Context, flow.Dest) (Conn, error) {
+				return nil, tc.err
+			})}, false)
+			c, err := h.dial("tcp", tc.target, 5*time.Second)
+			if err == nil {
+				c.Close()
+				t.Fatalf("connect succeeded, want %v", tc.want)
+			}
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("connect: %v, want %v", err, tc.want)
+			}
+			if s := h.st.Stats(); s.DialErrors != 1 || s.PendingConnects != 0 || s.TCPFlows != 0 {
+				t.Fatalf("stats %+v", s)
+			}
+		})
+	}
+}
+
+// TestConnectTimeout: a dial that never returns is bounded by
+// ConnectTimeout and reported as unreachable, not as a connect that works.
+func TestConnectTimeout(t *testing.T) {
+	h := newHarness(t, Config{ConnectTimeout: 300 * time.Millisecond, Dialer: dialFunc(func(ctx context.Context, _ flow.Dest) (Conn, error) {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	})}, false)
+	start := time.Now()
+	_, err := h.dial("tcp", "10.66.1.21:80", 5*time.Second)
+	if !errors.Is(err, syscall.EHOSTUNREACH) {
+		t.Fatalf("connect: %v, want EHOSTUNREACH", err)
+	}
+	if el := time.Since(start); el < 250*time.Millisecond || el > 3*time.Second {
+		t.Fatalf("failed after %v, want about 300ms", el)
+	}
+}
+
+// TestSlowDial: the SYN waits while the Dialer takes 2 s (a partition),
+// the app's SYN retransmissions are absorbed, and the connect succeeds.
+func TestSlowDial(t *testing.T) {
+	h := newHarness(t, Config{Dialer: dialFunc(nil)}, false)
+	l := h.listen("tcp4")
+	d := &kernelDialer{h: h, addr: l.Addr().String(), delay: 2 * time.Second}
+	h.st.cfg.Dialer = d
+	serve(l, func(c *net.TCPConn) { io.Copy(c, c); c.Close() })
+	start := time.Now()
+	c, err := h.dial("tcp", "10.66.1.22:22", 10*time.Second)
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	defer c.Close()
+	if el := time.Since(start); el < 2*time.Second {
+		t.Fatalf("connected after %v, before the dial finished", el)
+	}
+	if _, err := c.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "ping" {
+		t.Fatalf("echo: %q %v", buf, err)
+	}
+	d.mu.Lock()
+	n := len(d.dests)
+	d.mu.Unlock()
+	if n != 1 {
+		t.Fatalf("%d dials for one connect: retransmitted SYNs were not absorbed", n)
+	}
+}
+
+// TestHalfClose: the client sends a request and shuts down its write side;
+// the server answers only after EOF, and the client reads all of it.
+func TestHalfClose(t *testing.T) {
+	h := newHarness(t, Config{Dialer: dialFunc(nil)}, false)
+	l := h.listen("tcp4")
+	h.st.cfg.Dialer = &kernelDialer{h: h, addr: l.Addr().String()}
+	reply := make([]byte, 3<<20)
+	rand.Read(reply)
+	serve(l, func(c *net.TCPConn) {
+		defer c.Close()
+		req, err := io.ReadAll(c) // until the client's FIN
+		if err != nil || string(req) != "GET /" {
+			return
+		}
+		time.Sleep(200 * time.Millisecond) // the flow stays half-closed for a while
+		c.Write(reply)
+	})
+	c, err := h.dial("tcp", "10.66.1.23:80", 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("GET /")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatalf("read reply: %v", err)
+	}
+	if sha256.Sum256(got) != sha256.Sum256(reply) {
+		t.Fatalf("reply: got %d bytes, want %d, sha differs", len(got), len(reply))
+	}
+}
+
+// TestHalfCloseTimeout: a flow that stays half-closed longer than
+// HalfCloseTimeout is reset.
+func TestHalfCloseTimeout(t *testing.T) {
+	h := newHarness(t, Config{HalfCloseTimeout: 300 * time.Millisecond, Dialer: dialFunc(nil)}, false)
+	l := h.listen("tcp4")
+	h.st.cfg.Dialer = &kernelDialer{h: h, addr: l.Addr().String()}
+	hold := make(chan struct{})
+	defer close(hold)
+	serve(l, func(c *net.TCPConn) { <-hold; c.Close() }) // never answers, never closes
+	c, err := h.dial("tcp", "10.66.1.24:80", 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.(*net.TCPConn).CloseWrite()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err = c.Read(make([]byte, 1))
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("read after half-close timeout: %v, want ECONNRESET", err)
+	}
+}
+
+// TestResets: an RST from the app aborts the remote half; a reset of the
+// remote half reaches the app as an RST.
+func TestResets(t *testing.T) {
+	h := newHarness(t, Config{Dialer: dialFunc(nil)}, false)
+	l := h.listen("tcp4")
+	d := &kernelDialer{h: h, addr: l.Addr().String()}
+	h.st.cfg.Dialer = d
+	conns := make(chan *net.TCPConn, 2)
+	serve(l, func(c *net.TCPConn) { conns <- c })
+
+	// App RST → remote Abort.
+	c, err := h.dial("tcp", "10.66.1.25:80", 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := <-conns
+	c.(*net.TCPConn).SetLinger(0)
+	c.Close()
+	srv.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := srv.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("remote after app RST: %v, want ECONNRESET", err)
+	}
+	if d.aborted.Load() != 1 {
+		t.Fatalf("Abort called %d times, want 1", d.aborted.Load())
+	}
+	srv.Close()
+
+	// Remote reset → app RST.
+	c, err = h.dial("tcp", "10.66.1.25:81", 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	srv = <-conns
+	srv.SetLinger(0)
+	srv.Close()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("app after remote reset: %v, want ECONNRESET", err)
+	}
+}
+
+// TestMaxFlows: beyond MaxFlows a SYN is refused with an RST.
+func TestMaxFlows(t *testing.T) {
+	h := newHarness(t, Config{MaxFlows: 2, Dialer: dialFunc(nil)}, false)
+	l := h.listen("tcp4")
+	h.st.cfg.Dialer = &kernelDialer{h: h, addr: l.Addr().String()}
+	hold := make(chan struct{})
+	defer close(hold)
+	serve(l, func(c *net.TCPConn) { <-hold; c.Close() })
+	for i := range 2 {
+		c, err := h.dial("tcp", fmt.Sprintf("10.66.1.26:%d", 80+i), 5*time.Second)
+		if err != nil {
+			t.Fatalf("flow %d: %v", i, err)
+		}
+		defer c.Close()
+	}
+	_, err := h.dial("tcp", "10.66.1.26:90", 5*time.Second)
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("flow beyond the limit: %v, want ECONNREFUSED", err)
+	}
+	if s := h.st.Stats(); s.RefusedByLimit != 1 || s.TCPFlows != 2 {
+		t.Fatalf("stats %+v, want 1 refused and 2 flows", s)
+	}
+}
+
+// TestUDP: a datagram to a routed address travels as a length-prefixed
+// record, and the reply comes back from the original destination.
+func TestUDP(t *testing.T) {
+	for _, tc := range []struct{ network, target string }{
+		{"udp4", "10.66.1.53:53"},
+		{"udp6", "[fd66:1::53]:53"},
+	} {
+		t.Run(tc.network, func(t *testing.T) {
+			h := newHarness(t, Config{Dialer: dialFunc(nil)}, false)
+			l := h.listen("tcp4")
+			d := &kernelDialer{h: h, addr: l.Addr().String()}
+			h.st.cfg.Dialer = d
+			// The far side: answer each record with its upper-cased payload.
+			serve(l, func(c *net.TCPConn) {
+				defer c.Close()
+				var hdr [2]byte
+				for {
+					if _, err := io.ReadFull(c, hdr[:]); err != nil {
+						return
+					}
+					p := make([]byte, binary.BigEndian.Uint16(hdr[:]))
+					if _, err := io.ReadFull(c, p); err != nil {
+						return
+					}
+					c.Write(append(hdr[:], bytes.ToUpper(p)...))
+				}
+			})
+			var pc net.PacketConn
+			if err := h.ns.Do(func() (err error) { pc, err = net.ListenPacket(tc.network, ":0"); return err }); err != nil {
+				t.Fatal(err)
+			}
+			defer pc.Close()
+			dst := net.UDPAddrFromAddrPort(netip.MustParseAddrPort(tc.target))
+			buf := make([]byte, 2000)
+			for i, msg := range []string{"query one", "query two", string(bytes.Repeat([]byte("x"), 1200))} {
+				if _, err := pc.WriteTo([]byte(msg), dst); err != nil {
+					t.Fatal(err)
+				}
+				pc.SetReadDeadline(time.Now().Add(5 * time.Second))
+				n, from, err := pc.ReadFrom(buf)
+				if err != nil {
+					t.Fatalf("reply %d: %v", i, err)
+				}
+				if from.(*net.UDPAddr).AddrPort() != dst.AddrPort() || string(buf[:n]) != string(bytes.ToUpper([]byte(msg))) {
+					t.Fatalf("reply %d: %q from %v", i, buf[:n], from)
+				}
+			}
+			if s := h.st.Stats(); s.UDPFlows != 1 {
+				t.Fatalf("stats %+v, want one UDP flow", s)
+			}
+			if dest := d.lastDest(); dest.Proto != flow.UDP || dest.Addr != dst.AddrPort() {
+				t.Fatalf("dialer asked for %v", dest)
+			}
+		})
+	}
+}
+
+// TestUDPIdle: an idle UDP flow is closed after UDPIdleTimeout.
+func TestUDPIdle(t *testing.T) {
+	h := newHarness(t, Config{UDPIdleTimeout: 300 * time.Millisecond, Dialer: dialFunc(nil)}, false)
+	l := h.listen("tcp4")
+	h.st.cfg.Dialer = &kernelDialer{h: h, addr: l.Addr().String()}
+	serve(l, func(c *net.TCPConn) { io.Copy(io.Discard, c); c.Close() })
+	var pc net.PacketConn
+	if err := h.ns.Do(func() (err error) { pc, err = net.ListenPacket("udp4", ":0"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	pc.WriteTo([]byte("x"), net.UDPAddrFromAddrPort(netip.MustParseAddrPort("10.66.1.54:9")))
+	waitFor(t, 2*time.Second, func() bool { return h.st.Stats().UDPFlows == 1 })
+	waitFor(t, 3*time.Second, func() bool { return h.st.Stats().UDPFlows == 0 })
+}
+
+func waitFor(t *testing.T, d time.Duration, cond func() bool) {
+	t.Helper()
+	for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		if cond() {
+			return
+		}
+	}
+	t.Fatalf("condition not met within %v", d)
+}
+
+// TestICMPEcho pings routed addresses with raw ICMP sockets.
+func TestICMPEcho(t *testing.T) {
+	h := newHarness(t, Config{Dialer: dialFunc(func(context.Context, flow.Dest) (Conn, error) {
+		return nil, errUnexpectedDial
+	})}, false)
+	for _, tc := range []struct {
+		network, listen, target string
+		typ, reply              icmp.Type
+		proto                   int
+	}{
+		{"ip4:icmp", "0.0.0.0", "10.66.1.77", ipv4.ICMPTypeEcho, ipv4.ICMPTypeEchoReply, 1},
+		{"ip6:ipv6-icmp", "::", "fd66:1::77", ipv6.ICMPTypeEchoRequest, ipv6.ICMPTypeEchoReply, 58},
+	} {
+		var pc *icmp.PacketConn
+		if err := h.ns.Do(func() (err error) { pc, err = icmp.ListenPacket(tc.network, tc.listen); return err }); err != nil {
+			t.Fatal(err)
+		}
+		defer pc.Close()
+		body := &icmp.Echo{ID: 4242, Seq: 7, Data: []byte("usltun echo payload")}
+		wb, err := (&icmp.Message{Type: tc.typ, Body: body}).Marshal(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dst := &net.IPAddr{IP: net.ParseIP(tc.target)}
+		if _, err := pc.WriteTo(wb, dst); err != nil {
+			t.Fatal(err)
+		}
+		rb := make([]byte, 1500)
+		for {
+			pc.SetReadDeadline(time.Now().Add(3 * time.Second))
+			n, from, err := pc.ReadFrom(rb)
+			if err != nil {
+				t.Fatalf("%s: no echo reply: %v", tc.target, err)
+			}
+			m, err := icmp.ParseMessage(tc.proto, rb[:n])
+			if err != nil || m.Type != tc.reply {
+				continue // our own request, or neighbour discovery
+			}
+			e, ok := m.Body.(*icmp.Echo)
+			if !ok || e.ID != body.ID || e.Seq != body.Seq || !bytes.Equal(e.Data, body.Data) {
+				t.Fatalf("%s: reply %+v", tc.target, m.Body)
+			}
+			if from.String() != dst.String() {
+				t.Fatalf("reply from %v, want %v", from, dst)
+			}
+			break
+		}
+	}
+	if s := h.st.Stats(); s.EchoReplies != 2 {
+		t.Fatalf("stats %+v, want 2 echo replies", s)
+	}
+}
+
+// TestCloseSendsFIN: closing the stack ends a live flow with a FIN to the
+// app, not an RST, and returns.
+func TestCloseSendsFIN(t *testing.T) {
+	h := newHarness(t, Config{Dialer: dialFunc(nil)}, false)
+	l := h.listen("tcp4")
+	h.st.cfg.Dialer = &kernelDialer{h: h, addr: l.Addr().String()}
+	serve(l, func(c *net.TCPConn) { io.Copy(io.Discard, c); c.Close() })
+	c, err := h.dial("tcp", "10.66.1.27:80", 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	waitFor(t, 2*time.Second, func() bool { return h.st.Stats().TCPFlows == 1 })
+	done := make(chan error, 1)
+	go func() { done <- h.st.Close() }()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := c.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Fatalf("read after stack Close: %d, %v, want EOF", n, err)
+	}
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not return")
+	}
+}

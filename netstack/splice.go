@@ -1,0 +1,174 @@
+package netstack
+
+import (
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/usltun/usltun/flow"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+)
+
+const (
+	// smallBuf is each direction's own buffer, used for the blocking read
+	// of an idle flow: idle flows must be cheap (thousands of them).
+	smallBuf = 4 << 10
+	// poolBuf-sized buffers are borrowed from the stack's pool while a
+	// direction is busy (a read filled the small buffer, so more is
+	// queued). About 64 KiB, like a GSO segment and a USL frame, and
+	// exactly the largest UDP datagram with its 2-byte length prefix.
+	poolBuf = 2 + 0xffff
+	// shutdownWriteGrace bounds writes still in progress when Close stops
+	// the flows.
+	shutdownWriteGrace = time.Second
+)
+
+// tcpFlow is one spliced TCP connection: app is the application's
+// connection terminated in gVisor, remote the Dialer's half.
+type tcpFlow struct {
+	st   *Stack
+	dest flow.Dest
+
+	mu       sync.Mutex
+	app      *gonet.TCPConn
+	ep       tcpip.Endpoint
+	remote   Conn
+	stopping bool // Close is shutting flows down: deadline errors mean FIN
+
+	abortOnce sync.Once
+	halfOnce  sync.Once
+	halfTimer *time.Timer
+}
+
+// attach publishes the connection halves; if Close already began it
+// applies the shutdown at once.
+func (f *tcpFlow) attach(app *gonet.TCPConn, ep tcpip.Endpoint, remote Conn) {
+	f.mu.Lock()
+	f.app, f.ep, f.remote = app, ep, remote
+	stopping := f.stopping
+	f.mu.Unlock()
+	if stopping {
+		f.interrupt()
+	}
+}
+
+// shutdown is called by Stack.Close: both read sides stop at once, which
+// the pumps turn into FINs in both directions.
+func (f *tcpFlow) shutdown() {
+	f.mu.Lock()
+	f.stopping = true
+	attached := f.app != nil
+	f.mu.Unlock()
+	if attached {
+		f.interrupt()
+	}
+}
+
+func (f *tcpFlow) interrupt() {
+	now := time.Now()
+	_ = f.app.SetReadDeadline(now)
+	_ = f.remote.SetReadDeadline(now)
+	_ = f.app.SetWriteDeadline(now.Add(shutdownWriteGrace))
+	_ = f.remote.SetWriteDeadline(now.Add(shutdownWriteGrace))
+}
+
+func (f *tcpFlow) isStopping() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.stopping
+}
+
+// splice copies both ways until both directions ended (FIN both ways) or
+// the flow was aborted, then releases both halves.
+func (f *tcpFlow) splice() {
+	done := make(chan bool, 1)
+	go func() { done <- f.pump(f.remote, f.app, f.closeWriteRemote) }()
+	clean := f.pump(f.app, f.remote, f.closeWriteApp)
+	clean = <-done && clean
+	f.mu.Lock()
+	if f.halfTimer != nil {
+		f.halfTimer.Stop()
+	}
+	f.mu.Unlock()
+	if !clean {
+		f.abort() // idempotent; makes sure both halves saw the reset
+	}
+	_ = f.app.Close()
+	_ = f.remote.Close()
+}
+
+func (f *tcpFlow) closeWriteRemote() error { return f.remote.CloseWrite() }
+func (f *tcpFlow) closeWriteApp() error    { return f.app.CloseWrite() }
+
+// pump copies src to dst. On EOF (a FIN) it half-closes dst and reports a
+// clean end; on any other error, on either side, it aborts the whole flow:
+// an RST from the app resets the remote stream, and a reset of the remote
+// stream (e.g. *usl.ResetError, fenced) is sent to the app as an RST.
+func (f *tcpFlow) pump(dst io.Writer, src io.Reader, closeWrite func() error) bool {
+	var small [smallBuf]byte
+	buf := small[:]
+	var big *[]byte
+	defer func() {
+		if big != nil {
+			f.st.bufs.Put(big)
+		}
+	}()
+	for {
+		n, rerr := src.Read(buf)
+		if n > 0 {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				f.abort()
+				return false
+			}
+		}
+		if rerr != nil {
+			if rerr == io.EOF || (f.isStopping() && isTimeout(rerr)) {
+				if err := closeWrite(); err != nil {
+					f.abort()
+					return false
+				}
+				f.halfClosed()
+				return true
+			}
+			f.abort()
+			return false
+		}
+		switch {
+		case big == nil && n == len(buf):
+			big = f.st.bufs.Get().(*[]byte) // busy: read in large chunks
+			buf = *big
+		case big != nil && n < len(buf)/4:
+			f.st.bufs.Put(big) // draining: go back to the idle buffer
+			big, buf = nil, small[:]
+		}
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// halfClosed starts the bound on waiting for the other direction's FIN.
+func (f *tcpFlow) halfClosed() {
+	f.halfOnce.Do(func() {
+		f.mu.Lock()
+		f.halfTimer = time.AfterFunc(f.st.cfg.HalfCloseTimeout, func() {
+			f.st.log.Debug("tcp half-close timeout, resetting", "dest", f.dest.String())
+			f.abort()
+		})
+		f.mu.Unlock()
+	})
+}
+
+// abort resets both halves: RST to the application (gVisor Abort sends it
+// for a connected endpoint) and Abort/Close on the remote stream.
+func (f *tcpFlow) abort() {
+	f.abortOnce.Do(func() {
+		f.ep.Abort()
+		abort(f.remote)
+	})
+}
