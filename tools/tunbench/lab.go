@@ -1,0 +1,335 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/usltun/usltun/testenv"
+)
+
+// Address plan of the A—B—C lab. A is the client, B the gateway, C the
+// server behind B. Every mode routes netC from A; only the next hop differs.
+const (
+	addrA    = "10.0.0.1"
+	addrB    = "10.0.0.2"
+	addrBC   = "10.20.0.1" // B's address on the B—C link
+	addrC    = "10.20.0.2"
+	netC     = "10.20.0.0/16"
+	wgAddrA  = "10.99.0.1"
+	wgAddrB  = "10.99.0.2"
+	wgPort   = "51820"
+	uslPort  = "7400"
+	wgMTU    = "1420" // wg-quick's default for an IPv4 underlay of 1500
+	uslMTU   = "1500" // usltun's default: its stream framing is not per packet
+	bulkPort = 5201   // iperf3 on C
+)
+
+// lab is the A—B—C topology plus a scratch directory for keys.
+type lab struct {
+	tb      *testenv.Lab
+	a, b, c *testenv.Host
+	ab, bc  *testenv.LinkPair
+	dir     string
+	tag     string // unique per run, for names outside the namespaces
+}
+
+func newLab(tb *testenv.Lab) (*lab, error) {
+	dir, err := os.MkdirTemp("", "tunbench-")
+	if err != nil {
+		return nil, fmt.Errorf("scratch dir: %w", err)
+	}
+	tb.Cleanup(func() { os.RemoveAll(dir) })
+	l := &lab{tb: tb, dir: dir, tag: fmt.Sprintf("%d", os.Getpid()%100000)}
+	l.a = testenv.NewHost(tb, "a")
+	l.b = testenv.NewHost(tb, "b")
+	l.c = testenv.NewHost(tb, "c")
+	l.ab = testenv.Link(tb, l.a, l.b, addrA+"/24", addrB+"/24")
+	l.bc = testenv.Link(tb, l.b, l.c, addrBC+"/24", addrC+"/24")
+	l.b.EnableForwarding()
+	l.c.AddRoute("default", addrBC)
+	// The idle-flow test holds thousands of connections from one address to
+	// one port: widen the ephemeral range (per namespace) so neither A nor
+	// B's gateway sockets run out, and let TIME_WAIT ports of earlier modes
+	// be reused.
+	for _, h := range []*testenv.Host{l.a, l.b, l.c} {
+		for k, v := range map[string]string{
+			"net.ipv4.ip_local_port_range": "1024 65000",
+			"net.ipv4.tcp_tw_reuse":        "1",
+			"net.core.somaxconn":           "16384",
+			"net.ipv4.tcp_max_syn_backlog": "16384",
+		} {
+			if err := h.Sysctl(k, v); err != nil {
+				return nil, fmt.Errorf("%s: %w", h, err)
+			}
+		}
+	}
+	return l, nil
+}
+
+// run executes a short command inside h, bounded by ctx, and returns its
+// standard output; standard error is folded into the error.
+func run(ctx context.Context, h *testenv.Host, argv ...string) (string, error) {
+	return runStdin(ctx, h, "", argv...)
+}
+
+// mode is one way of getting A's packets for netC to C.
+type mode interface {
+	Name() string
+	// Up builds the path; Down removes it again so the next mode starts
+	// from the bare lab. Down is also registered as a lab cleanup by the
+	// caller, so it must be idempotent.
+	Up(ctx context.Context) error
+	Down()
+	// Daemons are the processes whose CPU and memory the benchmark charges
+	// to the mode (none for direct routing).
+	Daemons() []*testenv.Proc
+}
+
+// direct routing: B forwards in the kernel. The physical limit of the lab.
+type direct struct{ l *lab }
+
+func (m *direct) Name() string             { return "direct" }
+func (m *direct) Daemons() []*testenv.Proc { return nil }
+func (m *direct) Up(ctx context.Context) error {
+	_, err := run(ctx, m.l.a, "ip", "route", "replace", netC, "via", addrB)
+	return err
+}
+func (m *direct) Down() {
+	_, _ = run(context.Background(), m.l.a, "ip", "route", "del", netC)
+}
+
+// wireguardGo: a wg interface on A and B over the A—B link, run by the
+// userspace wireguard-go, netC routed into it on A.
+type wireguardGo struct {
+	l     *lab
+	procs []*testenv.Proc
+	ifA   string
+	ifB   string
+}
+
+func newWireguardGo(l *lab) *wireguardGo {
+	// wireguard-go's control socket is /var/run/wireguard/<ifname>.sock,
+	// outside the namespaces, so the names must be unique on the machine.
+	return &wireguardGo{l: l, ifA: "tbwga" + l.tag, ifB: "tbwgb" + l.tag}
+}
+
+func (m *wireguardGo) Name() string             { return "wireguard-go" }
+func (m *wireguardGo) Daemons() []*testenv.Proc { return m.procs }
+
+func (m *wireguardGo) Up(ctx context.Context) error {
+	l := m.l
+	keys := map[string]string{}
+	for _, side := range []string{"a", "b"} {
+		priv, err := run(ctx, l.a, "wg", "genkey")
+		if err != nil {
+			return err
+		}
+		pub, err := runStdin(ctx, l.a, priv, "wg", "pubkey")
+		if err != nil {
+			return err
+		}
+		path := filepath.Join(l.dir, "wg-"+side+".key")
+		if err := os.WriteFile(path, []byte(priv), 0o600); err != nil {
+			return fmt.Errorf("write %s: %w", path, err)
+		}
+		keys[side+".key"], keys[side+".pub"] = path, strings.TrimSpace(pub)
+	}
+	type side struct {
+		h                 *testenv.Host
+		ifname, addr, key string
+		peerArgs          []string
+	}
+	sides := []side{
+		{l.a, m.ifA, wgAddrA, keys["a.key"], []string{"peer", keys["b.pub"], "allowed-ips", netC + "," + wgAddrB + "/32", "endpoint", addrB + ":" + wgPort}},
+		{l.b, m.ifB, wgAddrB, keys["b.key"], []string{"peer", keys["a.pub"], "allowed-ips", wgAddrA + "/32"}},
+	}
+	for _, s := range sides {
+		p := s.h.Start(l.tb, "wireguard-go", "wireguard-go", "-f", s.ifname)
+		m.procs = append(m.procs, p)
+		if err := waitFile(ctx, "/var/run/wireguard/"+s.ifname+".sock", 5*time.Second); err != nil {
+			return fmt.Errorf("wireguard-go on %s: %w", s.h, err)
+		}
+		cmds := [][]string{
+			append([]string{"wg", "set", s.ifname, "private-key", s.key, "listen-port", wgPort}, s.peerArgs...),
+			{"ip", "address", "add", s.addr + "/24", "dev", s.ifname},
+			{"ip", "link", "set", s.ifname, "mtu", wgMTU, "up"},
+		}
+		for _, c := range cmds {
+			if _, err := run(ctx, s.h, c...); err != nil {
+				return err
+			}
+		}
+	}
+	if _, err := run(ctx, l.a, "ip", "route", "replace", netC, "dev", m.ifA); err != nil {
+		return err
+	}
+	return nil
+}
+
+func (m *wireguardGo) Down() {
+	_, _ = run(context.Background(), m.l.a, "ip", "route", "del", netC)
+	for _, p := range m.procs {
+		_ = p.Stop() // wireguard-go removes its interface and socket on SIGTERM
+	}
+	m.procs = nil
+}
+
+// usltunMode: usltun on A routes netC through its TUN device; usltun on B
+// exports netC.
+type usltunMode struct {
+	l        *lab
+	bin      string
+	extra    []string // extra flags for both daemons (the idle test raises --max-flows)
+	procs    []*testenv.Proc
+	tun      string
+	keyFiles [2]string
+}
+
+func newUsltun(l *lab, bin string) *usltunMode {
+	return &usltunMode{l: l, bin: bin, tun: "tbusl" + l.tag}
+}
+
+func (m *usltunMode) Name() string             { return "usltun" }
+func (m *usltunMode) Daemons() []*testenv.Proc { return m.procs }
+
+func (m *usltunMode) Up(ctx context.Context) error {
+	l := m.l
+	var pubs [2]string
+	for i, side := range []string{"a", "b"} {
+		priv, err := run(ctx, l.a, m.bin, "genkey")
+		if err != nil {
+			return err
+		}
+		pub, err := runStdin(ctx, l.a, priv, m.bin, "pubkey")
+		if err != nil {
+			return err
+		}
+		m.keyFiles[i] = filepath.Join(l.dir, "usl-"+side+".key")
+		if err := os.WriteFile(m.keyFiles[i], []byte(priv), 0o600); err != nil {
+			return fmt.Errorf("write key: %w", err)
+		}
+		pubs[i] = strings.TrimSpace(pub)
+	}
+	return m.start(ctx, pubs)
+}
+
+func (m *usltunMode) start(ctx context.Context, pubs [2]string) error {
+	l := m.l
+	argsB := append([]string{m.bin, "up", "--listen", addrB + ":" + uslPort, "--key", m.keyFiles[1],
+		"--peer-key", pubs[0], "--export", netC, "--log-level", "warn"}, m.extra...)
+	argsA := append([]string{m.bin, "up", "--peer", addrB + ":" + uslPort, "--key", m.keyFiles[0],
+		"--peer-key", pubs[1], "--route", netC, "--tun", m.tun, "--mtu", uslMTU, "--log-level", "warn"}, m.extra...)
+	pb := l.b.Start(l.tb, "usltun-b", argsB...)
+	m.procs = []*testenv.Proc{pb}
+	// Ask B's control socket rather than probing its port: a bare TCP
+	// probe would count against B's per-address handshake rate limit.
+	if err := waitStatus(ctx, l.b, m.bin, "usl0", false, 10*time.Second); err != nil {
+		return fmt.Errorf("usltun on B: %w", err)
+	}
+	// A's daemon first: Daemons lists A, then B, as for wireguard-go.
+	m.procs = []*testenv.Proc{l.a.Start(l.tb, "usltun-a", argsA...), pb}
+	// Up means: a TCP connection to C through the tunnel completes (the
+	// SYN-ACK comes only after B dialed C).
+	return waitStatus(ctx, l.a, m.bin, m.tun, true, 15*time.Second)
+}
+
+// restart replaces the daemons by fresh ones with the current extra flags,
+// so a memory measurement starts from a clean process.
+func (m *usltunMode) restart(ctx context.Context) error {
+	m.Down()
+	var pubs [2]string
+	for i := range 2 {
+		pub, err := runStdin(ctx, m.l.a, readFile(m.keyFiles[i]), m.bin, "pubkey")
+		if err != nil {
+			return err
+		}
+		pubs[i] = strings.TrimSpace(pub)
+	}
+	return m.start(ctx, pubs)
+}
+
+func (m *usltunMode) Down() {
+	// A first: its SIGTERM removes the TUN device and the routes.
+	for _, p := range m.procs {
+		_ = p.Stop()
+	}
+	m.procs = nil
+}
+
+func readFile(p string) string {
+	b, _ := os.ReadFile(p)
+	return string(b)
+}
+
+// waitStatus polls `usltun status --json` on h until the daemon answers
+// and, with needUp, its session is up.
+func waitStatus(ctx context.Context, h *testenv.Host, bin, tun string, needUp bool, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	var last string
+	for time.Now().Before(deadline) {
+		out, err := run(ctx, h, bin, "status", "--json", "--tun", tun)
+		var st struct {
+			Session *struct {
+				State string `json:"state"`
+			} `json:"session"`
+		}
+		switch {
+		case err != nil:
+			last = err.Error()
+		case json.Unmarshal([]byte(out), &st) != nil:
+			last = "unparsable status: " + out
+		case !needUp || st.Session != nil && st.Session.State == "up":
+			return nil
+		default:
+			last = strings.TrimSpace(out)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("usltun status on %s: not ready within %v: %s", h, timeout, last)
+}
+
+// runStdin is run with stdin as the command's standard input.
+func runStdin(ctx context.Context, h *testenv.Host, stdin string, argv ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	var out, errb strings.Builder
+	cmd.Stdin = strings.NewReader(stdin)
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	cmd.WaitDelay = 2 * time.Second
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	// fork inherits the namespace of the thread Do switched into h.
+	if err := h.Do(cmd.Start); err != nil {
+		return "", fmt.Errorf("%s: start %v: %w", h, argv, err)
+	}
+	if err := cmd.Wait(); err != nil {
+		return out.String(), fmt.Errorf("%s: %v: %w: %s", h, argv, err, strings.TrimSpace(errb.String()))
+	}
+	return out.String(), nil
+}
+
+func waitFile(ctx context.Context, path string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		if _, err := os.Stat(path); err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s did not appear within %v", path, timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}

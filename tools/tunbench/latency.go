@@ -1,0 +1,111 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/usltun/usltun/testenv"
+	"github.com/usltun/usltun/tools/loadgen"
+)
+
+// Ports on C (and B) of the listeners the harness opens itself.
+const (
+	rrPort      = 9000
+	connectPort = 9001
+	recoverPort = 9002
+	idlePortC   = 9100 // + mode index, so TIME_WAIT of one mode never meets the next
+)
+
+// RR is the request/response latency of small messages over one flow.
+type RR struct {
+	Count    uint64        `json:"count"`
+	P50      time.Duration `json:"p50"`
+	P99      time.Duration `json:"p99"`
+	Verified bool          `json:"verified"`
+}
+
+// measureRR runs loadgen's request/response mode (64-byte request, 64-byte
+// response, one at a time, every response byte checked) from A against a
+// loadgen server on C.
+func measureRR(ctx context.Context, l *lab, dur time.Duration) (RR, error) {
+	ln, err := l.c.Listen("tcp", fmt.Sprintf("%s:%d", addrC, rrPort))
+	if err != nil {
+		return RR{}, fmt.Errorf("rr listener on C: %w", err)
+	}
+	srv := loadgen.NewServer(ln, nil)
+	defer srv.Close()
+	rep, err := loadgen.RunFor(ctx, loadgen.Config{
+		Addr: ln.Addr().String(), Dial: l.a.DialContext, Mode: loadgen.RR,
+		ReqSize: 64, RespSize: 64, Duration: dur,
+	})
+	if err != nil {
+		return RR{}, fmt.Errorf("rr: %w", err)
+	}
+	if rep.Latency == nil || rep.Latency.Count == 0 {
+		return RR{}, fmt.Errorf("rr: no round trip completed:\n%s", rep)
+	}
+	if !rep.Verified {
+		return RR{}, fmt.Errorf("rr: not verified:\n%s", rep)
+	}
+	return RR{Count: rep.Latency.Count, P50: rep.Latency.P50, P99: rep.Latency.P99, Verified: true}, nil
+}
+
+// Connect is the latency of connect() from A to a listener, over n
+// sequential attempts.
+type Connect struct {
+	Count int           `json:"count"`
+	P50   time.Duration `json:"p50"`
+	P99   time.Duration `json:"p99"`
+}
+
+// measureConnect times n sequential TCP connects from `from` to addr. The
+// listener accepts and closes; the client closes right after connect
+// returns, so at most one connection is open at a time.
+func measureConnect(ctx context.Context, from, to *testenv.Host, addr string, n int) (Connect, error) {
+	ln, err := to.Listen("tcp", addr)
+	if err != nil {
+		return Connect{}, fmt.Errorf("connect listener on %s: %w", to, err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	// Sockets are created in from's namespace once per dial, through Do;
+	// the time of Do's thread switch is outside the measured interval.
+	samples := make([]time.Duration, 0, n)
+	for range n {
+		if err := ctx.Err(); err != nil {
+			return Connect{}, err
+		}
+		var d time.Duration
+		err := from.Do(func() error {
+			dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			var dialer net.Dialer
+			t0 := time.Now()
+			c, err := dialer.DialContext(dctx, "tcp", addr)
+			d = time.Since(t0)
+			if err != nil {
+				return err
+			}
+			return c.Close()
+		})
+		if err != nil {
+			return Connect{}, fmt.Errorf("connect %s from %s: %w", addr, from, err)
+		}
+		samples = append(samples, d)
+	}
+	if len(samples) == 0 {
+		return Connect{}, errors.New("connect: no samples")
+	}
+	return Connect{Count: len(samples), P50: percentile(samples, 0.5), P99: percentile(samples, 0.99)}, nil
+}

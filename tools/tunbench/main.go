@@ -1,0 +1,413 @@
+// Command tunbench measures usltun side by side with direct routing and
+// wireguard-go on one A—B—C lab of network namespaces (A client, B gateway,
+// C server; A—B and B—C veth links), in one run:
+//
+//   - TCP throughput A→C with 1 and 4 streams (iperf3), and the CPU the
+//     tunnel daemons use per Gbit/s (utime+stime from /proc/<pid>/stat);
+//   - request/response latency of 64-byte messages, p50 and p99 (loadgen,
+//     every byte checked);
+//   - connect() latency, p50 and p99, against one A—B round trip;
+//   - RSS of the daemons with 1,000 and 10,000 idle flows open;
+//   - recovery: heal of a 20 s blackhole of A—B during a slow steady
+//     transfer → first new byte at C (usltun and wireguard-go).
+//
+// It prints a markdown table with ratios against direct routing and
+// wireguard-go and the targets of the issue; --json prints the raw
+// figures. It needs root, iperf3, wireguard-go and wg. Everything it
+// creates (namespaces, processes, keys) is removed on exit, also on
+// failure and Ctrl-C.
+//
+//	go run ./tools/tunbench [--quick] [--only throughput,latency,connect,idle,recovery] [--modes direct,wireguard-go,usltun] [--json]
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/usltun/usltun/testenv"
+)
+
+// Parts of the benchmark, selectable with --only.
+var allParts = []string{"throughput", "latency", "connect", "idle", "recovery"}
+
+type options struct {
+	only      []string
+	modes     []string
+	quick     bool
+	json      bool
+	out       string
+	usltun    string
+	duration  time.Duration // per iperf3 run
+	rrTime    time.Duration
+	connects  int
+	idleFlows []int
+	blackhole time.Duration
+	recCap    time.Duration
+	verbose   bool
+}
+
+func parseFlags(args []string) (*options, error) {
+	fs := flag.NewFlagSet("tunbench", flag.ContinueOnError)
+	o := &options{}
+	only := fs.String("only", strings.Join(allParts, ","), "parts to run: "+strings.Join(allParts, ","))
+	modes := fs.String("modes", strings.Join([]string{modeDirect, modeWG, modeUSL}, ","), "modes to compare")
+	fs.BoolVar(&o.quick, "quick", false, "short runs (2 s throughput, 100/1000 idle flows, 5 s blackhole): a smoke test of the harness, not figures to publish")
+	fs.BoolVar(&o.json, "json", false, "print the results as JSON instead of the table")
+	fs.StringVar(&o.out, "out", "", "also write the JSON results to this file")
+	fs.StringVar(&o.usltun, "usltun", "", "usltun binary (default: go build ./cmd/usltun into a temporary directory)")
+	fs.DurationVar(&o.duration, "duration", 5*time.Second, "length of each iperf3 run")
+	fs.DurationVar(&o.rrTime, "rr-time", 3*time.Second, "length of the request/response run")
+	fs.IntVar(&o.connects, "connects", 200, "connects per mode for connect() latency")
+	idle := fs.String("idle-flows", "1000,10000", "idle-flow levels for the memory test, ascending")
+	fs.DurationVar(&o.blackhole, "blackhole", 20*time.Second, "blackhole length for the recovery test")
+	fs.DurationVar(&o.recCap, "recovery-cap", 60*time.Second, "longest wait for the first byte after the heal")
+	fs.BoolVar(&o.verbose, "v", false, "log the lab's and daemons' output")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	o.only = splitList(*only)
+	for _, p := range o.only {
+		if !slices.Contains(allParts, p) {
+			return nil, fmt.Errorf("--only: unknown part %q (parts: %s)", p, strings.Join(allParts, ","))
+		}
+	}
+	o.modes = splitList(*modes)
+	for _, m := range o.modes {
+		if m != modeDirect && m != modeWG && m != modeUSL {
+			return nil, fmt.Errorf("--modes: unknown mode %q", m)
+		}
+	}
+	for _, f := range splitList(*idle) {
+		var n int
+		if _, err := fmt.Sscan(f, &n); err != nil || n <= 0 {
+			return nil, fmt.Errorf("--idle-flows: %q is not a positive count", f)
+		}
+		if len(o.idleFlows) > 0 && n <= o.idleFlows[len(o.idleFlows)-1] {
+			return nil, errors.New("--idle-flows: levels must be ascending")
+		}
+		o.idleFlows = append(o.idleFlows, n)
+	}
+	if o.quick {
+		set := map[string]bool{}
+		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+		if !set["duration"] {
+			o.duration = 2 * time.Second
+		}
+		if !set["rr-time"] {
+			o.rrTime = time.Second
+		}
+		if !set["connects"] {
+			o.connects = 50
+		}
+		if !set["idle-flows"] {
+			o.idleFlows = []int{100, 1000}
+		}
+		if !set["blackhole"] {
+			o.blackhole = 5 * time.Second
+		}
+		if !set["recovery-cap"] {
+			o.recCap = 45 * time.Second
+		}
+	}
+	return o, nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+func (o *options) part(name string) bool { return slices.Contains(o.only, name) }
+
+func main() {
+	if len(os.Args) == 3 && os.Args[1] == echoServerFlag {
+		if err := runEchoServer(os.Args[2]); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		return
+	}
+	o, err := parseFlags(os.Args[1:])
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return
+		}
+		fmt.Fprintln(os.Stderr, "tunbench:", err)
+		os.Exit(2)
+	}
+	if err := benchmark(o); err != nil {
+		fmt.Fprintln(os.Stderr, "tunbench:", err)
+		os.Exit(1)
+	}
+}
+
+func benchmark(o *options) (err error) {
+	if os.Geteuid() != 0 {
+		return errors.New("needs root: it builds network namespaces (sudo go run ./tools/tunbench)")
+	}
+	for _, bin := range []string{"iperf3", "wireguard-go", "wg", "ip"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			return fmt.Errorf("%s not found: run `make deps` (apt-get install iperf3 wireguard-go wireguard-tools iproute2)", bin)
+		}
+	}
+	level := slog.LevelWarn
+	if o.verbose {
+		level = slog.LevelInfo
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	tb := testenv.NewLab(log)
+	// Close removes namespaces and kills processes; it runs on every exit
+	// path, including a Fatalf panic (recovered into err below) and Ctrl-C.
+	defer tb.Close()
+	defer tb.Recover(&err)
+
+	res := &Results{
+		Command: "go run ./tools/tunbench " + strings.Join(os.Args[1:], " "),
+		Start:   time.Now(), CPUs: runtime.NumCPU(), Kernel: kernelRelease(),
+	}
+	var modes []mode
+	l, err := newLab(tb)
+	if err != nil {
+		return err
+	}
+	for _, name := range o.modes {
+		switch name {
+		case modeDirect:
+			modes = append(modes, &direct{l: l})
+		case modeWG:
+			modes = append(modes, newWireguardGo(l))
+		case modeUSL:
+			bin, version, err := usltunBinary(ctx, o.usltun, l.dir)
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "tunbench: usltun skipped: %v\n", err)
+				res.Modes = append(res.Modes, &ModeResult{Mode: modeUSL, Errors: []string{err.Error()}})
+				continue
+			}
+			res.Usltun = version
+			modes = append(modes, newUsltun(l, bin))
+		}
+	}
+	iperf := l.c.Start(tb, "iperf3", "iperf3", "--server", "--bind", addrC, "--port", fmt.Sprint(bulkPort))
+	defer iperf.Kill()
+	if o.part("connect") {
+		c, err := measureConnect(ctx, l.a, l.b, fmt.Sprintf("%s:%d", addrB, connectPort), o.connects)
+		if err != nil {
+			return fmt.Errorf("A—B connect baseline: %w", err)
+		}
+		res.ABConnect = &c
+	}
+	for i, m := range modes {
+		if ctx.Err() != nil {
+			break
+		}
+		mr := &ModeResult{Mode: m.Name()}
+		res.Modes = append(res.Modes, mr)
+		progress("%s: setting up", m.Name())
+		tb.Cleanup(m.Down)
+		if err := m.Up(ctx); err != nil {
+			mr.Errors = append(mr.Errors, "up: "+err.Error())
+			progress("%s: %v", m.Name(), err)
+			m.Down()
+			continue
+		}
+		runMode(ctx, o, l, m, mr, i)
+		m.Down()
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("interrupted: %w", err)
+	}
+	res.Elapsed = time.Since(res.Start).Round(time.Second).String()
+	return report(o, res)
+}
+
+// runMode runs the selected parts for one mode that is up. A failing part
+// is recorded and the others still run.
+func runMode(ctx context.Context, o *options, l *lab, m mode, mr *ModeResult, idx int) {
+	fail := func(part string, err error) {
+		mr.Errors = append(mr.Errors, part+": "+err.Error())
+		progress("%s: %s: %v", m.Name(), part, err)
+	}
+	// One untimed connect first: wireguard-go handshakes on the first
+	// packet, and that belongs to no figure.
+	if _, err := measureConnect(ctx, l.a, l.c, fmt.Sprintf("%s:%d", addrC, connectPort), 3); err != nil {
+		fail("warm-up", err)
+		return
+	}
+	if o.part("throughput") {
+		for _, n := range []int{1, 4} {
+			progress("%s: throughput, %d stream(s), %v", m.Name(), n, o.duration)
+			t, err := measureThroughput(ctx, l, m.Daemons(), n, o.duration)
+			if err != nil {
+				fail(fmt.Sprintf("throughput -P %d", n), err)
+				continue
+			}
+			if n == 1 {
+				mr.Single = &t
+			} else {
+				mr.Multi = &t
+			}
+		}
+	}
+	if o.part("latency") {
+		progress("%s: request/response latency, %v", m.Name(), o.rrTime)
+		if r, err := measureRR(ctx, l, o.rrTime); err != nil {
+			fail("latency", err)
+		} else {
+			mr.RR = &r
+		}
+	}
+	if o.part("connect") {
+		progress("%s: %d connects", m.Name(), o.connects)
+		if c, err := measureConnect(ctx, l.a, l.c, fmt.Sprintf("%s:%d", addrC, connectPort), o.connects); err != nil {
+			fail("connect", err)
+		} else {
+			mr.Connect = &c
+		}
+	}
+	if o.part("idle") && len(m.Daemons()) > 0 && len(o.idleFlows) > 0 {
+		if u, ok := m.(*usltunMode); ok {
+			// Fresh daemons, so the baseline is not the heap left over
+			// from the throughput runs; and room for the largest level
+			// (the default --max-flows is below 10,000).
+			u.extra = []string{"--max-flows", fmt.Sprint(o.idleFlows[len(o.idleFlows)-1] + 1000)}
+			if err := u.restart(ctx); err != nil {
+				fail("idle: restart", err)
+				return
+			}
+		}
+		progress("%s: idle flows %v", m.Name(), o.idleFlows)
+		idle, err := measureIdle(ctx, l, m.Daemons(), idlePortC+idx, o.idleFlows)
+		if err != nil {
+			fail("idle", err)
+		}
+		if len(idle.Levels) > 0 {
+			mr.Idle = &idle
+		}
+	}
+	if o.part("recovery") && m.Name() != modeDirect {
+		progress("%s: recovery after a %v blackhole", m.Name(), o.blackhole)
+		r, err := measureRecovery(ctx, l, o.blackhole, o.recCap)
+		if err != nil {
+			fail("recovery", err)
+		}
+		if err == nil || r.Delay >= 0 {
+			mr.Recovery = &r
+		}
+	}
+}
+
+func progress(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "%s  %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
+}
+
+func report(o *options, res *Results) error {
+	js, err := json.MarshalIndent(res, "", "  ")
+	if err != nil {
+		return fmt.Errorf("json: %w", err)
+	}
+	if o.out != "" {
+		if err := os.WriteFile(o.out, append(js, '\n'), 0o644); err != nil {
+			return fmt.Errorf("write %s: %w", o.out, err)
+		}
+	}
+	if o.json {
+		fmt.Println(string(js))
+		return nil
+	}
+	fmt.Print(renderReport(res))
+	return nil
+}
+
+// renderReport is the table plus the context a reader needs to trust it.
+func renderReport(res *Results) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "`%s` — %s, kernel %s, %d CPUs, usltun %s, took %s\n\n",
+		res.Command, res.Start.UTC().Format("2006-01-02 15:04 MST"), res.Kernel, res.CPUs, orDash(res.Usltun), res.Elapsed)
+	b.WriteString(renderTable(res.rows()))
+	if res.ABConnect != nil {
+		fmt.Fprintf(&b, "\nA—B round trip (connect() A→B, p50): %.0f µs.\n", us(res.ABConnect.P50))
+	}
+	for _, m := range res.Modes {
+		if m.Idle != nil {
+			fmt.Fprintf(&b, "%s idle flows: baseline %.0f MiB; %s; ≈ %.1f KiB per flow.\n", m.Mode,
+				float64(m.Idle.Baseline)/(1<<20), idleText(m.Idle), m.Idle.BytesPerFlow/1024)
+		}
+		if m.Recovery != nil {
+			fmt.Fprintf(&b, "%s recovery transfer: %d bytes at C, verified (count and SHA-256): %v.\n", m.Mode, m.Recovery.Bytes, m.Recovery.Verified)
+		}
+		for _, e := range m.Errors {
+			fmt.Fprintf(&b, "%s error: %s\n", m.Mode, e)
+		}
+	}
+	return b.String()
+}
+
+func idleText(i *Idle) string {
+	var parts []string
+	for _, l := range i.Levels {
+		parts = append(parts, fmt.Sprintf("%d flows: %.0f MiB (per daemon %s), %d alive after sampling, opened in %v",
+			l.Flows, float64(l.RSSTotal)/(1<<20), mibList(l.RSS), l.Alive, l.OpenTime.Round(10*time.Millisecond)))
+	}
+	return strings.Join(parts, "; ")
+}
+
+func mibList(v []int64) string {
+	var s []string
+	for _, x := range v {
+		s = append(s, fmt.Sprintf("%.0f", float64(x)/(1<<20)))
+	}
+	return strings.Join(s, "+")
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "–"
+	}
+	return s
+}
+
+func kernelRelease() string {
+	b, err := os.ReadFile("/proc/sys/kernel/osrelease")
+	if err != nil {
+		return "?"
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// usltunBinary returns the binary to benchmark and its version line: the
+// given path, or a fresh build of ./cmd/usltun.
+func usltunBinary(ctx context.Context, path, dir string) (string, string, error) {
+	if path == "" {
+		path = filepath.Join(dir, "usltun")
+		cmd := exec.CommandContext(ctx, "go", "build", "-o", path, "./cmd/usltun")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return "", "", fmt.Errorf("go build ./cmd/usltun (run tunbench from the repository root, or pass --usltun): %w\n%s", err, out)
+		}
+	}
+	out, err := exec.CommandContext(ctx, path, "version").Output()
+	if err != nil {
+		return "", "", fmt.Errorf("%s version: %w", path, err)
+	}
+	return path, strings.TrimSpace(string(out)), nil
+}

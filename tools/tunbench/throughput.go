@@ -1,0 +1,58 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/usltun/usltun/testenv"
+)
+
+// Throughput is one iperf3 run A→C.
+type Throughput struct {
+	Streams     int     `json:"streams"`
+	Gbps        float64 `json:"gbps"` // received at C
+	Retransmits int64   `json:"retransmits"`
+	// DaemonCores is the CPU the mode's daemons used (all of them, user +
+	// system) per second of wall time; CoresPerGbps divides it by Gbps.
+	// Both are zero for direct routing, which has no daemon.
+	DaemonCores  float64 `json:"daemon_cores"`
+	CoresPerGbps float64 `json:"cores_per_gbps"`
+}
+
+// measureThroughput runs iperf3 from A to the iperf3 server on C for dur,
+// omitting the first second (slow start) from the rate, and charges the
+// daemons' CPU time over the same wall-clock window.
+func measureThroughput(ctx context.Context, l *lab, daemons []*testenv.Proc, streams int, dur time.Duration) (Throughput, error) {
+	pids := make([]int, len(daemons))
+	for i, p := range daemons {
+		pids[i] = p.Pid()
+	}
+	cpu0, err := cpuTotal(pids)
+	if err != nil {
+		return Throughput{}, err
+	}
+	t0 := time.Now()
+	secs := strconv.Itoa(max(int(dur/time.Second), 1))
+	out, runErr := run(ctx, l.a, "iperf3", "--client", addrC, "--port", strconv.Itoa(bulkPort),
+		"--time", secs, "--omit", "1", "--parallel", strconv.Itoa(streams), "--json", "--connect-timeout", "5000")
+	wall := time.Since(t0)
+	cpu1, err := cpuTotal(pids)
+	if err != nil {
+		return Throughput{}, err
+	}
+	sum, err := parseIperf([]byte(out))
+	if err != nil {
+		if runErr != nil {
+			return Throughput{}, runErr
+		}
+		return Throughput{}, fmt.Errorf("iperf3 -P %d: %w", streams, err)
+	}
+	t := Throughput{Streams: streams, Gbps: sum.BitsPerSecond / 1e9, Retransmits: sum.Retransmits}
+	if len(pids) > 0 {
+		t.DaemonCores = (cpu1 - cpu0).Seconds() / wall.Seconds()
+		t.CoresPerGbps = t.DaemonCores / t.Gbps
+	}
+	return t, nil
+}

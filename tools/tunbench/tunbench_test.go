@@ -1,0 +1,190 @@
+package main
+
+import (
+	"math"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseProcStatCPU(t *testing.T) {
+	// A real line shape; the command name contains a space and a ')', which
+	// naive splitting would miscount.
+	line := "4242 (usl tun) x) S 1 4242 4242 0 -1 4194560 1234 0 0 0 731 269 0 0 20 0 9 0 123456 1234567 890 18446744073709551615 1 1 0 0 0 0 0 0 2143420159 0 0 0 17 1 0 0 0 0 0\n"
+	got, err := parseProcStatCPU(line)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != 731+269 {
+		t.Fatalf("utime+stime = %d, want %d", got, 731+269)
+	}
+	for _, bad := range []string{"", "1 (x) S 1 2", "1 (x) S 1 1 1 0 -1 0 0 0 0 0 abc 5 0"} {
+		if _, err := parseProcStatCPU(bad); err == nil {
+			t.Errorf("parseProcStatCPU(%q): no error", bad)
+		}
+	}
+}
+
+// TestCPUTimeSelf checks the /proc reading end to end: burning CPU in this
+// process must show up in its own utime+stime.
+func TestCPUTimeSelf(t *testing.T) {
+	before, err := cpuTime(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := 1.0
+	for end := time.Now().Add(150 * time.Millisecond); time.Now().Before(end); {
+		for range 1000 {
+			x = math.Sqrt(x + 1)
+		}
+	}
+	after, err := cpuTime(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := after - before; d < 50*time.Millisecond || d > 2*time.Second {
+		t.Fatalf("150 ms of spinning counted as %v (x=%v)", d, x)
+	}
+}
+
+const iperfJSON = `{
+  "start": {"connected": [{"socket": 5}]},
+  "intervals": [],
+  "end": {
+    "sum_sent": {"start": 0, "end": 5.0, "seconds": 5.0, "bytes": 7500000000, "bits_per_second": 12000000000, "retransmits": 17, "sender": true},
+    "sum_received": {"start": 0, "end": 5.0, "seconds": 5.0, "bytes": 7490000000, "bits_per_second": 11984000000, "sender": true}
+  }
+}`
+
+func TestParseIperf(t *testing.T) {
+	s, err := parseIperf([]byte(iperfJSON))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.BitsPerSecond != 11984000000 || s.Bytes != 7490000000 || s.Retransmits != 17 {
+		t.Fatalf("got %+v", s)
+	}
+	if _, err := parseIperf([]byte(`{"start":{},"intervals":[],"end":{},"error":"unable to connect to server: Connection refused"}`)); err == nil ||
+		!strings.Contains(err.Error(), "Connection refused") {
+		t.Fatalf("iperf3 error not reported: %v", err)
+	}
+	if _, err := parseIperf([]byte(`{"end":{}}`)); err == nil {
+		t.Fatal("empty result accepted")
+	}
+	if _, err := parseIperf([]byte(`iperf3: error`)); err == nil {
+		t.Fatal("non-JSON accepted")
+	}
+}
+
+func TestPercentile(t *testing.T) {
+	ms := func(v ...int) []time.Duration {
+		out := make([]time.Duration, len(v))
+		for i, x := range v {
+			out[i] = time.Duration(x) * time.Millisecond
+		}
+		return out
+	}
+	in := ms(9, 1, 8, 2, 7, 3, 6, 4, 5, 10) // 1..10 shuffled
+	for _, c := range []struct {
+		q    float64
+		want int
+	}{{0, 1}, {0.1, 1}, {0.5, 5}, {0.51, 6}, {0.9, 9}, {0.99, 10}, {1, 10}} {
+		if got := percentile(in, c.q); got != time.Duration(c.want)*time.Millisecond {
+			t.Errorf("p%v = %v, want %dms", c.q*100, got, c.want)
+		}
+	}
+	if in[0] != 9*time.Millisecond {
+		t.Error("percentile sorted its input in place")
+	}
+	if percentile(nil, 0.5) != 0 {
+		t.Error("empty input")
+	}
+}
+
+func TestRenderTable(t *testing.T) {
+	res := &Results{
+		ABConnect: &Connect{P50: 40 * time.Microsecond},
+		Modes: []*ModeResult{
+			{Mode: modeDirect, Single: &Throughput{Gbps: 12}, Multi: &Throughput{Gbps: 32},
+				RR: &RR{P50: 29 * time.Microsecond, P99: 75 * time.Microsecond}, Connect: &Connect{P50: 100 * time.Microsecond}},
+			{Mode: modeWG, Single: &Throughput{Gbps: 0.4, DaemonCores: 1, CoresPerGbps: 2.5},
+				Recovery: &Recovery{Blackhole: 20 * time.Second, Delay: 25 * time.Second}},
+			{Mode: modeUSL, Single: &Throughput{Gbps: 3, DaemonCores: 1.2, CoresPerGbps: 0.4}, Multi: &Throughput{Gbps: 6},
+				RR: &RR{P50: 200 * time.Microsecond, P99: 400 * time.Microsecond}, Connect: &Connect{P50: 130 * time.Microsecond},
+				Idle:     &Idle{Levels: []IdleLevel{{Flows: 10000, RSSTotal: 900 << 20}, {Flows: 1000, RSSTotal: 250 << 20}}},
+				Recovery: &Recovery{Blackhole: 20 * time.Second, Delay: 300 * time.Millisecond}},
+		},
+	}
+	table := renderTable(res.rows())
+	lines := strings.Split(strings.TrimSpace(table), "\n")
+	find := func(prefix string) []string {
+		t.Helper()
+		for _, l := range lines {
+			if strings.HasPrefix(l, "| "+prefix) {
+				cells := strings.Split(strings.Trim(l, "| "), " | ")
+				if len(cells) != 8 {
+					t.Fatalf("%d cells in %q", len(cells), l)
+				}
+				return cells
+			}
+		}
+		t.Fatalf("no row %q in\n%s", prefix, table)
+		return nil
+	}
+	want := map[string][]string{
+		// figure prefix: direct, wg, usltun, ÷direct, ÷wg, met
+		"TCP throughput A→C, 1 stream":    {"12.00", "0.40", "3.00", "0.25×", "7.50×", "yes"},
+		"TCP throughput A→C, 4 streams":   {"32.00", "–", "6.00", "0.19×", "–", "no"},
+		"daemon CPU per Gbit/s, 1":        {"–", "2.500", "0.400", "–", "0.16×", "yes"},
+		"request/response 64 B, p50":      {"29", "–", "200", "6.90×", "–", "no"},
+		"request/response 64 B, p99":      {"75", "–", "400", "5.33×", "–", "yes"},
+		"connect() p50":                   {"100", "–", "130", "1.30×", "–", "yes"},
+		"RSS with 1000 idle flows":        {"–", "–", "250", "", "", "no"},
+		"RSS with 10000 idle flows":       {"–", "–", "900", "", "", "yes"},
+		"heal of a 20s blackhole → first": {"–", "25.00", "0.30", "–", "0.01×", "yes"},
+	}
+	for prefix, w := range want {
+		c := find(prefix)
+		got := []string{c[1], c[2], c[3], c[4], c[5], c[7]}
+		if strings.Join(got, ",") != strings.Join(w, ",") {
+			t.Errorf("%s: got %q, want %q", prefix, got, w)
+		}
+	}
+	if c := find("connect() p50"); !strings.Contains(c[6], "(140 µs)") {
+		t.Errorf("connect target %q does not name direct + A—B round trip = 140 µs", c[6])
+	}
+	if lines[1] != "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |" {
+		t.Errorf("separator %q", lines[1])
+	}
+	// Idle levels come out ascending even if a mode listed them otherwise.
+	if i, j := strings.Index(table, "1000 idle"), strings.Index(table, "10000 idle"); i < 0 || j < i {
+		t.Error("idle rows not ascending")
+	}
+}
+
+func TestRecoveryNotRecoveredRendersNone(t *testing.T) {
+	res := &Results{Modes: []*ModeResult{{Mode: modeUSL, Recovery: &Recovery{Blackhole: time.Second, Delay: -1}}}}
+	table := renderTable(res.rows())
+	if !strings.Contains(table, "| – | – | none | – | – | ≤ 1.2 s (wireguard-go: 16–38 s) | no |") {
+		t.Fatalf("unrecovered run not shown as failed:\n%s", table)
+	}
+}
+
+func TestParseFlags(t *testing.T) {
+	o, err := parseFlags([]string{"--quick", "--only", "latency,connect", "--duration", "7s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.duration != 7*time.Second || o.blackhole != 5*time.Second || len(o.idleFlows) != 2 || o.idleFlows[1] != 1000 {
+		t.Fatalf("quick defaults wrong or explicit flag overridden: %+v", o)
+	}
+	if !o.part("latency") || o.part("throughput") {
+		t.Fatal("--only not applied")
+	}
+	for _, bad := range [][]string{{"--only", "speed"}, {"--modes", "openvpn"}, {"--idle-flows", "100,10"}, {"--idle-flows", "x"}} {
+		if _, err := parseFlags(bad); err == nil {
+			t.Errorf("%v accepted", bad)
+		}
+	}
+}
