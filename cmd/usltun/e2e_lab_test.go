@@ -18,8 +18,8 @@ import (
 // unexportedNet is routed by A but not exported by B, to provoke
 // "forbidden".
 const (
-	addrA4, addrB4 = "10.99.0.1", "10.99.0.2"
-	addrA6, addrB6 = "fd99::1", "fd99::2"
+	addrA4, addrB4  = "10.99.0.1", "10.99.0.2"
+	addrA6, addrB6  = "fd99::1", "fd99::2"
 	addrBC4, addrC4 = "10.98.0.1", "10.98.0.2"
 	addrBC6, addrC6 = "fd98::1", "fd98::2"
 	netC4, netC6    = "10.98.0.0/24", "fd98::/64"
