@@ -81,29 +81,57 @@ func Link(t TB, a, b *Host, addrA, addrB string) *LinkPair {
 	return l
 }
 
-// waitOperUp waits until the kernel reports both ends operationally up.
-// The carrier change is applied by the kernel's linkwatch work up to a
-// second later, and until then the device has no working qdisc: packets
-// sent in that window are silently dropped, which would make the first
-// SYN of a test take a retransmission timeout.
+// waitOperUp waits until the kernel reports both ends operationally up and
+// none of their IPv6 addresses tentative. Both happen asynchronously:
+//   - the carrier change is applied by the kernel's linkwatch work up to a
+//     second later, and until then the device has no working qdisc, so
+//     packets are silently dropped;
+//   - even without DAD an IPv6 address stays tentative until the addrconf
+//     work runs (late when the machine is busy, e.g. tearing down another
+//     test's namespaces), and a tentative address answers no neighbour
+//     solicitation.
+//
+// Either would make a test's first SYN take a retransmission timeout.
 func (l *LinkPair) waitOperUp() error {
-	deadline := time.Now().Add(3 * time.Second)
+	deadline := time.Now().Add(5 * time.Second)
 	for _, e := range []*End{l.A, l.B} {
 		for {
-			nl, err := e.netlink()
+			ready, state, err := e.ready()
 			if err != nil {
 				return err
 			}
-			if nl.Attrs().OperState == netlink.OperUp {
+			if ready {
 				break
 			}
 			if time.Now().After(deadline) {
-				return fmt.Errorf("%s: not operationally up after 3s (state %v)", e, nl.Attrs().OperState)
+				return fmt.Errorf("%s: not ready after 5s (%s)", e, state)
 			}
-			time.Sleep(5 * time.Millisecond)
+			time.Sleep(2 * time.Millisecond)
 		}
 	}
 	return nil
+}
+
+// ready reports whether the end is operationally up with no tentative
+// address, and otherwise what it is waiting for.
+func (e *End) ready() (bool, string, error) {
+	nl, err := e.netlink()
+	if err != nil {
+		return false, "", err
+	}
+	if st := nl.Attrs().OperState; st != netlink.OperUp {
+		return false, "state " + st.String(), nil
+	}
+	addrs, err := e.Host.nl.AddrList(nl, netlink.FAMILY_V6)
+	if err != nil {
+		return false, "", fmt.Errorf("%s: list addresses: %w", e, err)
+	}
+	for _, a := range addrs {
+		if a.Flags&unix.IFA_F_TENTATIVE != 0 {
+			return false, "tentative " + a.IP.String(), nil
+		}
+	}
+	return true, "", nil
 }
 
 func (h *Host) nextIfName() string {
@@ -241,6 +269,9 @@ func (e *End) ChangeAddress(newPrefix string) error {
 		if err := e.Host.nl.AddrDel(l, &netlink.Addr{IPNet: prefixNet(old)}); err != nil {
 			return e.link.fail(fmt.Errorf("%s: remove %s: %w", e, old, err))
 		}
+	}
+	if err := e.link.waitOperUp(); err != nil {
+		return e.link.fail(err)
 	}
 	e.Host.reapplyRoutes()
 	e.link.t.Logf("testenv: %s moved to %s", e, p)

@@ -16,9 +16,15 @@ func TestLinkCarriesTCPv4v6(t *testing.T) {
 			t.Fatal(err)
 		}
 		echoServer(t, ln)
+		start := time.Now()
 		c, err := a.Dial("tcp", addr)
 		if err != nil {
 			t.Fatalf("dial %s: %v", addr, err)
+		}
+		// A fresh link must carry the very first SYN: a connect that takes
+		// a retransmission timeout (1 s) means the link was not ready.
+		if d := time.Since(start); d > 500*time.Millisecond {
+			t.Fatalf("first connect to %s took %v", addr, d)
 		}
 		if err := roundTrip(c, []byte("hello"), 2*time.Second); err != nil {
 			t.Fatalf("echo via %s: %v", addr, err)
