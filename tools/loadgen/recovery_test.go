@@ -148,3 +148,21 @@ func TestTimelineKeepsLongGaps(t *testing.T) {
 		t.Fatal("the long gap was dropped")
 	}
 }
+
+// TestReceivePathAllocatesNothing: the per-read bookkeeping (timeline,
+// counters, hash, comparison) must not allocate.
+func TestReceivePathAllocatesNothing(t *testing.T) {
+	h := &header{seed: 1, flow: 2, verify: true}
+	f := newFlowEnd(0, "client", nil, h, Up, &counters{}, nil)
+	buf, exp := make([]byte, 32<<10), make([]byte, 32<<10)
+	src := newStream(1, 2, Down)
+	if n := testing.AllocsPerRun(200, func() {
+		src.fill(buf)
+		f.got(buf, exp)
+	}); n != 0 {
+		t.Fatalf("%v allocations per read", n)
+	}
+	if f.rep.Recv.Mismatch != -1 || f.rep.Recv.Bytes == 0 {
+		t.Fatalf("mismatch %d after %d bytes", f.rep.Recv.Mismatch, f.rep.Recv.Bytes)
+	}
+}
