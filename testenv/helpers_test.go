@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -26,17 +27,39 @@ func pair(t *testing.T) (a, b *Host, l *LinkPair) {
 	return a, b, l
 }
 
-// echoServer accepts on ln and echoes every connection until ln closes.
+// echoServer accepts on ln and echoes every connection until the test
+// ends; then the listener and all connections are closed and their
+// goroutines waited for.
 func echoServer(t *testing.T, ln net.Listener) {
 	t.Helper()
-	t.Cleanup(func() { ln.Close() })
+	var (
+		mu    sync.Mutex
+		conns []net.Conn
+		wg    sync.WaitGroup
+	)
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Add(1)
 	go func() {
+		defer wg.Done()
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Add(1)
 			go func() {
+				defer wg.Done()
 				defer c.Close()
 				_, _ = io.Copy(c, c)
 			}()
