@@ -358,3 +358,48 @@ func TestResetTCPBothEndsSeeReset(t *testing.T) {
 		t.Fatalf("want ECONNRESET at client and server (IPv6), got:\n%s", rep)
 	}
 }
+
+// TestResetTCPRouted: the reset works for forwarded traffic too (the plain
+// TCP baseline of the demo: a—gw—c with the fault on a—gw).
+func TestResetTCPRouted(t *testing.T) {
+	requireRoot(t)
+	a, gw, c := NewHost(t, "a"), NewHost(t, "gw"), NewHost(t, "c")
+	l := Link(t, a, gw, "10.1.0.1/24", "10.1.0.254/24")
+	Link(t, gw, c, "10.2.0.254/24", "10.2.0.1/24")
+	gw.EnableForwarding()
+	a.AddRoute("10.2.0.0/24", "10.1.0.254")
+	c.AddRoute("default", "10.2.0.254")
+	ln, err := c.Listen("tcp", "10.2.0.1:7107")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := loadgen.NewServer(ln, nil)
+	t.Cleanup(func() { srv.Close() })
+	run, err := loadgen.Start(context.Background(), loadgen.Config{
+		Addr: "10.2.0.1:7107", Dial: a.DialContext, Duration: 2 * time.Second, ReportWait: 3 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if err := l.ResetTCP(7107); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if err := l.Heal(); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := run.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sides := map[string]bool{}
+	for _, e := range rep.Errors {
+		if e.Errno == "ECONNRESET" {
+			sides[e.Side] = true
+		}
+	}
+	if !sides["client"] || !sides["server"] {
+		t.Fatalf("want ECONNRESET at both ends of the routed connection, got:\n%s", rep)
+	}
+}
