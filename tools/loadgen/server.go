@@ -116,6 +116,12 @@ func (s *Server) handle(c net.Conn) {
 	case kindFlow:
 		rep := s.serveFlow(c, &h)
 		s.flowEnded(h.run, rep)
+		attrs := []any{"peer", c.RemoteAddr().String(), "flow", rep.Flow, "mode", h.mode.String(),
+			"sent", rep.Sent.Bytes, "received", rep.Recv.Bytes}
+		for _, e := range rep.Errors {
+			s.log.Warn("flow error", append(attrs, "op", e.Op, "errno", e.Errno, "offset", e.Offset, "err", e.Msg)...)
+		}
+		s.log.Debug("flow ended", attrs...)
 	case kindReport:
 		if err := s.serveReport(c, &h); err != nil {
 			s.log.Warn("report", "peer", c.RemoteAddr(), "err", err)
