@@ -220,9 +220,13 @@ func checkPreamble(r io.Reader) error {
 
 // clientHandshake runs the initiator side on c, whose deadline the caller
 // set. rep is the responder's reply; a non-OK status is also an error.
+func newNoiseInitiator(priv PrivateKey, peer PublicKey) (*noise.HandshakeState, error) {
+	return noise.NewHandshakeState(noiseConfig(priv, true, &peer))
+}
+
 func clientHandshake(c net.Conn, priv PrivateKey, peer PublicKey, h hello) (*handshakeResult, reply, error) {
 	var rep reply
-	hs, err := noise.NewHandshakeState(noiseConfig(priv, true, &peer))
+	hs, err := newNoiseInitiator(priv, peer)
 	if err != nil {
 		return nil, rep, fmt.Errorf("noise: %w", err)
 	}
