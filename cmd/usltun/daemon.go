@@ -1,0 +1,285 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/usltun/usltun/flow"
+	"github.com/usltun/usltun/gateway"
+	"github.com/usltun/usltun/netstack"
+	"github.com/usltun/usltun/tun"
+	"github.com/usltun/usltun/usl"
+)
+
+// daemon is one running `usltun up`: a session (dialed or accepted), the
+// gateway that serves the peer's streams, and, when something is routed, the
+// TUN device with its netstack.
+type daemon struct {
+	cmd      *upCmd
+	log      *slog.Logger
+	started  time.Time
+	sessions *sessionSlot
+	gw       *gateway.Gateway
+	ln       *usl.Listener
+	dev      *tun.Device
+	stack    *netstack.Stack
+	ctl      *controlServer
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+func (c *upCmd) start(parent context.Context, key usl.PrivateKey, peerKey usl.PublicKey, log *slog.Logger) (_ *daemon, err error) {
+	ctx, cancel := context.WithCancel(parent)
+	d := &daemon{cmd: c, log: log, started: time.Now(), sessions: newSessionSlot(), cancel: cancel}
+	defer func() {
+		if err != nil {
+			d.shutdown()
+		}
+	}()
+	d.gw = gateway.New(gateway.Config{Exports: c.Export, Logger: log.With("component", "gateway")})
+	scfg := c.sessionConfig(key, peerKey, log)
+
+	ctlPath := c.Control
+	if ctlPath == "" {
+		ctlPath = defaultControlPath(c.Tun)
+	}
+	if d.ctl, err = listenControl(ctlPath, d.status, log); err != nil {
+		return d, err
+	}
+
+	if c.Listen != "" {
+		addr := withDefaultPort(c.Listen)
+		if d.ln, err = usl.Listen("tcp", addr, scfg); err != nil {
+			if errors.Is(err, syscall.EADDRINUSE) {
+				return d, fmt.Errorf("listen %s: the port is in use (another usltun?); pick a free one with --listen ADDR:PORT", addr)
+			}
+			return d, fmt.Errorf("listen %s: %w", addr, err)
+		}
+		log.Info("listening for peer", "addr", d.ln.Addr().String(), "peer_key", peerKey.String())
+		d.wg.Add(1)
+		go d.acceptLoop(ctx)
+	} else {
+		addr := withDefaultPort(c.Peer)
+		if err := checkRouteLoop(ctx, addr, c.Route); err != nil {
+			return d, err
+		}
+		s, err := usl.Dial(ctx, addr, scfg)
+		if err != nil {
+			return d, fmt.Errorf("peer %s: %w", addr, err)
+		}
+		log.Info("dialing peer", "addr", addr, "peer_key", peerKey.String())
+		d.adopt(ctx, s)
+	}
+
+	if len(c.Route) == 0 {
+		return d, nil
+	}
+	d.dev, err = tun.Create(tun.Config{Name: c.Tun, MTU: c.MTU, Routes: c.Route})
+	if err != nil {
+		return d, err
+	}
+	d.stack, err = netstack.New(d.dev.Endpoint(), netstack.Config{
+		MTU:      c.MTU,
+		MaxFlows: c.MaxFlows,
+		Dialer:   streamDialer{d.sessions},
+		Logger:   log.With("component", "netstack"),
+	})
+	if err != nil {
+		return d, err
+	}
+	log.Info("routing through tunnel", "dev", c.Tun, "mtu", c.MTU, "routes", prefixes(c.Route), "offloads", d.dev.Offloads())
+	return d, nil
+}
+
+// acceptLoop takes each session the listener hands out. A second session from
+// the peer means it restarted: the listener has fenced the old one already.
+func (d *daemon) acceptLoop(ctx context.Context) {
+	defer d.wg.Done()
+	for {
+		s, err := d.ln.Accept(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				d.log.Error("accept session", "err", err)
+			}
+			return
+		}
+		d.log.Info("peer connected", "peer_key", s.PeerKey().String())
+		d.adopt(ctx, s)
+	}
+}
+
+// adopt makes s the session new flows use and serves the peer's streams on it.
+func (d *daemon) adopt(ctx context.Context, s *usl.Session) {
+	d.sessions.set(s)
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		if err := d.gw.Serve(ctx, s); err != nil {
+			d.log.Info("session ended", "peer_key", s.PeerKey().String(), "err", err)
+		}
+	}()
+}
+
+// shutdown closes flows cleanly (FIN, not RST), then the session, so that
+// data already written reaches the peer, then removes the device and routes.
+func (d *daemon) shutdown() error {
+	var errs []error
+	if d.stack != nil {
+		errs = append(errs, d.stack.Close())
+	}
+	if s := d.sessions.current(); s != nil {
+		closeBounded(s, 5*time.Second, d.log)
+	}
+	d.cancel()
+	if d.ln != nil {
+		d.ln.Close()
+	}
+	d.wg.Wait()
+	d.gw.Wait()
+	if d.dev != nil {
+		errs = append(errs, d.dev.Close())
+	}
+	if d.ctl != nil {
+		d.ctl.Close()
+	}
+	d.log.Info("stopped")
+	return errors.Join(errs...)
+}
+
+// closeBounded closes the session, giving its reliable close this long to
+// deliver what was written.
+func closeBounded(s *usl.Session, limit time.Duration, log *slog.Logger) {
+	done := make(chan struct{})
+	go func() { s.Close(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(limit):
+		log.Warn("session close did not finish; unacknowledged data is dropped", "after", limit)
+	}
+}
+
+// checkRouteLoop refuses a --route that would carry the tunnel's own packets
+// to the peer into the tunnel itself.
+func checkRouteLoop(ctx context.Context, peer string, routes []netip.Prefix) error {
+	if len(routes) == 0 {
+		return nil
+	}
+	host, _, _ := net.SplitHostPort(peer)
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	if err != nil {
+		return fmt.Errorf("--peer %s: cannot resolve %s: %w", peer, host, err)
+	}
+	for _, a := range addrs {
+		for _, r := range routes {
+			if r.Contains(a.Unmap()) {
+				return fmt.Errorf("--route %s covers the peer's own address %s: the tunnel would carry its own packets into itself; route a narrower prefix that leaves out %s", r, a, a)
+			}
+		}
+	}
+	return nil
+}
+
+func prefixes(ps []netip.Prefix) string {
+	s := make([]string, len(ps))
+	for i, p := range ps {
+		s[i] = p.String()
+	}
+	return strings.Join(s, ",")
+}
+
+// hasCapNetAdmin reads CapEff from /proc/self/status.
+func hasCapNetAdmin(status string) bool {
+	const capNetAdmin = 12
+	for _, line := range strings.Split(status, "\n") {
+		v, ok := strings.CutPrefix(line, "CapEff:")
+		if !ok {
+			continue
+		}
+		bits, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+		return err == nil && bits&(1<<capNetAdmin) != 0
+	}
+	return false
+}
+
+// sessionSlot holds the session new flows go to. In dial mode it is set once;
+// in listen mode each accepted session replaces the previous one.
+type sessionSlot struct {
+	mu      sync.Mutex
+	s       *usl.Session
+	changed chan struct{}
+}
+
+func newSessionSlot() *sessionSlot { return &sessionSlot{changed: make(chan struct{})} }
+
+func (m *sessionSlot) set(s *usl.Session) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.s = s
+	close(m.changed)
+	m.changed = make(chan struct{})
+}
+
+func (m *sessionSlot) current() *usl.Session {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.s
+}
+
+// wait returns a live session, waiting for the peer to connect if there is
+// none yet: a SYN during a partition waits for the heal, bounded by ctx.
+func (m *sessionSlot) wait(ctx context.Context) (*usl.Session, error) {
+	for {
+		m.mu.Lock()
+		s, changed := m.s, m.changed
+		m.mu.Unlock()
+		if s != nil && !ended(s) {
+			return s, nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+func ended(s *usl.Session) bool {
+	select {
+	case <-s.Done():
+		return true
+	default:
+		return false
+	}
+}
+
+// streamDialer opens the remote half of a netstack flow as a USL stream.
+type streamDialer struct{ sessions *sessionSlot }
+
+func (d streamDialer) DialFlow(ctx context.Context, dst flow.Dest) (netstack.Conn, error) {
+	s, err := d.sessions.wait(ctx)
+	if err != nil {
+		return nil, err
+	}
+	st, err := s.OpenStream(ctx, dst.Marshal())
+	if err != nil {
+		return nil, err
+	}
+	return streamConn{st}, nil
+}
+
+// streamConn lets netstack abort a stream when the application sends an RST.
+type streamConn struct{ *usl.Stream }
+
+func (c streamConn) Abort() error { return c.Reset(usl.ResetAborted) }

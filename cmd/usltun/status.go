@@ -1,0 +1,190 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/usltun/usltun/netstack"
+	"github.com/usltun/usltun/usl"
+)
+
+// statusReport is the control socket's document: `usltun status --json`
+// prints it as is, and scripts depend on its field names.
+type statusReport struct {
+	Version  string         `json:"version"`
+	PID      int            `json:"pid"`
+	UptimeS  float64        `json:"uptime_s"`
+	Mode     string         `json:"mode"` // "dial" or "listen"
+	Address  string         `json:"address"`
+	PeerKey  string         `json:"peer_key"`
+	Device   string         `json:"device,omitempty"`
+	MTU      int            `json:"mtu,omitempty"`
+	Offloads string         `json:"offloads,omitempty"`
+	Routes   []string       `json:"routes"`
+	Exports  []string       `json:"exports"`
+	Session  *sessionReport `json:"session"` // null until a peer first connects to a listener
+	Flows    flowReport     `json:"flows"`
+}
+
+type sessionReport struct {
+	State              string  `json:"state"`
+	ID                 string  `json:"id"`
+	Path               string  `json:"path"`
+	RTTMs              float64 `json:"rtt_ms"`
+	BytesIn            uint64  `json:"bytes_in"`
+	BytesOut           uint64  `json:"bytes_out"`
+	UnackedBytes       int     `json:"unacked_bytes"`
+	RetransmittedBytes uint64  `json:"retransmitted_bytes"`
+	Reconnects         uint64  `json:"reconnects"`
+	Fences             uint64  `json:"fences"`
+	Streams            int     `json:"streams"`
+	LastError          string  `json:"last_error"`
+}
+
+type flowReport struct {
+	TCP             int    `json:"tcp"`
+	UDP             int    `json:"udp"`
+	PendingConnects int    `json:"pending_connects"`
+	RefusedByLimit  uint64 `json:"refused_by_limit"`
+	DialErrors      uint64 `json:"dial_errors"`
+}
+
+func (d *daemon) status() any {
+	c := d.cmd
+	r := statusReport{
+		Version: version,
+		PID:     os.Getpid(),
+		UptimeS: time.Since(d.started).Seconds(),
+		Mode:    "dial",
+		Address: withDefaultPort(c.Peer),
+		PeerKey: c.PeerKey,
+		Routes:  strings.Split(prefixes(c.Route), ","),
+		Exports: strings.Split(prefixes(c.Export), ","),
+	}
+	if c.Listen != "" {
+		r.Mode, r.Address = "listen", withDefaultPort(c.Listen)
+	}
+	if len(c.Route) == 0 {
+		r.Routes = []string{}
+	}
+	if len(c.Export) == 0 {
+		r.Exports = []string{}
+	}
+	if d.dev != nil {
+		r.Device, r.MTU, r.Offloads = d.dev.Name(), c.MTU, d.dev.Offloads()
+	}
+	if s := d.sessions.current(); s != nil {
+		r.Session = newSessionReport(s.Stats())
+	}
+	if d.stack != nil {
+		r.Flows = newFlowReport(d.stack.Stats())
+	}
+	return r
+}
+
+func newSessionReport(st usl.Stats) *sessionReport {
+	return &sessionReport{
+		State:              st.State.String(),
+		ID:                 st.SessionID,
+		Path:               st.Remote,
+		RTTMs:              float64(st.RTT.Microseconds()) / 1000,
+		BytesIn:            st.BytesIn,
+		BytesOut:           st.BytesOut,
+		UnackedBytes:       st.Unacked,
+		RetransmittedBytes: st.Retransmitted,
+		Reconnects:         st.Reconnects,
+		Fences:             st.Fences,
+		Streams:            st.Streams,
+		LastError:          st.LastError,
+	}
+}
+
+func newFlowReport(st netstack.Stats) flowReport {
+	return flowReport{
+		TCP:             st.TCPFlows,
+		UDP:             st.UDPFlows,
+		PendingConnects: st.PendingConnects,
+		RefusedByLimit:  st.RefusedByLimit,
+		DialErrors:      st.DialErrors,
+	}
+}
+
+type statusCmd struct {
+	JSON    bool   `help:"Print the status as JSON."`
+	Tun     string `default:"usl0" help:"Device name of the daemon to ask."`
+	Control string `placeholder:"PATH" help:"Status socket (default: @usltun/<tun>)."`
+}
+
+func (c *statusCmd) Run() error {
+	path := c.Control
+	if path == "" {
+		path = defaultControlPath(c.Tun)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	b, err := queryControl(ctx, path)
+	if err != nil {
+		return err
+	}
+	if c.JSON {
+		_, err := os.Stdout.Write(b)
+		return err
+	}
+	var r statusReport
+	if err := json.Unmarshal(b, &r); err != nil {
+		return fmt.Errorf("daemon on %s sent a status this build cannot read (version mismatch?): %w", path, err)
+	}
+	renderStatus(os.Stdout, &r)
+	return nil
+}
+
+func renderStatus(w io.Writer, r *statusReport) {
+	p := func(k, f string, a ...any) { fmt.Fprintf(w, "%-13s "+f+"\n", append([]any{k + ":"}, a...)...) }
+	p("peer", "%s (%s)", r.Address, r.Mode)
+	p("peer key", "%s", r.PeerKey)
+	if s := r.Session; s == nil {
+		p("session", "waiting for the peer to connect")
+	} else {
+		p("session", "%s (id %s)", s.State, s.ID)
+		if s.Path != "" {
+			p("path", "%s, rtt %.2f ms", s.Path, s.RTTMs)
+		}
+		p("traffic", "%s in, %s out", humanBytes(s.BytesIn), humanBytes(s.BytesOut))
+		p("reliability", "%s unacked, %s retransmitted, %d reconnects, %d fences",
+			humanBytes(uint64(s.UnackedBytes)), humanBytes(s.RetransmittedBytes), s.Reconnects, s.Fences)
+		if s.LastError != "" {
+			p("last error", "%s", s.LastError)
+		}
+		p("streams", "%d open", s.Streams)
+	}
+	if r.Device != "" {
+		p("device", "%s, mtu %d, offloads %s", r.Device, r.MTU, r.Offloads)
+		p("routes", "%s", strings.Join(r.Routes, ", "))
+		p("flows", "%d tcp, %d udp, %d connecting, %d refused at --max-flows, %d dial errors",
+			r.Flows.TCP, r.Flows.UDP, r.Flows.PendingConnects, r.Flows.RefusedByLimit, r.Flows.DialErrors)
+	}
+	if len(r.Exports) > 0 {
+		p("exports", "%s", strings.Join(r.Exports, ", "))
+	} else {
+		p("exports", "none")
+	}
+	p("daemon", "pid %d, up %s, usltun %s", r.PID, (time.Duration(r.UptimeS) * time.Second).String(), r.Version)
+}
+
+func humanBytes(n uint64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := uint64(unit), 0
+	for m := n / unit; m >= unit && exp < 4; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTP"[exp])
+}

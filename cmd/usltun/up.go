@@ -1,0 +1,133 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/alecthomas/kong"
+	"github.com/usltun/usltun/usl"
+)
+
+type upCmd struct {
+	Config         kong.ConfigFlag `placeholder:"FILE" help:"Read options from a TOML file (or JSON); flags on the command line win."`
+	Key            string          `required:"" placeholder:"FILE" help:"This host's private key file, written by 'usltun genkey'."`
+	PeerKey        string          `required:"" placeholder:"BASE64" help:"The peer's public key, printed by 'usltun pubkey'. Only this key is admitted."`
+	Peer           string          `placeholder:"HOST[:PORT]" help:"Dial the peer here (default port ${default_port})."`
+	Listen         string          `placeholder:"ADDR[:PORT]" help:"Listen for the peer here (default port ${default_port})."`
+	Route          []netip.Prefix  `placeholder:"PREFIX" help:"Route this subnet through the tunnel device (repeatable)."`
+	Export         []netip.Prefix  `placeholder:"PREFIX" help:"Let the peer reach this subnet through this host (repeatable; default: nothing)."`
+	Tun            string          `default:"usl0" help:"Name of the TUN device, created only when there is something to --route."`
+	MTU            int             `name:"mtu" default:"1500" help:"MTU of the TUN device and of the netstack NIC."`
+	Control        string          `placeholder:"PATH" help:"Status socket (default: abstract socket @usltun/<tun>, private to this network namespace)."`
+	LogLevel       string          `enum:"debug,info,warn,error" default:"info" help:"Log level: ${enum}."`
+	SessionTimeout time.Duration   `default:"0s" help:"Give up and fail every flow after the peer is gone this long (0: never)."`
+	DeadInterval   time.Duration   `default:"2s" help:"A path that hears nothing from the peer for this long is declared dead and reconnected."`
+	MaxFlows       int             `default:"8192" help:"Most concurrent flows; beyond it new connections are refused with a reset."`
+	MaxStreams     int             `default:"16384" help:"Most open streams per session, both directions together."`
+	ReplayBuffer   byteSize        `default:"32MiB" help:"Unacknowledged bytes kept per session for retransmission; writers block when it is full."`
+	HandshakeRate  float64         `default:"10" help:"Handshakes per second accepted from one source address."`
+}
+
+func (c *upCmd) Validate() error {
+	if (c.Peer == "") == (c.Listen == "") {
+		return errors.New("give exactly one of --peer HOST[:PORT] (dial the peer) or --listen ADDR[:PORT] (wait for it)")
+	}
+	if c.MTU < 1280 || c.MTU > 65535 {
+		return fmt.Errorf("--mtu %d is out of range: use 1280 to 65535", c.MTU)
+	}
+	if c.MaxFlows < 1 {
+		return fmt.Errorf("--max-flows %d: must be at least 1", c.MaxFlows)
+	}
+	if c.ReplayBuffer < 1<<20 {
+		return fmt.Errorf("--replay-buffer %s is too small: use at least 1MiB", c.ReplayBuffer)
+	}
+	for _, p := range append(append([]netip.Prefix{}, c.Route...), c.Export...) {
+		if p != p.Masked() {
+			return fmt.Errorf("prefix %s has host bits set: did you mean %s?", p, p.Masked())
+		}
+	}
+	return nil
+}
+
+// withDefaultPort adds the documented default port to HOST when it has none.
+func withDefaultPort(hostport string) string {
+	if _, _, err := net.SplitHostPort(hostport); err == nil {
+		return hostport
+	}
+	host := hostport
+	if len(host) > 1 && host[0] == '[' && host[len(host)-1] == ']' {
+		host = host[1 : len(host)-1]
+	}
+	return net.JoinHostPort(host, strconv.Itoa(defaultPort))
+}
+
+func (c *upCmd) logger() *slog.Logger {
+	var level slog.Level
+	level.UnmarshalText([]byte(c.LogLevel)) // kong's enum already checked it
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+}
+
+func (c *upCmd) sessionConfig(key usl.PrivateKey, peer usl.PublicKey, log *slog.Logger) usl.Config {
+	return usl.Config{
+		PrivateKey:     key,
+		PeerKeys:       []usl.PublicKey{peer},
+		ReplayBuffer:   int(c.ReplayBuffer),
+		MaxStreams:     c.MaxStreams,
+		DeadInterval:   c.DeadInterval,
+		SessionTimeout: c.SessionTimeout,
+		HandshakeRate:  c.HandshakeRate,
+		Logger:         log.With("component", "usl"),
+	}
+}
+
+func (c *upCmd) Run() error {
+	log := c.logger()
+	key, err := readPrivateKey(c.Key)
+	if err != nil {
+		return err
+	}
+	peerKey, err := usl.ParsePublicKey(c.PeerKey)
+	if err != nil {
+		return fmt.Errorf("--peer-key: %w", err)
+	}
+	if peerKey == key.Public() {
+		return errors.New("--peer-key is this host's own public key: pass the other host's key (usltun pubkey < peer.key)")
+	}
+	if len(c.Route) > 0 {
+		if err := checkNetAdmin(); err != nil {
+			return err
+		}
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	d, err := c.start(ctx, key, peerKey, log)
+	if err != nil {
+		return err
+	}
+	<-ctx.Done()
+	log.Info("shutting down: closing flows, then the session, then the device")
+	return d.shutdown()
+}
+
+// checkNetAdmin fails early, with the fix, when the process cannot create a
+// TUN device or change routes.
+func checkNetAdmin() error {
+	if os.Geteuid() == 0 {
+		return nil
+	}
+	caps, err := os.ReadFile("/proc/self/status")
+	if err == nil && hasCapNetAdmin(string(caps)) {
+		return nil
+	}
+	return errors.New("--route needs root or CAP_NET_ADMIN to create the TUN device and its routes: run it with sudo")
+}
