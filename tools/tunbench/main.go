@@ -57,6 +57,7 @@ type options struct {
 	blackhole time.Duration
 	recCap    time.Duration
 	verbose   bool
+	perfDir   string
 }
 
 func parseFlags(args []string) (*options, error) {
@@ -75,6 +76,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.DurationVar(&o.blackhole, "blackhole", 20*time.Second, "blackhole length for the recovery test")
 	fs.DurationVar(&o.recCap, "recovery-cap", 60*time.Second, "longest wait for the first byte after the heal")
 	fs.BoolVar(&o.verbose, "v", false, "log the lab's and daemons' output")
+	fs.StringVar(&o.perfDir, "perf", "", "record a `perf` profile of the daemons during each throughput run into this directory (perf-<mode>-<streams>.data)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -257,7 +259,11 @@ func runMode(ctx context.Context, o *options, l *lab, m mode, mr *ModeResult, id
 	if o.part("throughput") {
 		for _, n := range []int{1, 4} {
 			progress("%s: throughput, %d stream(s), %v", m.Name(), n, o.duration)
-			t, err := measureThroughput(ctx, l, m.Daemons(), n, o.duration)
+			var perfOut string
+			if o.perfDir != "" {
+				perfOut = filepath.Join(o.perfDir, fmt.Sprintf("perf-%s-%d.data", m.Name(), n))
+			}
+			t, err := measureThroughput(ctx, l, m.Daemons(), n, o.duration, perfOut)
 			if err != nil {
 				fail(fmt.Sprintf("throughput -P %d", n), err)
 				continue

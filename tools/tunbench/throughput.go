@@ -3,7 +3,11 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
+	"os/exec"
 	"strconv"
+	"strings"
+	"syscall"
 	"time"
 
 	"github.com/usltun/usltun/testenv"
@@ -24,10 +28,29 @@ type Throughput struct {
 // measureThroughput runs iperf3 from A to the iperf3 server on C for dur,
 // omitting the first second (slow start) from the rate, and charges the
 // daemons' CPU time over the same wall-clock window.
-func measureThroughput(ctx context.Context, l *lab, daemons []*testenv.Proc, streams int, dur time.Duration) (Throughput, error) {
+//
+// With perfOut set, `perf record` samples the daemons (call graphs) over
+// the run and writes its data there, for `perf report -i perfOut`.
+func measureThroughput(ctx context.Context, l *lab, daemons []*testenv.Proc, streams int, dur time.Duration, perfOut string) (Throughput, error) {
 	pids := make([]int, len(daemons))
+	pidList := make([]string, len(daemons))
 	for i, p := range daemons {
 		pids[i] = p.Pid()
+		pidList[i] = strconv.Itoa(pids[i])
+	}
+	if perfOut != "" && len(pids) > 0 {
+		// perf runs in the root namespace: -p reaches processes of any
+		// network namespace. It stops on its own when sleep ends.
+		perf := exec.CommandContext(ctx, "perf", "record", "--quiet", "-F", "499", "-g", "-o", perfOut,
+			"-p", strings.Join(pidList, ","), "--", "sleep", strconv.Itoa(max(int(dur/time.Second), 1)))
+		perf.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		if out, err := perf.StdoutPipe(); err == nil {
+			go io.Copy(io.Discard, out)
+		}
+		if err := perf.Start(); err != nil {
+			return Throughput{}, fmt.Errorf("perf record: %w", err)
+		}
+		defer perf.Wait()
 	}
 	cpu0, err := cpuTotal(pids)
 	if err != nil {
