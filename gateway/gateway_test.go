@@ -224,3 +224,39 @@ func TestUDPDatagrams(t *testing.T) {
 		}
 	}
 }
+
+// TestEmptyReadWaits pins the usl.Stream behaviour the relay's idle-memory
+// saving depends on: Read(nil) blocks until data is pending and consumes
+// nothing.
+func TestEmptyReadWaits(t *testing.T) {
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		time.Sleep(200 * time.Millisecond)
+		c.Write([]byte("late"))
+	}()
+	s := sessionPair(t, "127.0.0.1/32")
+	st, err := open(t, s, flow.TCP, ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	start := time.Now()
+	if n, err := st.Read(nil); n != 0 || err != nil {
+		t.Fatalf("Read(nil) = %d, %v", n, err)
+	}
+	if waited := time.Since(start); waited < 150*time.Millisecond {
+		t.Fatalf("Read(nil) returned after %v, before any data was sent", waited)
+	}
+	buf := make([]byte, 16)
+	st.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, err := io.ReadAtLeast(st, buf, 4)
+	if err != nil || string(buf[:n]) != "late" {
+		t.Fatalf("read after wait: %q, %v", buf[:n], err)
+	}
+}

@@ -35,8 +35,8 @@ type halfCloser interface {
 // gets halfClose to finish too.
 func relayTCP(st *usl.Stream, c *net.TCPConn, halfClose time.Duration) {
 	done := make(chan error, 2)
-	go func() { done <- copyHalf(c, st, nil) }()
-	go func() { done <- copyHalf(st, c, c) }()
+	go func() { done <- copyHalf(c, st, func() error { return waitStream(st) }) }()
+	go func() { done <- copyHalf(st, c, func() error { return waitReadable(c) }) }()
 	pending := 2
 	err := <-done
 	pending--
@@ -79,14 +79,16 @@ func abortTCP(st *usl.Stream, c *net.TCPConn, cause error) {
 }
 
 // copyHalf copies src to dst until src ends. On EOF it half-closes dst and
-// returns nil; any other error is returned. When src is a TCP socket, the
-// copy waits for readability before taking a buffer from the pool.
-func copyHalf(dst halfCloser, src io.Reader, srcTCP *net.TCPConn) error {
+// returns nil; any other error is returned. wait blocks until src has data
+// (or an EOF or error) pending, so a buffer is taken from the pool only for
+// data that is already there.
+func copyHalf(dst halfCloser, src io.Reader, wait func() error) error {
 	for {
-		if srcTCP != nil {
-			if err := waitReadable(srcTCP); err != nil {
-				return err
+		if err := wait(); err != nil {
+			if err == io.EOF {
+				return dst.CloseWrite()
 			}
+			return err
 		}
 		bp := bufPool.Get().(*[]byte)
 		n, rerr := src.Read(*bp)
@@ -105,6 +107,13 @@ func copyHalf(dst halfCloser, src io.Reader, srcTCP *net.TCPConn) error {
 			return rerr
 		}
 	}
+}
+
+// waitStream blocks until the stream has data, its FIN or an error pending:
+// a usl.Stream's Read with an empty buffer waits without consuming anything.
+func waitStream(st *usl.Stream) error {
+	_, err := st.Read(nil)
+	return err
 }
 
 // waitReadable blocks until c has data or an EOF/error pending, without
