@@ -30,13 +30,23 @@ type RR struct {
 // measureRR runs loadgen's request/response mode (64-byte request, 64-byte
 // response, one at a time, every response byte checked) from A against a
 // loadgen server on C.
-func measureRR(ctx context.Context, l *lab, dur time.Duration) (RR, error) {
+// perfOut: see measureThroughput.
+func measureRR(ctx context.Context, l *lab, daemons []*testenv.Proc, dur time.Duration, perfOut string) (RR, error) {
 	ln, err := l.c.Listen("tcp", fmt.Sprintf("%s:%d", addrC, rrPort))
 	if err != nil {
 		return RR{}, fmt.Errorf("rr listener on C: %w", err)
 	}
 	srv := loadgen.NewServer(ln, nil)
 	defer srv.Close()
+	pids := make([]int, len(daemons))
+	for i, p := range daemons {
+		pids[i] = p.Pid()
+	}
+	stopPerf, err := startPerf(ctx, pids, dur, perfOut)
+	if err != nil {
+		return RR{}, err
+	}
+	defer stopPerf()
 	rep, err := loadgen.RunFor(ctx, loadgen.Config{
 		Addr: ln.Addr().String(), Dial: l.a.DialContext, Mode: loadgen.RR,
 		ReqSize: 64, RespSize: 64, Duration: dur,

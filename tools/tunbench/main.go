@@ -76,7 +76,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.DurationVar(&o.blackhole, "blackhole", 20*time.Second, "blackhole length for the recovery test")
 	fs.DurationVar(&o.recCap, "recovery-cap", 60*time.Second, "longest wait for the first byte after the heal")
 	fs.BoolVar(&o.verbose, "v", false, "log the lab's and daemons' output")
-	fs.StringVar(&o.perfDir, "perf", "", "record a `perf` profile of the daemons during each throughput run into this directory (perf-<mode>-<streams>.data)")
+	fs.StringVar(&o.perfDir, "perf", "", "record a `perf` profile of the daemons during each throughput and latency run into this directory (perf-<mode>-<streams|rr>.data)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -188,6 +188,7 @@ func benchmark(o *options) (err error) {
 		Command: "go run ./tools/tunbench " + strings.Join(os.Args[1:], " "),
 		Start:   time.Now(), CPUs: runtime.NumCPU(), Kernel: kernelRelease(),
 	}
+	res.LoadAvg[0] = loadAvg()
 	var modes []mode
 	l, err := newLab(tb)
 	if err != nil {
@@ -240,6 +241,7 @@ func benchmark(o *options) (err error) {
 		return fmt.Errorf("interrupted: %w", err)
 	}
 	res.Elapsed = time.Since(res.Start).Round(time.Second).String()
+	res.LoadAvg[1] = loadAvg()
 	return report(o, res)
 }
 
@@ -247,16 +249,24 @@ func benchmark(o *options) (err error) {
 // is recorded and the others still run.
 func runMode(ctx context.Context, o *options, l *lab, m mode, mr *ModeResult, idx int) {
 	fail := func(part string, err error) {
-		mr.Errors = append(mr.Errors, part+": "+err.Error())
-		progress("%s: %s: %v", m.Name(), part, err)
+		if ctx.Err() != nil {
+			return // interrupted: the parts' errors are only echoes of it
+		}
+		msg := err.Error()
+		if !strings.HasPrefix(msg, part) {
+			msg = part + ": " + msg
+		}
+		mr.Errors = append(mr.Errors, msg)
+		progress("%s: %s", m.Name(), msg)
 	}
+	want := func(part string) bool { return ctx.Err() == nil && o.part(part) }
 	// One untimed connect first: wireguard-go handshakes on the first
 	// packet, and that belongs to no figure.
 	if _, err := measureConnect(ctx, l.a, l.c, fmt.Sprintf("%s:%d", addrC, connectPort), 3); err != nil {
 		fail("warm-up", err)
 		return
 	}
-	if o.part("throughput") {
+	if want("throughput") {
 		for _, n := range []int{1, 4} {
 			progress("%s: throughput, %d stream(s), %v", m.Name(), n, o.duration)
 			var perfOut string
@@ -275,15 +285,19 @@ func runMode(ctx context.Context, o *options, l *lab, m mode, mr *ModeResult, id
 			}
 		}
 	}
-	if o.part("latency") {
+	if want("latency") {
 		progress("%s: request/response latency, %v", m.Name(), o.rrTime)
-		if r, err := measureRR(ctx, l, o.rrTime); err != nil {
+		var perfOut string
+		if o.perfDir != "" {
+			perfOut = filepath.Join(o.perfDir, fmt.Sprintf("perf-%s-rr.data", m.Name()))
+		}
+		if r, err := measureRR(ctx, l, m.Daemons(), o.rrTime, perfOut); err != nil {
 			fail("latency", err)
 		} else {
 			mr.RR = &r
 		}
 	}
-	if o.part("connect") {
+	if want("connect") {
 		progress("%s: %d connects", m.Name(), o.connects)
 		if c, err := measureConnect(ctx, l.a, l.c, fmt.Sprintf("%s:%d", addrC, connectPort), o.connects); err != nil {
 			fail("connect", err)
@@ -291,7 +305,7 @@ func runMode(ctx context.Context, o *options, l *lab, m mode, mr *ModeResult, id
 			mr.Connect = &c
 		}
 	}
-	if o.part("idle") && len(m.Daemons()) > 0 && len(o.idleFlows) > 0 {
+	if want("idle") && len(m.Daemons()) > 0 && len(o.idleFlows) > 0 {
 		if u, ok := m.(*usltunMode); ok {
 			// Fresh daemons, so the baseline is not the heap left over
 			// from the throughput runs; and room for the largest level
@@ -311,7 +325,7 @@ func runMode(ctx context.Context, o *options, l *lab, m mode, mr *ModeResult, id
 			mr.Idle = &idle
 		}
 	}
-	if o.part("recovery") && m.Name() != modeDirect {
+	if want("recovery") && m.Name() != modeDirect {
 		progress("%s: recovery after a %v blackhole", m.Name(), o.blackhole)
 		r, err := measureRecovery(ctx, l, o.blackhole, o.recCap)
 		if err != nil {
@@ -348,8 +362,9 @@ func report(o *options, res *Results) error {
 // renderReport is the table plus the context a reader needs to trust it.
 func renderReport(res *Results) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "`%s` — %s, kernel %s, %d CPUs, usltun %s, took %s\n\n",
-		res.Command, res.Start.UTC().Format("2006-01-02 15:04 MST"), res.Kernel, res.CPUs, orDash(res.Usltun), res.Elapsed)
+	fmt.Fprintf(&b, "`%s` — %s, kernel %s, %d CPUs, usltun %s, took %s, load average %s → %s\n\n",
+		res.Command, res.Start.UTC().Format("2006-01-02 15:04 MST"), res.Kernel, res.CPUs, orDash(res.Usltun), res.Elapsed,
+		orDash(res.LoadAvg[0]), orDash(res.LoadAvg[1]))
 	b.WriteString(renderTable(res.rows()))
 	if res.ABConnect != nil {
 		fmt.Fprintf(&b, "\nA—B round trip (connect() A→B, p50): %.0f µs.\n", us(res.ABConnect.P50))
@@ -391,6 +406,19 @@ func orDash(s string) string {
 		return "–"
 	}
 	return s
+}
+
+// loadAvg is the 1-minute load average.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return ""
+	}
+	return f[0]
 }
 
 func kernelRelease() string {

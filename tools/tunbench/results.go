@@ -34,6 +34,9 @@ type Results struct {
 	Kernel  string    `json:"kernel"`
 	CPUs    int       `json:"cpus"`
 	Usltun  string    `json:"usltun_version,omitempty"`
+	// LoadAvg is /proc/loadavg at the start and at the end: other work on
+	// the machine shares its cores with the benchmark.
+	LoadAvg [2]string `json:"loadavg"`
 	// ABConnect is connect() from A to B directly: one A—B round trip plus
 	// the kernel's connect cost, the allowance of the connect target.
 	ABConnect *Connect      `json:"ab_connect,omitempty"`

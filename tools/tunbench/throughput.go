@@ -33,25 +33,14 @@ type Throughput struct {
 // the run and writes its data there, for `perf report -i perfOut`.
 func measureThroughput(ctx context.Context, l *lab, daemons []*testenv.Proc, streams int, dur time.Duration, perfOut string) (Throughput, error) {
 	pids := make([]int, len(daemons))
-	pidList := make([]string, len(daemons))
 	for i, p := range daemons {
 		pids[i] = p.Pid()
-		pidList[i] = strconv.Itoa(pids[i])
 	}
-	if perfOut != "" && len(pids) > 0 {
-		// perf runs in the root namespace: -p reaches processes of any
-		// network namespace. It stops on its own when sleep ends.
-		perf := exec.CommandContext(ctx, "perf", "record", "--quiet", "-F", "499", "-g", "-o", perfOut,
-			"-p", strings.Join(pidList, ","), "--", "sleep", strconv.Itoa(max(int(dur/time.Second), 1)))
-		perf.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-		if out, err := perf.StdoutPipe(); err == nil {
-			go io.Copy(io.Discard, out)
-		}
-		if err := perf.Start(); err != nil {
-			return Throughput{}, fmt.Errorf("perf record: %w", err)
-		}
-		defer perf.Wait()
+	stopPerf, err := startPerf(ctx, pids, dur, perfOut)
+	if err != nil {
+		return Throughput{}, err
 	}
+	defer stopPerf()
 	cpu0, err := cpuTotal(pids)
 	if err != nil {
 		return Throughput{}, err
@@ -78,4 +67,26 @@ func measureThroughput(ctx context.Context, l *lab, daemons []*testenv.Proc, str
 		t.CoresPerGbps = t.DaemonCores / t.Gbps
 	}
 	return t, nil
+}
+
+// startPerf samples pids with `perf record -g` for dur into out; the
+// returned func waits for perf to finish writing. With no out or no pids it
+// does nothing. perf runs in the root namespace: -p reaches processes of
+// any network namespace.
+func startPerf(ctx context.Context, pids []int, dur time.Duration, out string) (func(), error) {
+	if out == "" || len(pids) == 0 {
+		return func() {}, nil
+	}
+	list := make([]string, len(pids))
+	for i, p := range pids {
+		list[i] = strconv.Itoa(p)
+	}
+	perf := exec.CommandContext(ctx, "perf", "record", "--quiet", "-F", "499", "-g", "-o", out,
+		"-p", strings.Join(list, ","), "--", "sleep", strconv.Itoa(max(int(dur/time.Second), 1)))
+	perf.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	perf.Stdout, perf.Stderr = io.Discard, io.Discard
+	if err := perf.Start(); err != nil {
+		return nil, fmt.Errorf("perf record (apt-get install linux-perf): %w", err)
+	}
+	return func() { _ = perf.Wait() }, nil
 }
