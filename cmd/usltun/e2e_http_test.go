@@ -75,21 +75,40 @@ func startBlobServer(t *testing.T, c *testenv.Host, addr string) *blobServer {
 	return bs
 }
 
-// Pacing: paceChunk per paceEvery is ≈ 25 MiB/s, so 64 MiB take ≈ 2.6 s.
+// paceRate is the pace of the paced transfers, ≈ 25 MiB/s: 64 MiB take
+// ≈ 2.7 s, long enough for a burst of faults to land in the middle.
 const (
+	paceRate  = 25 << 20 // bytes per second
 	paceChunk = 256 << 10
-	paceEvery = 10 * time.Millisecond
 )
+
+// pacer keeps a byte stream at paceRate from its first use on, whatever the
+// sizes of the reads or writes.
+type pacer struct {
+	start time.Time
+	n     int64
+}
+
+func (p *pacer) wait(n int) {
+	if p.start.IsZero() {
+		p.start = time.Now()
+	}
+	p.n += int64(n)
+	due := p.start.Add(time.Duration(float64(p.n) / paceRate * float64(time.Second)))
+	time.Sleep(time.Until(due))
+}
 
 type pacedWriter struct {
 	w io.Writer
 	f http.Flusher
+	p pacer
 }
 
 func (p *pacedWriter) Write(b []byte) (int, error) {
 	n := 0
 	for len(b) > 0 {
 		k := min(len(b), paceChunk)
+		p.p.wait(k)
 		m, err := p.w.Write(b[:k])
 		n += m
 		if err != nil {
@@ -97,17 +116,20 @@ func (p *pacedWriter) Write(b []byte) (int, error) {
 		}
 		p.f.Flush()
 		b = b[k:]
-		time.Sleep(paceEvery)
 	}
 	return n, nil
 }
 
 // pacedReader is the upload's side of the pacing.
-type pacedReader struct{ r io.Reader }
+type pacedReader struct {
+	r io.Reader
+	p pacer
+}
 
 func (p *pacedReader) Read(b []byte) (int, error) {
-	time.Sleep(paceEvery)
-	return p.r.Read(b[:min(len(b), paceChunk)])
+	n, err := p.r.Read(b[:min(len(b), paceChunk)])
+	p.p.wait(n)
+	return n, err
 }
 
 // httpClientOn makes an HTTP client whose connections start on host h.
