@@ -370,6 +370,12 @@ func renderReport(res *Results) string {
 		fmt.Fprintf(&b, "\nA—B round trip (connect() A→B, p50): %.0f µs.\n", us(res.ABConnect.P50))
 	}
 	for _, m := range res.Modes {
+		for _, t := range []*Throughput{m.Single, m.Multi} {
+			if t != nil {
+				fmt.Fprintf(&b, "%s, %d stream%s: machine CPU busy %.0f%% (all cores), daemons %.2f cores, %d retransmits.\n",
+					m.Mode, t.Streams, plural(t.Streams), 100*t.MachineBusy, t.DaemonCores, t.Retransmits)
+			}
+		}
 		if m.Idle != nil {
 			fmt.Fprintf(&b, "%s idle flows: baseline %.0f MiB; %s; ≈ %.1f KiB per flow.\n", m.Mode,
 				float64(m.Idle.Baseline)/(1<<20), idleText(m.Idle), m.Idle.BytesPerFlow/1024)

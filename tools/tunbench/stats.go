@@ -115,3 +115,46 @@ func percentile(samples []time.Duration, q float64) time.Duration {
 	rank = min(max(rank, 1), len(s))
 	return s[rank-1]
 }
+
+// cpuSample is the machine-wide CPU time from the first line of /proc/stat,
+// in clock ticks: busy (everything but idle and iowait) and total.
+type cpuSample struct{ busy, total uint64 }
+
+// parseProcStatTotal reads the aggregate "cpu" line of /proc/stat.
+func parseProcStatTotal(data string) (cpuSample, error) {
+	line, _, _ := strings.Cut(data, "\n")
+	f := strings.Fields(line)
+	if len(f) < 5 || f[0] != "cpu" {
+		return cpuSample{}, fmt.Errorf("/proc/stat: first line %q is not the cpu total", line)
+	}
+	var s cpuSample
+	// user nice system idle iowait irq softirq steal guest guest_nice; guest
+	// time is already counted in user, so stop at steal.
+	for i, v := range f[1:min(len(f), 9)] {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			return cpuSample{}, fmt.Errorf("/proc/stat: field %d %q: %w", i+1, v, err)
+		}
+		s.total += n
+		if i != 3 && i != 4 { // idle, iowait
+			s.busy += n
+		}
+	}
+	return s, nil
+}
+
+func machineCPU() (cpuSample, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return cpuSample{}, fmt.Errorf("machine cpu: %w", err)
+	}
+	return parseProcStatTotal(string(b))
+}
+
+// busyFraction is the share of all CPUs that was busy between a and b.
+func busyFraction(a, b cpuSample) float64 {
+	if b.total <= a.total {
+		return 0
+	}
+	return float64(b.busy-a.busy) / float64(b.total-a.total)
+}

@@ -23,6 +23,10 @@ type Throughput struct {
 	// Both are zero for direct routing, which has no daemon.
 	DaemonCores  float64 `json:"daemon_cores"`
 	CoresPerGbps float64 `json:"cores_per_gbps"`
+	// MachineBusy is the share of all the machine's CPUs that was busy
+	// (iperf3 at both ends, the kernel's TCP and forwarding, the daemons and
+	// anything else running): near 1, the run was CPU-bound.
+	MachineBusy float64 `json:"machine_busy"`
 }
 
 // measureThroughput runs iperf3 from A to the iperf3 server on C for dur,
@@ -45,12 +49,20 @@ func measureThroughput(ctx context.Context, l *lab, daemons []*testenv.Proc, str
 	if err != nil {
 		return Throughput{}, err
 	}
+	m0, err := machineCPU()
+	if err != nil {
+		return Throughput{}, err
+	}
 	t0 := time.Now()
 	secs := strconv.Itoa(max(int(dur/time.Second), 1))
 	out, runErr := run(ctx, l.a, "iperf3", "--client", addrC, "--port", strconv.Itoa(bulkPort),
 		"--time", secs, "--omit", "1", "--parallel", strconv.Itoa(streams), "--json", "--connect-timeout", "5000")
 	wall := time.Since(t0)
 	cpu1, err := cpuTotal(pids)
+	if err != nil {
+		return Throughput{}, err
+	}
+	m1, err := machineCPU()
 	if err != nil {
 		return Throughput{}, err
 	}
@@ -61,7 +73,7 @@ func measureThroughput(ctx context.Context, l *lab, daemons []*testenv.Proc, str
 		}
 		return Throughput{}, fmt.Errorf("iperf3 -P %d: %w", streams, err)
 	}
-	t := Throughput{Streams: streams, Gbps: sum.BitsPerSecond / 1e9, Retransmits: sum.Retransmits}
+	t := Throughput{Streams: streams, Gbps: sum.BitsPerSecond / 1e9, Retransmits: sum.Retransmits, MachineBusy: busyFraction(m0, m1)}
 	if len(pids) > 0 {
 		t.DaemonCores = (cpu1 - cpu0).Seconds() / wall.Seconds()
 		t.CoresPerGbps = t.DaemonCores / t.Gbps

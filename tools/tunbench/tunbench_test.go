@@ -154,6 +154,9 @@ func TestRenderTable(t *testing.T) {
 	if c := find("connect() p50"); !strings.Contains(c[6], "(140 µs)") {
 		t.Errorf("connect target %q does not name direct + A—B round trip = 140 µs", c[6])
 	}
+	if strings.Contains(table, "RSS with 100 idle") || len(lines) != 2+9 {
+		t.Errorf("%d lines; want the 9 rows with figures only (no 4-stream CPU):\n%s", len(lines), table)
+	}
 	if lines[1] != "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |" {
 		t.Errorf("separator %q", lines[1])
 	}
@@ -186,5 +189,26 @@ func TestParseFlags(t *testing.T) {
 		if _, err := parseFlags(bad); err == nil {
 			t.Errorf("%v accepted", bad)
 		}
+	}
+}
+
+func TestParseProcStatTotal(t *testing.T) {
+	data := "cpu  100 5 50 800 20 3 7 1 9 0\ncpu0 50 2 25 400 10 1 3 0 0 0\nintr 1\n"
+	s, err := parseProcStatTotal(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// busy = user+nice+system+irq+softirq+steal; guest (9) is inside user.
+	if s.busy != 100+5+50+3+7+1 || s.total != 100+5+50+800+20+3+7+1 {
+		t.Fatalf("got %+v", s)
+	}
+	if f := busyFraction(cpuSample{busy: 100, total: 1000}, cpuSample{busy: 400, total: 2000}); f != 0.3 {
+		t.Fatalf("busyFraction = %v, want 0.3", f)
+	}
+	if _, err := parseProcStatTotal("cpu0 1 2 3 4\n"); err == nil {
+		t.Fatal("per-cpu line accepted as the total")
+	}
+	if _, err := machineCPU(); err != nil {
+		t.Fatal(err)
 	}
 }
