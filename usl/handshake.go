@@ -12,6 +12,11 @@ import (
 	"github.com/flynn/noise"
 )
 
+// readBufSize is the path reader's buffer. Small, on purpose: bufio reads
+// at least this much straight into the caller's buffer, so large records
+// skip a copy, while runs of small records still cost one syscall.
+const readBufSize = 4 << 10
+
 // ProtocolVersion is the USL wire version this build speaks.
 const ProtocolVersion = 1
 
@@ -238,7 +243,7 @@ func clientHandshake(c net.Conn, priv PrivateKey, peer PublicKey, h hello) (*han
 	if _, err := c.Write(appendMsg(pre[:], msg1)); err != nil {
 		return nil, rep, fmt.Errorf("send handshake: %w", err)
 	}
-	br := bufio.NewReaderSize(c, 64<<10)
+	br := bufio.NewReaderSize(c, readBufSize)
 	if err := checkPreamble(br); err != nil {
 		return nil, rep, fmt.Errorf("handshake: %w", err)
 	}
@@ -285,7 +290,7 @@ func (e *rejectError) Error() string { return e.reason }
 // readClientHello reads and authenticates the initiator's message. On
 // failure it has already written whatever the initiator should see.
 func readClientHello(c net.Conn, priv PrivateKey) (*serverHello, error) {
-	br := bufio.NewReaderSize(c, 64<<10)
+	br := bufio.NewReaderSize(c, readBufSize)
 	if err := checkPreamble(br); err != nil {
 		var ve *VersionError
 		if errors.As(err, &ve) {

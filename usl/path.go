@@ -32,7 +32,8 @@ type path struct {
 	pongPending bool
 	pongVal     uint64
 	pingDue     bool
-	stage       []byte // plaintext gathered for one write, owned by the writer
+	stage       []byte   // small frames and headers gathered for one write
+	segs        [][]byte // plaintext pieces of one write: stage parts and replay payloads
 
 	hdr [headerLen]byte // reader's header buffer
 	ctl [8]byte         // reader's control payload buffer
@@ -63,7 +64,8 @@ func (c *liveConn) idle() time.Duration {
 var errPathDead = errors.New("path dead: nothing received within the dead interval")
 
 func newPath(s *Session, c *liveConn) *path {
-	stage := max(256<<10, headerLen+s.cfg.MaxFrame+4*(headerLen+8))
+	// The stage holds whole small frames and the headers of large ones.
+	stage := 64 << 10
 	p := &path{
 		s:      s,
 		conn:   c,
@@ -176,10 +178,16 @@ func (p *path) writeLoop() {
 	defer ackTimer.Stop()
 	for {
 		s.mu.Lock()
-		buf, wait, endAfter := s.fillLocked(p, p.stage[:0], time.Now())
+		pinned, wait, endAfter := s.fillLocked(p, time.Now())
 		s.mu.Unlock()
-		if len(buf) > 0 {
-			if err := p.rc.writePlain(buf); err != nil {
+		if len(p.segs) > 0 {
+			err := p.rc.writeSegments(p.segs)
+			if pinned {
+				s.mu.Lock()
+				s.unpinLocked()
+				s.mu.Unlock()
+			}
+			if err != nil {
 				s.pathFailed(p, fmt.Errorf("write: %w", err))
 				return
 			}

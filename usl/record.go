@@ -41,8 +41,9 @@ type recordConn struct {
 	recvN     uint64
 	recvNonce [chacha20poly1305.NonceSize]byte
 	br        *bufio.Reader
-	in        []byte // current record: ciphertext, then plaintext in place
-	plain     []byte // unread plaintext of the current record
+	in        []byte  // current record: ciphertext, then plaintext in place
+	plain     []byte  // unread plaintext of the current record
+	lenBuf    [2]byte // a field, not a local: io.ReadFull would make a local escape
 }
 
 func newRecordConn(c net.Conn, br *bufio.Reader, sendKey, recvKey [32]byte) (*recordConn, error) {
@@ -64,20 +65,27 @@ func putNonce(n *[chacha20poly1305.NonceSize]byte, ctr uint64) []byte {
 	return n[:]
 }
 
-// writePlain seals plain into as many records as it needs and writes them
-// with one Write call.
-func (rc *recordConn) writePlain(plain []byte) error {
-	need := len(plain) + (len(plain)/maxRecordPlain+1)*(2+tagLen)
+// writeSegments seals the plaintext pieces, in order, into records and
+// writes them all with one Write call. A piece longer than a record is
+// split; pieces are never merged, so a large payload is sealed straight
+// from where it lies.
+func (rc *recordConn) writeSegments(segs [][]byte) error {
+	need := 0
+	for _, seg := range segs {
+		need += len(seg) + (len(seg)/maxRecordPlain+1)*(2+tagLen)
+	}
 	if cap(rc.out) < need {
 		rc.out = make([]byte, 0, need)
 	}
 	out := rc.out[:0]
-	for len(plain) > 0 {
-		n := min(len(plain), maxRecordPlain)
-		out = binary.BigEndian.AppendUint16(out, uint16(n+tagLen))
-		out = rc.send.Seal(out, putNonce(&rc.sendNonce, rc.sendN), plain[:n], nil)
-		rc.sendN++
-		plain = plain[n:]
+	for _, seg := range segs {
+		for len(seg) > 0 {
+			n := min(len(seg), maxRecordPlain)
+			out = binary.BigEndian.AppendUint16(out, uint16(n+tagLen))
+			out = rc.send.Seal(out, putNonce(&rc.sendNonce, rc.sendN), seg[:n], nil)
+			rc.sendN++
+			seg = seg[n:]
+		}
 	}
 	_, err := rc.conn.Write(out)
 	return err
@@ -89,11 +97,10 @@ var errRecordShort = errors.New("record shorter than its tag")
 // Any authentication failure is fatal to the path.
 func (rc *recordConn) Read(p []byte) (int, error) {
 	for len(rc.plain) == 0 {
-		var lb [2]byte
-		if _, err := io.ReadFull(rc.br, lb[:]); err != nil {
+		if _, err := io.ReadFull(rc.br, rc.lenBuf[:]); err != nil {
 			return 0, err
 		}
-		n := int(binary.BigEndian.Uint16(lb[:]))
+		n := int(binary.BigEndian.Uint16(rc.lenBuf[:]))
 		if n < tagLen {
 			return 0, errRecordShort
 		}
@@ -101,11 +108,21 @@ func (rc *recordConn) Read(p []byte) (int, error) {
 		if _, err := io.ReadFull(rc.br, ct); err != nil {
 			return 0, err
 		}
-		pt, err := rc.recv.Open(ct[:0], putNonce(&rc.recvNonce, rc.recvN), ct, nil)
+		dst := ct[:0]
+		direct := len(p) >= n-tagLen
+		if direct {
+			// The caller wants at least the whole record (a large DATA
+			// payload): decrypt straight into its buffer.
+			dst = p[:0]
+		}
+		pt, err := rc.recv.Open(dst, putNonce(&rc.recvNonce, rc.recvN), ct, nil)
 		if err != nil {
 			return 0, fmt.Errorf("record %d: %w", rc.recvN, err)
 		}
 		rc.recvN++
+		if direct {
+			return len(pt), nil
+		}
 		rc.plain = pt
 	}
 	n := copy(p, rc.plain)

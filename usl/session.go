@@ -50,6 +50,8 @@ type Session struct {
 	replay      replayQueue
 	replayBytes int
 	highestSent uint64
+	pins        int           // writers sealing straight from replay buffers
+	deferred    []*[]byte     // acked buffers waiting for pins to drop to 0
 	spaceWait   chan struct{} // closed when replay space frees; nil if none waits
 
 	// Receive side.
@@ -185,7 +187,7 @@ func (s *Session) ackLocked(a uint64) error {
 	for s.acked < a {
 		e := s.replay.pop()
 		s.replayBytes -= e.data
-		s.pool.put(e.buf)
+		s.releaseLocked(e.buf)
 		s.acked++
 	}
 	if s.closeSeq != 0 && a >= s.closeSeq {
@@ -228,35 +230,54 @@ func appendCtl(buf []byte, t frameType, ack uint64, v uint64, withPayload bool) 
 	return buf
 }
 
-// fillLocked gathers what path p should send now into buf: pong, ping, the
-// sequenced frames past p's cursor, and a bare ACK when one is due. wait>0
-// asks the writer to come back then for a delayed ack. endAfter says the
-// write carries the ack of the peer's CLOSE, after which the session ends.
-func (s *Session) fillLocked(p *path, buf []byte, now time.Time) (out []byte, wait time.Duration, endAfter bool) {
+// fillLocked gathers what path p should send now: pong, ping, the
+// sequenced frames past p's cursor, and a bare ACK when one is due. Small
+// frames and all headers are copied into p.stage; large DATA payloads are
+// referenced where they sit in the replay buffer and sealed from there,
+// which saves a copy of every bulk byte. Such references pin the replay
+// buffers (see releaseLocked) until the writer calls unpinLocked; pinned
+// says whether it must. wait>0 asks the writer to come back then for a
+// delayed ack. endAfter says the write carries the ack of the peer's
+// CLOSE, after which the session ends.
+func (s *Session) fillLocked(p *path, now time.Time) (pinned bool, wait time.Duration, endAfter bool) {
+	stage := p.stage[:0]
+	p.segs = p.segs[:0]
 	if p.closed {
-		return buf, 0, false
+		return false, 0, false
 	}
 	if p.pongPending {
-		buf = appendCtl(buf, framePong, s.recvSeq, p.pongVal, true)
+		stage = appendCtl(stage, framePong, s.recvSeq, p.pongVal, true)
 		p.pongPending = false
 	}
 	if p.pingDue {
-		buf = appendCtl(buf, framePing, s.recvSeq, uint64(time.Since(p.start)), true)
+		stage = appendCtl(stage, framePing, s.recvSeq, uint64(time.Since(p.start)), true)
 		p.pingDue = false
 	}
 	if p.next <= s.acked {
 		p.next = s.acked + 1
 	}
-	for p.next < s.nextSeq {
+	segStart, total := 0, len(stage)
+	for p.next < s.nextSeq && total < batchLimit {
 		e := s.replay.at(int(p.next - s.acked - 1))
 		b := *e.buf
-		if len(buf) > 0 && len(buf)+len(b) > cap(buf) {
+		inline := e.data <= inlineMax
+		need := len(b)
+		if !inline {
+			need = headerLen
+		}
+		if len(stage)+need > cap(stage) {
 			break
 		}
 		if s.sched.carries(p, p.next, s.paths) {
-			off := len(buf)
-			buf = append(buf, b...)
-			putAck(buf[off:], s.recvSeq)
+			off := len(stage)
+			stage = append(stage, b[:need]...)
+			putAck(stage[off:], s.recvSeq)
+			if !inline {
+				p.segs = append(p.segs, stage[segStart:], b[headerLen:])
+				segStart = len(stage)
+				pinned = true
+			}
+			total += len(b)
 			if p.next <= s.highestSent {
 				s.retrans += uint64(len(b))
 			} else {
@@ -265,20 +286,58 @@ func (s *Session) fillLocked(p *path, buf []byte, now time.Time) (out []byte, wa
 		}
 		p.next++
 	}
-	if len(buf) == 0 && s.recvSeq > s.ackSent {
+	if total == 0 && s.recvSeq > s.ackSent {
 		if !s.ackUrgent && now.Before(s.ackDeadline) {
-			return buf, s.ackDeadline.Sub(now), false
+			return false, s.ackDeadline.Sub(now), false
 		}
-		buf = appendCtl(buf, frameAck, s.recvSeq, 0, false)
+		stage = appendCtl(stage, frameAck, s.recvSeq, 0, false)
+		total = len(stage)
 	}
-	if len(buf) > 0 {
+	if segStart < len(stage) {
+		p.segs = append(p.segs, stage[segStart:])
+	}
+	if total > 0 {
 		s.ackSent = s.recvSeq
 		s.recvSinceAck = 0
 		s.ackDeadline = time.Time{}
 		s.ackUrgent = false
 		endAfter = s.peerClosed && s.ackSent >= s.peerCloseSeq
 	}
-	return buf, 0, endAfter
+	if pinned {
+		s.pins++
+	}
+	return pinned, 0, endAfter
+}
+
+// Batching: a writer takes up to batchLimit bytes of frames per round (one
+// Write call), and copies DATA payloads of up to inlineMax bytes into its
+// stage instead of sealing them separately, since a separate record costs
+// more than copying a small payload.
+const (
+	batchLimit = 256 << 10
+	inlineMax  = 2 << 10
+)
+
+// releaseLocked returns an acked replay buffer to the pool, unless a writer
+// is sealing from the replay buffer right now: then it waits for unpin.
+func (s *Session) releaseLocked(b *[]byte) {
+	if s.pins > 0 {
+		s.deferred = append(s.deferred, b)
+		return
+	}
+	s.pool.put(b)
+}
+
+func (s *Session) unpinLocked() {
+	s.pins--
+	if s.pins > 0 {
+		return
+	}
+	for i, b := range s.deferred {
+		s.pool.put(b)
+		s.deferred[i] = nil
+	}
+	s.deferred = s.deferred[:0]
 }
 
 // handleFrame applies one received frame. data is the pooled buffer of a
@@ -543,7 +602,7 @@ func (s *Session) dropPathsLocked() {
 func (s *Session) dropReplayLocked() {
 	for s.replay.len() > 0 {
 		e := s.replay.pop()
-		s.pool.put(e.buf)
+		s.releaseLocked(e.buf)
 	}
 	s.replayBytes = 0
 	s.acked = s.nextSeq - 1

@@ -35,8 +35,9 @@ type Stream struct {
 	closed     bool // Close was called
 	writeShut  bool // the peer closed the session: no more writes
 	err        error
-	rq         []*[]byte
-	roff       int // read offset into rq[0]
+	rq         []*[]byte // received payloads; rq[rqHead:] are unread
+	rqHead     int
+	roff       int // read offset into rq[rqHead]
 	rbuffered  int
 	consumed   uint64 // bytes read by the application (or discarded)
 	advertised uint64 // the credit limit we granted the peer
@@ -243,20 +244,22 @@ func (st *Stream) Read(b []byte) (int, error) {
 func (st *Stream) readLocked(b []byte) int {
 	s := st.s
 	n := 0
-	for n < len(b) && len(st.rq) > 0 {
-		buf := *st.rq[0]
+	for n < len(b) && st.rqHead < len(st.rq) {
+		buf := *st.rq[st.rqHead]
 		c := copy(b[n:], buf[st.roff:])
 		n += c
 		st.roff += c
 		if st.roff == len(buf) {
-			s.pool.put(st.rq[0])
-			st.rq[0] = nil
-			st.rq = st.rq[1:]
+			s.pool.put(st.rq[st.rqHead])
+			st.rq[st.rqHead] = nil
+			st.rqHead++
 			st.roff = 0
 		}
 	}
-	if len(st.rq) == 0 {
-		st.rq = st.rq[:0:0]
+	if st.rqHead == len(st.rq) {
+		// Drained: reuse the array from the start, so that a stream in
+		// steady state queues payloads without allocating.
+		st.rq, st.rqHead = st.rq[:0], 0
 	}
 	st.rbuffered -= n
 	st.consumed += uint64(n)
@@ -281,11 +284,11 @@ func (st *Stream) creditLocked() {
 
 // discardLocked drops buffered data, optionally granting its credit back.
 func (st *Stream) discardLocked(credit bool) {
-	for _, b := range st.rq {
+	for _, b := range st.rq[st.rqHead:] {
 		st.s.pool.put(b)
 	}
 	st.consumed += uint64(st.rbuffered)
-	st.rq, st.roff, st.rbuffered = nil, 0, 0
+	st.rq, st.rqHead, st.roff, st.rbuffered = nil, 0, 0, 0
 	if credit {
 		st.creditLocked()
 	}
@@ -372,6 +375,11 @@ func (st *Stream) deliverLocked(data *[]byte) bool {
 		st.consumed += uint64(n)
 		st.creditLocked()
 		return false
+	}
+	if st.rqHead > 0 && len(st.rq) == cap(st.rq) {
+		m := copy(st.rq, st.rq[st.rqHead:])
+		clear(st.rq[m:])
+		st.rq, st.rqHead = st.rq[:m], 0
 	}
 	st.rq = append(st.rq, data)
 	st.rbuffered += n

@@ -1,0 +1,116 @@
+package usl
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"testing"
+)
+
+// benchMsg is the size of one Write in the throughput benchmarks.
+const benchMsg = 32 << 10
+
+// BenchmarkRawTCP is the baseline: plain loopback TCP, one connection,
+// the same message size. Session throughput is reported against it.
+func BenchmarkRawTCP(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	done := make(chan int64, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			done <- 0
+			return
+		}
+		defer c.Close()
+		n, _ := io.CopyBuffer(io.Discard, c, make([]byte, benchMsg))
+		done <- n
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	msg := make([]byte, benchMsg)
+	b.SetBytes(benchMsg)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		if _, err := c.Write(msg); err != nil {
+			b.Fatal(err)
+		}
+	}
+	c.Close()
+	if n := <-done; n != int64(b.N)*benchMsg {
+		b.Fatalf("received %d bytes", n)
+	}
+}
+
+// BenchmarkSession measures stream throughput over a loopback TCP path
+// with encryption on, one message = one Write of benchMsg bytes, both
+// ends in this process. allocs/op is allocations per message across the
+// writer, both path goroutines and the reader.
+func BenchmarkSession(b *testing.B) {
+	for _, streams := range []int{1, 64} {
+		b.Run(fmt.Sprintf("streams=%d", streams), func(b *testing.B) { benchSession(b, streams) })
+	}
+}
+
+func benchSession(b *testing.B, streams int) {
+	ck, sk := newKeypair(b), newKeypair(b)
+	ccfg, scfg := Config{PrivateKey: ck.priv, PeerKeys: []PublicKey{sk.pub}}, Config{PrivateKey: sk.priv, PeerKeys: []PublicKey{ck.pub}}
+	p := newTCPPair(b, ccfg, scfg)
+	defer p.close()
+	type sp struct{ a, b *Stream }
+	var ss []sp
+	for i := range streams {
+		a, bb := openPair(b, p.client, p.server, fmt.Sprint(i))
+		ss = append(ss, sp{a, bb})
+	}
+	msg := make([]byte, benchMsg)
+	// Warm the pools and windows so the timed part is the steady state.
+	for _, s := range ss {
+		go s.a.Write(msg)
+		io.ReadFull(s.b, make([]byte, benchMsg))
+	}
+	per := b.N / streams
+	extra := b.N % streams
+	var wg sync.WaitGroup
+	b.SetBytes(benchMsg)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i, s := range ss {
+		n := per
+		if i < extra {
+			n++
+		}
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			for range n {
+				if _, err := s.a.Write(msg); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, benchMsg)
+			want := n * benchMsg
+			for want > 0 {
+				m, err := s.b.Read(buf[:min(len(buf), want)])
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				want -= m
+			}
+		}()
+	}
+	wg.Wait()
+	b.StopTimer()
+}
