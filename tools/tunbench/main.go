@@ -2,7 +2,8 @@
 // wireguard-go on one A—B—C lab of network namespaces (A client, B gateway,
 // C server; A—B and B—C veth links), in one run:
 //
-//   - TCP throughput A→C with 1 and 4 streams (iperf3), and the CPU the
+//   - TCP throughput A→C with 1 and 4 streams (iperf3, median of --repeat
+//     runs), and the CPU the
 //     tunnel daemons use per Gbit/s (utime+stime from /proc/<pid>/stat);
 //   - request/response latency of 64-byte messages, p50 and p99 (loadgen,
 //     every byte checked);
@@ -51,6 +52,7 @@ type options struct {
 	out       string
 	usltun    string
 	duration  time.Duration // per iperf3 run
+	repeat    int           // iperf3 runs per figure; the median counts
 	rrTime    time.Duration
 	connects  int
 	idleFlows []int
@@ -70,6 +72,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.out, "out", "", "also write the JSON results to this file")
 	fs.StringVar(&o.usltun, "usltun", "", "usltun binary (default: go build ./cmd/usltun into a temporary directory)")
 	fs.DurationVar(&o.duration, "duration", 5*time.Second, "length of each iperf3 run")
+	fs.IntVar(&o.repeat, "repeat", 3, "iperf3 runs per throughput figure; the table shows the median run")
 	fs.DurationVar(&o.rrTime, "rr-time", 3*time.Second, "length of the request/response run")
 	fs.IntVar(&o.connects, "connects", 200, "connects per mode for connect() latency")
 	idle := fs.String("idle-flows", "1000,10000", "idle-flow levels for the memory test, ascending")
@@ -79,6 +82,9 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.perfDir, "perf", "", "record a `perf` profile of the daemons during each throughput and latency run into this directory (perf-<mode>-<streams|rr>.data)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
+	}
+	if o.repeat < 1 {
+		return nil, errors.New("--repeat must be at least 1")
 	}
 	o.only = splitList(*only)
 	for _, p := range o.only {
@@ -107,6 +113,9 @@ func parseFlags(args []string) (*options, error) {
 		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 		if !set["duration"] {
 			o.duration = 2 * time.Second
+		}
+		if !set["repeat"] {
+			o.repeat = 1
 		}
 		if !set["rr-time"] {
 			o.rrTime = time.Second
@@ -268,16 +277,24 @@ func runMode(ctx context.Context, o *options, l *lab, m mode, mr *ModeResult, id
 	}
 	if want("throughput") {
 		for _, n := range []int{1, 4} {
-			progress("%s: throughput, %d stream(s), %v", m.Name(), n, o.duration)
-			var perfOut string
-			if o.perfDir != "" {
-				perfOut = filepath.Join(o.perfDir, fmt.Sprintf("perf-%s-%d.data", m.Name(), n))
+			progress("%s: throughput, %d stream(s), %d × %v", m.Name(), n, o.repeat, o.duration)
+			var runs []Throughput
+			for i := range o.repeat {
+				var perfOut string
+				if o.perfDir != "" && i == 0 {
+					perfOut = filepath.Join(o.perfDir, fmt.Sprintf("perf-%s-%d.data", m.Name(), n))
+				}
+				t, err := measureThroughput(ctx, l, m.Daemons(), n, o.duration, perfOut)
+				if err != nil {
+					fail(fmt.Sprintf("throughput -P %d", n), err)
+					break
+				}
+				runs = append(runs, t)
 			}
-			t, err := measureThroughput(ctx, l, m.Daemons(), n, o.duration, perfOut)
-			if err != nil {
-				fail(fmt.Sprintf("throughput -P %d", n), err)
+			if len(runs) == 0 {
 				continue
 			}
+			t := medianRun(runs)
 			if n == 1 {
 				mr.Single = &t
 			} else {
@@ -372,8 +389,8 @@ func renderReport(res *Results) string {
 	for _, m := range res.Modes {
 		for _, t := range []*Throughput{m.Single, m.Multi} {
 			if t != nil {
-				fmt.Fprintf(&b, "%s, %d stream%s: machine CPU busy %.0f%% (all cores), daemons %.2f cores, %d retransmits.\n",
-					m.Mode, t.Streams, plural(t.Streams), 100*t.MachineBusy, t.DaemonCores, t.Retransmits)
+				fmt.Fprintf(&b, "%s, %d stream%s: runs %s Gbit/s; median run: machine CPU busy %.0f%% (all cores), daemons %.2f cores, %d retransmits.\n",
+					m.Mode, t.Streams, plural(t.Streams), floats(t.AllGbps), 100*t.MachineBusy, t.DaemonCores, t.Retransmits)
 			}
 		}
 		if m.Idle != nil {
@@ -405,6 +422,14 @@ func mibList(v []int64) string {
 		s = append(s, fmt.Sprintf("%.0f", float64(x)/(1<<20)))
 	}
 	return strings.Join(s, "+")
+}
+
+func floats(v []float64) string {
+	s := make([]string, len(v))
+	for i, x := range v {
+		s[i] = fmt.Sprintf("%.2f", x)
+	}
+	return strings.Join(s, ", ")
 }
 
 func orDash(s string) string {

@@ -1,10 +1,12 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -27,6 +29,25 @@ type Throughput struct {
 	// (iperf3 at both ends, the kernel's TCP and forwarding, the daemons and
 	// anything else running): near 1, the run was CPU-bound.
 	MachineBusy float64 `json:"machine_busy"`
+	// AllGbps lists the rate of every repetition, in run order; the other
+	// fields are those of the median run.
+	AllGbps []float64 `json:"all_gbps,omitempty"`
+}
+
+// medianRun returns the run with the median rate (the lower middle one for
+// an even count), with every run's rate in AllGbps. Taking one whole run,
+// rather than medians field by field, keeps its CPU figures consistent
+// with its rate.
+func medianRun(runs []Throughput) Throughput {
+	idx := make([]int, len(runs))
+	all := make([]float64, len(runs))
+	for i, r := range runs {
+		idx[i], all[i] = i, r.Gbps
+	}
+	slices.SortFunc(idx, func(a, b int) int { return cmp.Compare(runs[a].Gbps, runs[b].Gbps) })
+	m := runs[idx[(len(idx)-1)/2]]
+	m.AllGbps = all
+	return m
 }
 
 // measureThroughput runs iperf3 from A to the iperf3 server on C for dur,

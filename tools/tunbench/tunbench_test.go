@@ -212,3 +212,17 @@ func TestParseProcStatTotal(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestMedianRun(t *testing.T) {
+	runs := []Throughput{{Gbps: 3, DaemonCores: 1.5}, {Gbps: 1, DaemonCores: 0.5}, {Gbps: 2, DaemonCores: 0.9}}
+	m := medianRun(runs)
+	if m.Gbps != 2 || m.DaemonCores != 0.9 {
+		t.Fatalf("median run %+v, want the 2 Gbit/s run with its own CPU", m)
+	}
+	if len(m.AllGbps) != 3 || m.AllGbps[0] != 3 || m.AllGbps[2] != 2 {
+		t.Fatalf("AllGbps %v, want run order 3,1,2", m.AllGbps)
+	}
+	if m := medianRun([]Throughput{{Gbps: 5}, {Gbps: 4}}); m.Gbps != 4 {
+		t.Fatalf("even count: %v, want the lower middle 4", m.Gbps)
+	}
+}
