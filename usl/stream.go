@@ -72,7 +72,7 @@ var (
 	ErrStreamClosed   = fmt.Errorf("usl: stream closed: %w", net.ErrClosed)
 	ErrWriteClosed    = errors.New("usl: write after CloseWrite")
 	ErrNotAccepted    = errors.New("usl: stream not accepted yet")
-	ErrAlreadyAnswerd = errors.New("usl: stream already accepted or rejected")
+	ErrAlreadyAnswered = errors.New("usl: stream already accepted or rejected")
 )
 
 // Descriptor is the opaque destination the opener sent.
@@ -87,7 +87,7 @@ func (st *Stream) Accept() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if st.opener || st.answered {
-		return ErrAlreadyAnswerd
+		return ErrAlreadyAnswered
 	}
 	if st.err != nil {
 		return st.err
@@ -104,7 +104,7 @@ func (st *Stream) Reject(code ResetCode) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if st.opener || st.answered {
-		return ErrAlreadyAnswerd
+		return ErrAlreadyAnswered
 	}
 	st.answered = true
 	if st.err != nil {
