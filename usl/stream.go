@@ -69,9 +69,9 @@ func wake(c chan struct{}) {
 
 // Errors of stream calls in the wrong state.
 var (
-	ErrStreamClosed   = fmt.Errorf("usl: stream closed: %w", net.ErrClosed)
-	ErrWriteClosed    = errors.New("usl: write after CloseWrite")
-	ErrNotAccepted    = errors.New("usl: stream not accepted yet")
+	ErrStreamClosed    = fmt.Errorf("usl: stream closed: %w", net.ErrClosed)
+	ErrWriteClosed     = errors.New("usl: write after CloseWrite")
+	ErrNotAccepted     = errors.New("usl: stream not accepted yet")
 	ErrAlreadyAnswered = errors.New("usl: stream already accepted or rejected")
 )
 
