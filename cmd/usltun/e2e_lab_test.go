@@ -61,12 +61,14 @@ func newLab(t *testing.T, opts labOpts) *e2eLab {
 
 	l.aKey, l.aPub = l.genKey("a")
 	l.bKey, l.bPub = l.genKey("b")
-	t.Cleanup(l.dumpOnFailure)
 
 	l.DB = l.B.Start(t, "usltun", append([]string{e2eBinary, "up",
 		"--listen", addrB4, "--key", l.bKey, "--peer-key", l.aPub,
 		"--export", netC4, "--export", netC6}, opts.bFlags...)...)
 	l.DA = l.A.Start(t, "usltun", l.aArgs(opts.aFlags...)...)
+	// Registered after the daemons, so it runs before their cleanup kills
+	// them and can still ask for their status.
+	t.Cleanup(l.dumpOnFailure)
 	l.waitUp(l.A, upTimeout)
 	return l
 }
@@ -162,10 +164,7 @@ func (l *e2eLab) dumpOnFailure() {
 		if d.p == nil {
 			continue
 		}
-		if r, err := l.status(d.h); err == nil {
-			b, _ := json.Marshal(r)
-			l.t.Logf("status of %s: %s", d.h, b)
-		}
+		l.logStatus(d.h)
 		l.t.Logf("=== daemon log of %s (tail) ===\n%s", d.h, tail(d.p.Output(), 80))
 	}
 }
@@ -186,4 +185,15 @@ func daemonFDs(p *testenv.Proc) (int, error) {
 		return 0, fmt.Errorf("fds of pid %d: %w", p.Pid(), err)
 	}
 	return len(ents), nil
+}
+
+// logStatus logs the status document of h's daemon, or why there is none.
+func (l *e2eLab) logStatus(h *testenv.Host) {
+	r, err := l.status(h)
+	if err != nil {
+		l.t.Logf("status of %s: %v", h, err)
+		return
+	}
+	b, _ := json.Marshal(r)
+	l.t.Logf("status of %s: %s", h, b)
 }

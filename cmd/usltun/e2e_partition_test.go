@@ -181,6 +181,8 @@ func (p *partition) wait(run *loadgen.Run, limit time.Duration) *loadgen.Report 
 	case <-run.Done():
 	case <-time.After(limit):
 		p.t.Errorf("traffic still running %v after it should have ended; canceling it (stalled flows follow)", limit)
+		p.logStatus(p.A)
+		p.logStatus(p.B)
 		run.Cancel()
 	}
 	rep, err := run.Wait()
@@ -216,8 +218,15 @@ func flowDetails(rep *loadgen.Report) string {
 			if d.d.Match {
 				continue
 			}
-			fmt.Fprintf(&b, "flow %d %s: sent %d, received %d, first wrong byte %d, server saw flow %v\n",
-				f.Flow, d.name, d.d.Sent, d.d.Received, d.d.Mismatch, f.ServerSeen)
+			if !f.ServerSeen {
+				// Without the server's report its half is unknown (loadgen
+				// then shows zero values, e.g. "differs from byte 0").
+				fmt.Fprintf(&b, "flow %d %s: client sent %d, received %d; the server's report of the flow is missing\n",
+					f.Flow, d.name, d.d.Sent, d.d.Received)
+				continue
+			}
+			fmt.Fprintf(&b, "flow %d %s: sent %d, received %d, first wrong byte %d\n",
+				f.Flow, d.name, d.d.Sent, d.d.Received, d.d.Mismatch)
 		}
 	}
 	return b.String()
