@@ -160,13 +160,14 @@ func demo(ctx context.Context, o *options, dir string, con *console) (res outcom
 	return res, nil
 }
 
-// tunnelPart streams A→C through usltun across the faults and reports
-// whether the transfer verified.
+// tunnelPart streams between A and C through usltun across the faults and
+// reports whether the transfer verified. Data flows both ways, as in the
+// plain part, where it makes sure each end sends and so receives an RST.
 func (w *world) tunnelPart(ctx context.Context, o *options, con *console) (bool, error) {
 	duration := o.Warmup + o.Blackhole + time.Duration(o.Resets)*resetBudget + o.Tail
-	con.say("Streaming verified data from A to C through the tunnel for about %d s.", int(duration.Round(time.Second).Seconds()))
+	con.say("Streaming verified data between A and C, both ways, through the tunnel for about %s.", span(duration.Round(time.Second)))
 	run, err := loadgen.Start(ctx, loadgen.Config{
-		Addr: tunnelDst, Dial: w.a.DialContext, Dirs: loadgen.Up, Duration: duration, Seed: 1,
+		Addr: tunnelDst, Dial: w.a.DialContext, Dirs: loadgen.Both, Duration: duration, Seed: 1,
 		ReportWait: 15 * time.Second,
 	})
 	if err != nil {
@@ -179,7 +180,7 @@ func (w *world) tunnelPart(ctx context.Context, o *options, con *console) (bool,
 			run.MarkHeal(t)
 		}
 	})
-	lv := w.startLive(con, true)
+	lv := w.startLive(con, run, true)
 	stopped := false
 	stopLive := func() {
 		if !stopped {
@@ -202,6 +203,12 @@ func (w *world) tunnelPart(ctx context.Context, o *options, con *console) (bool,
 	stopLive()
 	marking.Store(false)
 	rep, _ := run.Wait() // an incomplete report shows as not verified
+	w.saveReport("tunnel", rep)
+	for _, h := range []string{"a", "b"} {
+		if !w.usltun[h].Running() {
+			return false, fmt.Errorf("usltun on %s exited during the transfer (see usltun-%s.log)", strings.ToUpper(h), h)
+		}
+	}
 	st, err := w.status()
 	if err != nil {
 		return false, err
@@ -225,7 +232,7 @@ func (w *world) faults(ctx context.Context, o *options, con *console) (time.Time
 	if !sleepCtx(ctx, o.Warmup) {
 		return time.Time{}, ctx.Err()
 	}
-	con.say("Cutting the A—B link for %s: every packet, both ways, is dropped.", seconds(o.Blackhole))
+	con.say("Cutting the A—B link for %s: every packet, both ways, is dropped.", span(o.Blackhole))
 	if err := w.ab.Blackhole(); err != nil {
 		return time.Time{}, err
 	}
@@ -308,20 +315,22 @@ func (w *world) waitDelivery(ctx context.Context, before int64, timeout time.Dur
 	return 0, false
 }
 
-// plainPart streams A→C over the kernel's routing through B, resets the
-// connection once on the A—B link, and reports whether it died with
-// ECONNRESET, as it must without usltun.
+// plainPart streams between A and C over the kernel's routing through B,
+// resets the connection on the A—B link, and reports whether it died with
+// ECONNRESET, as it must without usltun. The reset rule answers a segment
+// with an RST; an end that never sends again (a pure receiver whose sender
+// was reset first) would never learn, so data flows both ways.
 func (w *world) plainPart(ctx context.Context, o *options, con *console) (bool, error) {
 	warm := min(o.Warmup, 2*time.Second)
 	con.say("Now the same over plain TCP: A → B → C routed by the kernel, no usltun.")
 	run, err := loadgen.Start(ctx, loadgen.Config{
-		Addr: plainDst, Dial: w.a.DialContext, Dirs: loadgen.Up, Duration: warm + 10*time.Second, Seed: 2,
+		Addr: plainDst, Dial: w.a.DialContext, Dirs: loadgen.Both, Duration: warm + 10*time.Second, Seed: 2,
 		ReportWait: 10 * time.Second,
 	})
 	if err != nil {
 		return false, err
 	}
-	lv := w.startLive(con, false)
+	lv := w.startLive(con, run, false)
 	if !sleepCtx(ctx, warm) {
 		lv.stop()
 		return false, ctx.Err()
@@ -344,6 +353,7 @@ func (w *world) plainPart(ctx context.Context, o *options, con *console) (bool, 
 	if ctx.Err() != nil {
 		return false, ctx.Err()
 	}
+	w.saveReport("plain", rep)
 	died := rep.HasErrno("ECONNRESET")
 	if died {
 		con.say("The connection died at the first reset.")

@@ -14,7 +14,7 @@ import (
 // progress is one sample of the live line.
 type progress struct {
 	Elapsed   time.Duration
-	Delivered int64   // bytes C's application has read
+	Delivered int64   // bytes the applications have read, both directions
 	BitsPerS  float64 // delivery rate over the last second
 	// Session is the state `usltun status --json` reports on A ("up",
 	// "reconnecting", ...); empty on the plain TCP path.
@@ -74,26 +74,30 @@ type sessionSummary struct {
 	Retransmitted uint64
 }
 
+// The summaries are tables with one row per direction of the flow:
+//
+//	                       sent        received    sha256 at A / at C
+//	  A → C                1.48 GiB    1.48 GiB    569e1c4b77fcc6a1… / 569e1c4b77fcc6a1…  identical
+
 // formatTunnelSummary renders the verdict on the transfer through usltun.
-// cutRecovery is the delay from the end of the cut to the first new byte at
-// C (negative: unknown).
+// cutRecovery is the delay from the end of the cut to the first new byte
+// (negative: unknown).
 func formatTunnelSummary(rep *loadgen.Report, s sessionSummary, cutRecovery time.Duration) string {
 	var b strings.Builder
-	up := flowUp(rep)
 	row := func(k, f string, a ...any) { fmt.Fprintf(&b, "  %-20s "+f+"\n", append([]any{k}, a...)...) }
-	verdict := "identical"
-	if !up.Match {
-		verdict = "DIFFERENT"
+	row("", "%-10s  %-10s  %s", "sent", "received", "sha256 at sender / at receiver")
+	for _, d := range directions(rep) {
+		verdict := "identical"
+		if !d.Match {
+			verdict = "DIFFERENT"
+		}
+		row(d.name, "%-10s  %-10s  %s / %s  %s", humanBytes(d.Sent), humanBytes(d.Received),
+			shortHash(d.SentSHA256), shortHash(d.RecvSHA256), verdict)
 	}
-	row("sent by A", "%-10s  sha256 %s", humanBytes(up.Sent), shortHash(up.SentSHA256))
-	row("received by C", "%-10s  sha256 %s  %s", humanBytes(up.Received), shortHash(up.RecvSHA256), verdict)
-	row("application errors", "%d", len(rep.Errors))
-	for _, e := range rep.Errors {
-		row("", "%s", describeError(e))
-	}
+	errorRows(row, rep)
 	row("longest stall", "%s", seconds(rep.LongestStall))
 	if cutRecovery >= 0 {
-		row("back after the cut", "%s from heal to the next byte at C", seconds(cutRecovery))
+		row("back after the cut", "%s from heal to the next byte", seconds(cutRecovery))
 	}
 	row("tunnel", "%d reconnects, %s retransmitted", s.Reconnects, humanBytes(int64(s.Retransmitted)))
 	return b.String()
@@ -102,15 +106,20 @@ func formatTunnelSummary(rep *loadgen.Report, s sessionSummary, cutRecovery time
 // formatPlainSummary renders the outcome of the plain TCP transfer.
 func formatPlainSummary(rep *loadgen.Report) string {
 	var b strings.Builder
-	up := flowUp(rep)
 	row := func(k, f string, a ...any) { fmt.Fprintf(&b, "  %-20s "+f+"\n", append([]any{k}, a...)...) }
-	row("sent by A", "%s", humanBytes(up.Sent))
-	row("received by C", "%s", humanBytes(up.Received))
+	row("", "%-10s  %s", "sent", "received")
+	for _, d := range directions(rep) {
+		row(d.name, "%-10s  %s", humanBytes(d.Sent), humanBytes(d.Received))
+	}
+	errorRows(row, rep)
+	return b.String()
+}
+
+func errorRows(row func(k, f string, a ...any), rep *loadgen.Report) {
 	row("application errors", "%d", len(rep.Errors))
 	for _, e := range rep.Errors {
 		row("", "%s", describeError(e))
 	}
-	return b.String()
 }
 
 // describeError says which host saw which errno, in what operation.
@@ -122,12 +131,20 @@ func describeError(e loadgen.ErrorEvent) string {
 	return fmt.Sprintf("%s on %s's %s, after %s", e.Errno, host, e.Op, humanBytes(e.Offset))
 }
 
-// flowUp is the A→C direction of the demo's single flow.
-func flowUp(rep *loadgen.Report) loadgen.Direction {
+type namedDirection struct {
+	name string
+	loadgen.Direction
+}
+
+// directions are the two directions of the demo's single flow; A is the
+// loadgen client, C the server.
+func directions(rep *loadgen.Report) []namedDirection {
 	if len(rep.Flows) == 0 {
-		return loadgen.Direction{Mismatch: -1}
+		none := loadgen.Direction{Mismatch: -1}
+		return []namedDirection{{"A → C", none}, {"C → A", none}}
 	}
-	return rep.Flows[0].Up
+	f := rep.Flows[0]
+	return []namedDirection{{"A → C", f.Up}, {"C → A", f.Down}}
 }
 
 // shortHash keeps the first 16 hex digits: enough to see two hashes agree.
@@ -145,13 +162,23 @@ func seconds(d time.Duration) string {
 	return fmt.Sprintf("%.2f s", d.Seconds())
 }
 
+// span renders a scheduled duration: "10 s", "2.5 s".
+func span(d time.Duration) string {
+	if d%time.Second == 0 {
+		return fmt.Sprintf("%d s", d/time.Second)
+	}
+	return fmt.Sprintf("%.1f s", d.Seconds())
+}
+
+// humanBytes keeps at most four digits, so columns stay narrow: 1000 MiB
+// and up are shown in GiB.
 func humanBytes(n int64) string {
 	switch {
-	case n >= 1<<30:
+	case n >= 1000<<20:
 		return fmt.Sprintf("%.2f GiB", float64(n)/(1<<30))
-	case n >= 1<<20:
+	case n >= 1000<<10:
 		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	case n >= 1<<10:
+	case n >= 1000:
 		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
 	}
 	return fmt.Sprintf("%d B", n)

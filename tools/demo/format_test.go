@@ -23,8 +23,8 @@ func TestFormatProgress(t *testing.T) {
 			"   7.0s   852.0 MiB delivered      0 bit/s  session reconnecting  reconnects 12   retransmitted 9.7 KiB",
 		},
 		{ // the plain TCP path has no session
-			progress{Elapsed: 1500 * time.Millisecond, Delivered: 1000, BitsPerS: 3.4e6},
-			"   1.5s      1000 B delivered     3 Mbit/s",
+			progress{Elapsed: 1500 * time.Millisecond, Delivered: 999, BitsPerS: 3.4e6},
+			"   1.5s       999 B delivered     3 Mbit/s",
 		},
 		{ // the final line carries the average rate
 			progress{Elapsed: 20 * time.Second, Delivered: 1 << 30, BitsPerS: 4.3e8, Average: true},
@@ -69,30 +69,38 @@ func TestRateMeter(t *testing.T) {
 	}
 }
 
-func testReport(match bool, errs ...loadgen.ErrorEvent) *loadgen.Report {
-	sha := "569e1c4b77fcc6a1d2a8f0e3c1b2a3d4e5f60718293a4b5c6d7e8f9012345678"
-	recv := sha
-	if !match {
-		recv = "0000000000000000d2a8f0e3c1b2a3d4e5f60718293a4b5c6d7e8f9012345678"
+const (
+	shaUp   = "569e1c4b77fcc6a1d2a8f0e3c1b2a3d4e5f60718293a4b5c6d7e8f9012345678"
+	shaDown = "dcdeb2c8f3121559d2a8f0e3c1b2a3d4e5f60718293a4b5c6d7e8f9012345678"
+)
+
+// testReport is a report of one flow, both ways, 3 GiB up and 2 GiB down;
+// with corrupt set, the downstream receiver hashed something else.
+func testReport(corrupt bool, errs ...loadgen.ErrorEvent) *loadgen.Report {
+	down := loadgen.Direction{Sent: 2 << 30, Received: 2 << 30, SentSHA256: shaDown, RecvSHA256: shaDown, Match: true, Mismatch: -1}
+	if corrupt {
+		down.RecvSHA256, down.Match, down.Mismatch = "0000000000000000"+shaDown[16:], false, 77
 	}
 	return &loadgen.Report{
-		Flows: []loadgen.FlowReport{{Up: loadgen.Direction{
-			Sent: 3 << 30, Received: 3 << 30, SentSHA256: sha, RecvSHA256: recv, Match: match, Mismatch: -1,
-		}}},
+		Flows: []loadgen.FlowReport{{
+			Up:   loadgen.Direction{Sent: 3 << 30, Received: 3 << 30, SentSHA256: shaUp, RecvSHA256: shaUp, Match: true, Mismatch: -1},
+			Down: down,
+		}},
 		LongestStall: 10190 * time.Millisecond,
 		Errors:       errs,
-		Verified:     match && len(errs) == 0,
+		Verified:     !corrupt && len(errs) == 0,
 	}
 }
 
 func TestFormatTunnelSummary(t *testing.T) {
-	got := formatTunnelSummary(testReport(true), sessionSummary{Reconnects: 6, Retransmitted: 600 << 10}, 190*time.Millisecond)
+	got := formatTunnelSummary(testReport(false), sessionSummary{Reconnects: 6, Retransmitted: 600 << 10}, 190*time.Millisecond)
 	want := "" +
-		"  sent by A            3.00 GiB    sha256 569e1c4b77fcc6a1…\n" +
-		"  received by C        3.00 GiB    sha256 569e1c4b77fcc6a1…  identical\n" +
+		"                       sent        received    sha256 at sender / at receiver\n" +
+		"  A → C                3.00 GiB    3.00 GiB    569e1c4b77fcc6a1… / 569e1c4b77fcc6a1…  identical\n" +
+		"  C → A                2.00 GiB    2.00 GiB    dcdeb2c8f3121559… / dcdeb2c8f3121559…  identical\n" +
 		"  application errors   0\n" +
 		"  longest stall        10.19 s\n" +
-		"  back after the cut   0.19 s from heal to the next byte at C\n" +
+		"  back after the cut   0.19 s from heal to the next byte\n" +
 		"  tunnel               6 reconnects, 600.0 KiB retransmitted\n"
 	if got != want {
 		t.Errorf("summary\n got:\n%s\nwant:\n%s", got, want)
@@ -100,9 +108,9 @@ func TestFormatTunnelSummary(t *testing.T) {
 
 	// A failed run says so, lists each error, and leaves out an unknown
 	// recovery.
-	bad := formatTunnelSummary(testReport(false, loadgen.ErrorEvent{Side: "client", Op: "write", Errno: "ECONNRESET", Offset: 5 << 20}),
+	bad := formatTunnelSummary(testReport(true, loadgen.ErrorEvent{Side: "client", Op: "write", Errno: "ECONNRESET", Offset: 5 << 20}),
 		sessionSummary{}, -1)
-	for _, s := range []string{"0000000000000000…  DIFFERENT", "application errors   1\n", "ECONNRESET on A's write, after 5.0 MiB"} {
+	for _, s := range []string{"dcdeb2c8f3121559… / 0000000000000000…  DIFFERENT", "application errors   1\n", "ECONNRESET on A's write, after 5.0 MiB"} {
 		if !strings.Contains(bad, s) {
 			t.Errorf("failed summary lacks %q:\n%s", s, bad)
 		}
@@ -115,26 +123,27 @@ func TestFormatTunnelSummary(t *testing.T) {
 func TestFormatPlainSummary(t *testing.T) {
 	rep := testReport(false,
 		loadgen.ErrorEvent{Side: "server", Op: "read", Errno: "ECONNRESET", Offset: 418 << 20},
-		loadgen.ErrorEvent{Side: "client", Op: "write", Errno: "EPIPE", Offset: 419 << 20})
+		loadgen.ErrorEvent{Side: "client", Op: "write", Errno: "EPIPE", Offset: 1011 << 20})
 	rep.Flows[0].Up.Received = 418 << 20
 	got := formatPlainSummary(rep)
 	want := "" +
-		"  sent by A            3.00 GiB\n" +
-		"  received by C        418.0 MiB\n" +
+		"                       sent        received\n" +
+		"  A → C                3.00 GiB    418.0 MiB\n" +
+		"  C → A                2.00 GiB    2.00 GiB\n" +
 		"  application errors   2\n" +
 		"                       ECONNRESET on C's read, after 418.0 MiB\n" +
-		"                       EPIPE on A's write, after 419.0 MiB\n"
+		"                       EPIPE on A's write, after 0.99 GiB\n"
 	if got != want {
 		t.Errorf("plain summary\n got:\n%s\nwant:\n%s", got, want)
 	}
 	// A report without flows (the dial failed) still renders.
-	if s := formatPlainSummary(&loadgen.Report{}); !strings.Contains(s, "sent by A            0 B") {
+	if s := formatPlainSummary(&loadgen.Report{}); !strings.Contains(s, "  A → C                0 B         0 B\n") {
 		t.Errorf("empty report: %q", s)
 	}
 }
 
 func TestHumanUnits(t *testing.T) {
-	for n, want := range map[int64]string{0: "0 B", 1023: "1023 B", 1536: "1.5 KiB", 5 << 20: "5.0 MiB", 3 << 30: "3.00 GiB"} {
+	for n, want := range map[int64]string{0: "0 B", 999: "999 B", 1000: "1.0 KiB", 1536: "1.5 KiB", 5 << 20: "5.0 MiB", 999 << 20: "999.0 MiB", 1000 << 20: "0.98 GiB", 3 << 30: "3.00 GiB"} {
 		if got := humanBytes(n); got != want {
 			t.Errorf("humanBytes(%d) = %q, want %q", n, got, want)
 		}
@@ -142,6 +151,11 @@ func TestHumanUnits(t *testing.T) {
 	for r, want := range map[float64]string{0: "0 bit/s", 999: "999 bit/s", 47e3: "47 kbit/s", 785.4e6: "785 Mbit/s", 2.516e9: "2.52 Gbit/s"} {
 		if got := humanRate(r); got != want {
 			t.Errorf("humanRate(%v) = %q, want %q", r, got, want)
+		}
+	}
+	for d, want := range map[time.Duration]string{10 * time.Second: "10 s", 2500 * time.Millisecond: "2.5 s", 23 * time.Second: "23 s"} {
+		if got := span(d); got != want {
+			t.Errorf("span(%v) = %q, want %q", d, got, want)
 		}
 	}
 	if got := shortHash("abc"); got != "abc" {
@@ -153,11 +167,11 @@ func TestHumanUnits(t *testing.T) {
 }
 
 func TestParseStatus(t *testing.T) {
-	st, err := parseStatus([]byte(`{"version":"dev","session":{"state":"reconnecting","reconnects":3,"retransmitted_bytes":9933,"bytes_out":12,"last_error":"path dead"},"flows":{"tcp":1}}`))
+	st, err := parseStatus([]byte(`{"version":"dev","device":"usl0","session":{"state":"reconnecting","reconnects":3,"retransmitted_bytes":9933,"bytes_out":12,"last_error":"path dead"},"flows":{"tcp":1}}`))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st != (sessionStatus{State: "reconnecting", Reconnects: 3, RetransmittedBytes: 9933, BytesOut: 12, LastError: "path dead"}) {
+	if st != (sessionStatus{Device: "usl0", State: "reconnecting", Reconnects: 3, RetransmittedBytes: 9933, BytesOut: 12, LastError: "path dead"}) {
 		t.Errorf("parsed %+v", st)
 	}
 	// A listener without a peer yet reports a null session.

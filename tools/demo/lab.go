@@ -88,9 +88,14 @@ func (w *world) startTunnel(ctx context.Context) error {
 		"--key", keyB, "--peer-key", pubA, "--listen", peerB, "--export", tunnelNet)
 	w.usltun["a"] = w.a.Start(w.lab, "usltun", w.bin, "up",
 		"--key", keyA, "--peer-key", pubB, "--peer", peerB, "--route", tunnelNet)
-	_, err = w.waitSession(ctx, 15*time.Second, func(s *sessionStatus) bool { return s.State == "up" })
+	// The session comes up before A's daemon has created usl0 and its
+	// route; a connection through the tunnel is the proof that both work.
+	_, err = w.waitSession(ctx, 15*time.Second, func(s *sessionStatus) bool { return s.State == "up" && s.Device != "" })
 	if err != nil {
 		return fmt.Errorf("the tunnel did not come up: %w", err)
+	}
+	if err := w.a.WaitDial("tcp", tunnelDst, 10*time.Second); err != nil {
+		return fmt.Errorf("the tunnel is up but does not carry connections: %w", err)
 	}
 	return nil
 }
@@ -135,8 +140,15 @@ func (w *world) saveDaemonLogs() {
 	}
 }
 
+// saveReport writes loadgen's full report of a part to <name>-report.txt,
+// for a closer look when the summary is not enough.
+func (w *world) saveReport(name string, rep *loadgen.Report) {
+	_ = os.WriteFile(filepath.Join(w.dir, name+"-report.txt"), []byte(rep.String()), 0o644)
+}
+
 // sessionStatus is the part of `usltun status --json` the demo shows.
 type sessionStatus struct {
+	Device             string `json:"-"` // the TUN device, once created
 	State              string `json:"state"`
 	Reconnects         uint64 `json:"reconnects"`
 	RetransmittedBytes uint64 `json:"retransmitted_bytes"`
@@ -148,15 +160,18 @@ type sessionStatus struct {
 // session does not exist yet reports state "connecting".
 func parseStatus(doc []byte) (sessionStatus, error) {
 	var st struct {
+		Device  string         `json:"device"`
 		Session *sessionStatus `json:"session"`
 	}
 	if err := json.Unmarshal(doc, &st); err != nil {
 		return sessionStatus{}, fmt.Errorf("status: %w", err)
 	}
-	if st.Session == nil {
-		return sessionStatus{State: "connecting"}, nil
+	s := sessionStatus{State: "connecting"}
+	if st.Session != nil {
+		s = *st.Session
 	}
-	return *st.Session, nil
+	s.Device = st.Device
+	return s, nil
 }
 
 // status asks A's daemon with `usltun status --json`, inside A.

@@ -3,6 +3,8 @@ package main
 import (
 	"sync"
 	"time"
+
+	"github.com/usltun/usltun/tools/loadgen"
 )
 
 // liveEvery is how often the progress line is refreshed.
@@ -13,6 +15,7 @@ type live struct {
 	w       *world
 	con     *console
 	start   time.Time
+	run     *loadgen.Run
 	base    int64 // w.delivered when the part started
 	session bool  // ask A's daemon for the session state
 
@@ -23,9 +26,10 @@ type live struct {
 	last progress
 }
 
-func (w *world) startLive(con *console, withSession bool) *live {
+// startLive shows the progress of run; withSession adds the tunnel's state.
+func (w *world) startLive(con *console, run *loadgen.Run, withSession bool) *live {
 	l := &live{
-		w: w, con: con, start: time.Now(), base: w.delivered.Load(), session: withSession,
+		w: w, con: con, run: run, start: time.Now(), base: w.delivered.Load(), session: withSession,
 		quit: make(chan struct{}), done: make(chan struct{}),
 	}
 	go l.loop()
@@ -51,7 +55,8 @@ func (l *live) loop() {
 
 func (l *live) sample(meter *rateMeter) progress {
 	el := time.Since(l.start)
-	p := progress{Elapsed: el, Delivered: l.w.delivered.Load() - l.base}
+	// C's reads are counted on its listener, A's by the loadgen client.
+	p := progress{Elapsed: el, Delivered: l.w.delivered.Load() - l.base + l.run.Progress().Received}
 	p.BitsPerS = meter.add(el, p.Delivered)
 	if l.session {
 		// A status that cannot be read (the daemon is busy or gone) shows
