@@ -124,6 +124,9 @@ func demo(ctx context.Context, o *options, dir string, con *console) (res outcom
 	if bin, err = filepath.Abs(bin); err != nil {
 		return res, err
 	}
+	if _, err := os.Stat(bin); err != nil {
+		return res, fmt.Errorf("usltun binary: %w (build it with `make build`, or leave out --usltun)", err)
+	}
 	t0 := time.Now()
 	w, err = buildWorld(lab, bin, dir, log)
 	if err != nil {

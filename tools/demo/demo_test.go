@@ -46,13 +46,51 @@ func shortOptions(bin string) *options {
 	return &options{Usltun: bin, Warmup: time.Second, Blackhole: 2 * time.Second, Resets: 2, Tail: time.Second}
 }
 
+// testBin is one usltun build shared by the tests of this package;
+// TestMain removes it.
+var testBin struct {
+	once      sync.Once
+	dir, path string
+	err       error
+}
+
 func buildForTest(t *testing.T) string {
 	t.Helper()
-	bin, err := buildUsltun(context.Background(), t.TempDir())
-	if err != nil {
-		t.Fatal(err)
+	testBin.once.Do(func() {
+		if testBin.dir, testBin.err = os.MkdirTemp("", "usltun-demo-test-"); testBin.err == nil {
+			testBin.path, testBin.err = buildUsltun(context.Background(), testBin.dir)
+		}
+	})
+	if testBin.err != nil {
+		t.Fatal(testBin.err)
 	}
-	return bin
+	return testBin.path
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if testBin.dir != "" {
+		os.RemoveAll(testBin.dir)
+	}
+	os.Exit(code)
+}
+
+// TestDemoMissingBinary fails early, with the fix, before building a lab.
+func TestDemoMissingBinary(t *testing.T) {
+	needRoot(t)
+	var out syncBuffer
+	o := shortOptions(filepath.Join(t.TempDir(), "no-such-usltun"))
+	if code := run(context.Background(), o, &out); code != 1 {
+		t.Fatalf("exit status %d, want 1; output:\n%s", code, out.String())
+	}
+	text := out.String()
+	if !strings.Contains(text, "usltun binary:") || !strings.Contains(text, "make build") {
+		t.Errorf("output does not explain the missing binary:\n%s", text)
+	}
+	if m := regexp.MustCompile(`Logs are kept in (\S+)`).FindStringSubmatch(text); m != nil {
+		os.RemoveAll(m[1])
+	}
+	assertTornDown(t, o.Usltun)
 }
 
 // TestDemoEndToEnd runs the whole demo with a short schedule and checks

@@ -46,6 +46,13 @@ func main() {
 		kong.Name("demo"),
 		kong.Description("usltun in one command: a transfer that survives a cut link and TCP resets, next to plain TCP that does not."),
 		kong.UsageOnError(),
+		// kong exits with 80 on a usage error; the documented status is 2.
+		kong.Exit(func(code int) {
+			if code == 80 {
+				code = 2
+			}
+			os.Exit(code)
+		}),
 	)
 	// The first Ctrl-C cancels the context: every step returns, and the lab
 	// (namespaces, daemons) is torn down before main exits.
