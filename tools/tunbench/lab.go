@@ -184,9 +184,10 @@ func (m *wireguardGo) Down() {
 // usltunMode: usltun on A routes netC through its TUN device; usltun on B
 // exports netC.
 type usltunMode struct {
-	l        *lab
-	bin      string
-	extra    []string // extra flags for both daemons (the idle test raises --max-flows)
+	l     *lab
+	bin   string
+	extra []string // extra flags for both daemons (the idle test raises --max-flows)
+
 	procs    []*testenv.Proc
 	tun      string
 	keyFiles [2]string
@@ -240,32 +241,12 @@ func (m *usltunMode) start(ctx context.Context, pubs [2]string) error {
 	return waitStatus(ctx, l.a, m.bin, m.tun, true, 15*time.Second)
 }
 
-// restart replaces the daemons by fresh ones with the current extra flags,
-// so a memory measurement starts from a clean process.
-func (m *usltunMode) restart(ctx context.Context) error {
-	m.Down()
-	var pubs [2]string
-	for i := range 2 {
-		pub, err := runStdin(ctx, m.l.a, readFile(m.keyFiles[i]), m.bin, "pubkey")
-		if err != nil {
-			return err
-		}
-		pubs[i] = strings.TrimSpace(pub)
-	}
-	return m.start(ctx, pubs)
-}
-
 func (m *usltunMode) Down() {
 	// A first: its SIGTERM removes the TUN device and the routes.
 	for _, p := range m.procs {
 		_ = p.Stop()
 	}
 	m.procs = nil
-}
-
-func readFile(p string) string {
-	b, _ := os.ReadFile(p)
-	return string(b)
 }
 
 // waitStatus polls `usltun status --json` on h until the daemon answers

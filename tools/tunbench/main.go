@@ -323,15 +323,17 @@ func runMode(ctx context.Context, o *options, l *lab, m mode, mr *ModeResult, id
 		}
 	}
 	if want("idle") && len(m.Daemons()) > 0 && len(o.idleFlows) > 0 {
+		// Fresh daemons, so the baseline is not the heap left over from the
+		// throughput runs.
 		if u, ok := m.(*usltunMode); ok {
-			// Fresh daemons, so the baseline is not the heap left over
-			// from the throughput runs; and room for the largest level
-			// (the default --max-flows is below 10,000).
+			// Room for the largest level: the default --max-flows is
+			// below 10,000.
 			u.extra = []string{"--max-flows", fmt.Sprint(o.idleFlows[len(o.idleFlows)-1] + 1000)}
-			if err := u.restart(ctx); err != nil {
-				fail("idle: restart", err)
-				return
-			}
+		}
+		m.Down()
+		if err := m.Up(ctx); err != nil {
+			fail("idle: restart", err)
+			return
 		}
 		progress("%s: idle flows %v", m.Name(), o.idleFlows)
 		idle, err := measureIdle(ctx, l, m.Daemons(), idlePortC+idx, o.idleFlows)

@@ -122,7 +122,7 @@ func TestRenderTable(t *testing.T) {
 		t.Helper()
 		for _, l := range lines {
 			if strings.HasPrefix(l, "| "+prefix) {
-				cells := strings.Split(strings.Trim(l, "| "), " | ")
+				cells := splitRow(l)
 				if len(cells) != 8 {
 					t.Fatalf("%d cells in %q", len(cells), l)
 				}
@@ -150,6 +150,10 @@ func TestRenderTable(t *testing.T) {
 		if strings.Join(got, ",") != strings.Join(w, ",") {
 			t.Errorf("%s: got %q, want %q", prefix, got, w)
 		}
+	}
+	res.mode(modeUSL).Idle.Levels = append(res.mode(modeUSL).Idle.Levels, IdleLevel{Flows: 2000, RSSTotal: 100 << 20})
+	if c := find2(t, renderTable(res.rows()), "RSS with 2000"); c[7] != "" || !strings.Contains(c[6], "targets at") {
+		t.Errorf("a level without a target got a verdict: %q", c)
 	}
 	if c := find("connect() p50"); !strings.Contains(c[6], "(140 µs)") {
 		t.Errorf("connect target %q does not name direct + A—B round trip = 140 µs", c[6])
@@ -225,4 +229,22 @@ func TestMedianRun(t *testing.T) {
 	if m := medianRun([]Throughput{{Gbps: 5}, {Gbps: 4}}); m.Gbps != 4 {
 		t.Fatalf("even count: %v, want the lower middle 4", m.Gbps)
 	}
+}
+
+// find2 returns the cells of the row starting with prefix.
+func find2(t *testing.T, table, prefix string) []string {
+	t.Helper()
+	for _, l := range strings.Split(table, "\n") {
+		if strings.HasPrefix(l, "| "+prefix) {
+			return splitRow(l)
+		}
+	}
+	t.Fatalf("no row %q in\n%s", prefix, table)
+	return nil
+}
+
+// splitRow splits a markdown table row into its cells, keeping empty ones.
+func splitRow(line string) []string {
+	line = strings.TrimSuffix(strings.TrimPrefix(line, "| "), " |")
+	return strings.Split(line, " | ")
 }
