@@ -174,6 +174,13 @@ func (r *Results) rows() []row {
 		connRow.met = verdict(conn[2] <= limit, !math.IsNaN(conn[2]))
 	}
 	out = append(out, connRow)
+	connP99 := r.triple(func(m *ModeResult) (float64, bool) {
+		if m.Connect == nil {
+			return 0, false
+		}
+		return us(m.Connect.P99), true
+	})
+	out = append(out, row{figure: "connect() p99 (µs)", vals: connP99, format: "%.0f", ratios: true, target: "(none)"})
 	for _, lv := range r.idleLevels() {
 		v := r.triple(func(m *ModeResult) (float64, bool) {
 			if m.Idle == nil {

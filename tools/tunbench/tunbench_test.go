@@ -158,8 +158,8 @@ func TestRenderTable(t *testing.T) {
 	if c := find("connect() p50"); !strings.Contains(c[6], "(140 µs)") {
 		t.Errorf("connect target %q does not name direct + A—B round trip = 140 µs", c[6])
 	}
-	if strings.Contains(table, "RSS with 100 idle") || len(lines) != 2+9 {
-		t.Errorf("%d lines; want the 9 rows with figures only (no 4-stream CPU):\n%s", len(lines), table)
+	if strings.Contains(table, "RSS with 100 idle") || len(lines) != 2+10 {
+		t.Errorf("%d lines; want the 10 rows with figures only (no 4-stream CPU):\n%s", len(lines), table)
 	}
 	if lines[1] != "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |" {
 		t.Errorf("separator %q", lines[1])
