@@ -217,6 +217,9 @@ func benchmark(o *options) (err error) {
 				continue
 			}
 			res.Usltun = version
+			if o.usltun == "" {
+				res.Commit = gitDescribe(ctx)
+			}
 			modes = append(modes, newUsltun(l, bin))
 		}
 	}
@@ -381,9 +384,9 @@ func report(o *options, res *Results) error {
 // renderReport is the table plus the context a reader needs to trust it.
 func renderReport(res *Results) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "`%s` — %s, kernel %s, %d CPUs, usltun %s, took %s, load average %s → %s\n\n",
-		res.Command, res.Start.UTC().Format("2006-01-02 15:04 MST"), res.Kernel, res.CPUs, orDash(res.Usltun), res.Elapsed,
-		orDash(res.LoadAvg[0]), orDash(res.LoadAvg[1]))
+	fmt.Fprintf(&b, "`%s` — %s, kernel %s, %d CPUs, usltun %s (tree %s), took %s, load average %s → %s\n\n",
+		res.Command, res.Start.UTC().Format("2006-01-02 15:04 MST"), res.Kernel, res.CPUs, orDash(res.Usltun), orDash(res.Commit),
+		res.Elapsed, orDash(res.LoadAvg[0]), orDash(res.LoadAvg[1]))
 	b.WriteString(renderTable(res.rows()))
 	if res.ABConnect != nil {
 		fmt.Fprintf(&b, "\nA—B round trip (connect() A→B, p50): %.0f µs.\n", us(res.ABConnect.P50))
@@ -460,6 +463,14 @@ func kernelRelease() string {
 		return "?"
 	}
 	return strings.TrimSpace(string(b))
+}
+
+func gitDescribe(ctx context.Context) string {
+	out, err := exec.CommandContext(ctx, "git", "describe", "--always", "--dirty").Output()
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(out))
 }
 
 // usltunBinary returns the binary to benchmark and its version line: the

@@ -34,6 +34,9 @@ type Results struct {
 	Kernel  string    `json:"kernel"`
 	CPUs    int       `json:"cpus"`
 	Usltun  string    `json:"usltun_version,omitempty"`
+	// Commit is `git describe --always --dirty` of the tree the usltun
+	// binary was built from (empty with --usltun).
+	Commit string `json:"commit,omitempty"`
 	// LoadAvg is /proc/loadavg at the start and at the end: other work on
 	// the machine shares its cores with the benchmark.
 	LoadAvg [2]string `json:"loadavg"`
