@@ -198,6 +198,10 @@ func benchmark(o *options) (err error) {
 		Start:   time.Now(), CPUs: runtime.NumCPU(), Kernel: kernelRelease(),
 	}
 	res.LoadAvg[0] = loadAvg()
+	var load float64
+	if _, err := fmt.Sscan(res.LoadAvg[0], &load); err == nil && load > float64(res.CPUs) {
+		progress("warning: load average %.1f on %d CPUs: other work shares the cores, so the figures will be low and noisy", load, res.CPUs)
+	}
 	var modes []mode
 	l, err := newLab(tb)
 	if err != nil {
