@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -37,7 +38,7 @@ type lab struct {
 	a, b, c *testenv.Host
 	ab, bc  *testenv.LinkPair
 	dir     string
-	tag     string // unique per run, for names outside the namespaces
+	tag     string // the harness's pid: unique names outside the namespaces
 }
 
 func newLab(tb *testenv.Lab) (*lab, error) {
@@ -46,7 +47,7 @@ func newLab(tb *testenv.Lab) (*lab, error) {
 		return nil, fmt.Errorf("scratch dir: %w", err)
 	}
 	tb.Cleanup(func() { os.RemoveAll(dir) })
-	l := &lab{tb: tb, dir: dir, tag: fmt.Sprintf("%d", os.Getpid()%100000)}
+	l := &lab{tb: tb, dir: dir, tag: strconv.Itoa(os.Getpid())}
 	l.a = testenv.NewHost(tb, "a")
 	l.b = testenv.NewHost(tb, "b")
 	l.c = testenv.NewHost(tb, "c")
@@ -116,8 +117,29 @@ type wireguardGo struct {
 
 func newWireguardGo(l *lab) *wireguardGo {
 	// wireguard-go's control socket is /var/run/wireguard/<ifname>.sock,
-	// outside the namespaces, so the names must be unique on the machine.
-	return &wireguardGo{l: l, ifA: "tbwga" + l.tag, ifB: "tbwgb" + l.tag}
+	// outside the namespaces, so the names must be unique on the machine:
+	// they carry the harness's pid.
+	sweepWGSockets()
+	return &wireguardGo{l: l, ifA: wgPrefix + "a" + l.tag, ifB: wgPrefix + "b" + l.tag}
+}
+
+const wgPrefix = "tbwg"
+
+// sweepWGSockets removes control sockets left by a harness that was killed
+// before it could stop its wireguard-go (their namespaces, and with them
+// the interfaces, are gone already).
+func sweepWGSockets() {
+	paths, _ := filepath.Glob("/var/run/wireguard/" + wgPrefix + "*.sock")
+	for _, p := range paths {
+		name := strings.TrimSuffix(filepath.Base(p), ".sock")
+		pid, err := strconv.Atoi(name[len(wgPrefix)+1:])
+		if err != nil || pid <= 0 || pid == os.Getpid() {
+			continue
+		}
+		if syscall.Kill(pid, 0) == syscall.ESRCH {
+			os.Remove(p)
+		}
+	}
 }
 
 func (m *wireguardGo) Name() string             { return "wireguard-go" }
