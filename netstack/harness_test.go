@@ -27,11 +27,19 @@ var (
 
 // harness is a netns with a real TUN device feeding a Stack.
 type harness struct {
-	t   *testing.T
-	ns  *tuntest.NS
-	dev *tun.Device
-	st  *Stack
+	t      *testing.T
+	ns     *tuntest.NS
+	dev    *tun.Device
+	st     *Stack
+	dialer atomic.Pointer[Dialer] // the stack dials through it: tests swap it
 }
+
+// DialFlow makes the harness the stack's Dialer, delegating to setDialer's.
+func (h *harness) DialFlow(ctx context.Context, dest flow.Dest) (Conn, error) {
+	return (*h.dialer.Load()).DialFlow(ctx, dest)
+}
+
+func (h *harness) setDialer(d Dialer) { h.dialer.Store(&d) }
 
 type dialFunc func(ctx context.Context, dest flow.Dest) (Conn, error)
 
@@ -54,6 +62,8 @@ func newHarness(t *testing.T, cfg Config, noOffload bool) *harness {
 	if cfg.Logger == nil && testing.Verbose() {
 		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
+	h.setDialer(cfg.Dialer)
+	cfg.Dialer = h
 	h.st, err = New(h.dev.Endpoint(), cfg)
 	if err != nil {
 		h.dev.Close()

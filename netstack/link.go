@@ -59,6 +59,13 @@ func (f *linkFilter) SupportedGSO() stack.SupportedGSO {
 	return stack.GSONotSupported
 }
 
+// detach stops the child's reader and waits for it, with no stack lock
+// held. The later Attach(nil) from NIC removal then finds it stopped.
+func (f *linkFilter) detach() {
+	f.child.Attach(nil)
+	f.child.Wait()
+}
+
 // DeliverNetworkPacket inspects a few header bytes of each inbound packet;
 // everything but echo requests continues into the stack.
 func (f *linkFilter) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {

@@ -240,6 +240,10 @@ func (st *Stack) Close() error {
 			f.shutdown()
 		}
 		st.wg.Wait()
+		// Stop the link reader before gVisor removes the NIC: stack.Wait
+		// detaches links while holding the stack lock, and a reader that is
+		// delivering a packet needs that lock (see gvisor#11456).
+		st.link.detach()
 		st.s.Close()
 		st.s.Wait() // removes the NIC, which detaches and waits for the link reader
 	})

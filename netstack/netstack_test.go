@@ -11,6 +11,8 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -31,7 +33,7 @@ func exchange(t *testing.T, h *harness, target string, n int) {
 	t.Helper()
 	l := h.listen("tcp4")
 	d := &kernelDialer{h: h, addr: l.Addr().String()}
-	h.st.cfg.Dialer = d
+	h.setDialer(d)
 	type result struct {
 		sent, got [32]byte
 		err       error
@@ -169,7 +171,10 @@ func TestConnectErrors(t *testing.T) {
 			if !errors.Is(err, tc.want) {
 				t.Fatalf("connect: %v, want %v", err, tc.want)
 			}
-			if s := h.st.Stats(); s.DialErrors != 1 || s.PendingConnects != 0 || s.TCPFlows != 0 {
+			// An ICMP error that arrives while connect() still holds the socket
+			// lock is only a soft error in Linux; the retransmitted SYN then
+			// gets a second one. So one or two dials.
+			if s := h.st.Stats(); s.DialErrors < 1 || s.DialErrors > 2 || s.PendingConnects != 0 || s.TCPFlows != 0 {
 				t.Fatalf("stats %+v", s)
 			}
 		})
@@ -199,7 +204,7 @@ func TestSlowDial(t *testing.T) {
 	h := newHarness(t, Config{Dialer: dialFunc(nil)}, false)
 	l := h.listen("tcp4")
 	d := &kernelDialer{h: h, addr: l.Addr().String(), delay: 2 * time.Second}
-	h.st.cfg.Dialer = d
+	h.setDialer(d)
 	serve(l, func(c *net.TCPConn) { io.Copy(c, c); c.Close() })
 	start := time.Now()
 	c, err := h.dial("tcp", "10.66.1.22:22", 10*time.Second)
@@ -231,7 +236,7 @@ func TestSlowDial(t *testing.T) {
 func TestHalfClose(t *testing.T) {
 	h := newHarness(t, Config{Dialer: dialFunc(nil)}, false)
 	l := h.listen("tcp4")
-	h.st.cfg.Dialer = &kernelDialer{h: h, addr: l.Addr().String()}
+	h.setDialer(&kernelDialer{h: h, addr: l.Addr().String()})
 	reply := make([]byte, 3<<20)
 	rand.Read(reply)
 	serve(l, func(c *net.TCPConn) {
@@ -269,7 +274,7 @@ func TestHalfClose(t *testing.T) {
 func TestHalfCloseTimeout(t *testing.T) {
 	h := newHarness(t, Config{HalfCloseTimeout: 300 * time.Millisecond, Dialer: dialFunc(nil)}, false)
 	l := h.listen("tcp4")
-	h.st.cfg.Dialer = &kernelDialer{h: h, addr: l.Addr().String()}
+	h.setDialer(&kernelDialer{h: h, addr: l.Addr().String()})
 	hold := make(chan struct{})
 	defer close(hold)
 	serve(l, func(c *net.TCPConn) { <-hold; c.Close() }) // never answers, never closes
@@ -292,7 +297,7 @@ func TestResets(t *testing.T) {
 	h := newHarness(t, Config{Dialer: dialFunc(nil)}, false)
 	l := h.listen("tcp4")
 	d := &kernelDialer{h: h, addr: l.Addr().String()}
-	h.st.cfg.Dialer = d
+	h.setDialer(d)
 	conns := make(chan *net.TCPConn, 2)
 	serve(l, func(c *net.TCPConn) { conns <- c })
 
@@ -332,7 +337,7 @@ func TestResets(t *testing.T) {
 func TestMaxFlows(t *testing.T) {
 	h := newHarness(t, Config{MaxFlows: 2, Dialer: dialFunc(nil)}, false)
 	l := h.listen("tcp4")
-	h.st.cfg.Dialer = &kernelDialer{h: h, addr: l.Addr().String()}
+	h.setDialer(&kernelDialer{h: h, addr: l.Addr().String()})
 	hold := make(chan struct{})
 	defer close(hold)
 	serve(l, func(c *net.TCPConn) { <-hold; c.Close() })
@@ -347,6 +352,7 @@ func TestMaxFlows(t *testing.T) {
 	if !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Fatalf("flow beyond the limit: %v, want ECONNREFUSED", err)
 	}
+	waitFor(t, 2*time.Second, func() bool { return h.st.Stats().TCPFlows == 2 })
 	if s := h.st.Stats(); s.RefusedByLimit != 1 || s.TCPFlows != 2 {
 		t.Fatalf("stats %+v, want 1 refused and 2 flows", s)
 	}
@@ -363,7 +369,7 @@ func TestUDP(t *testing.T) {
 			h := newHarness(t, Config{Dialer: dialFunc(nil)}, false)
 			l := h.listen("tcp4")
 			d := &kernelDialer{h: h, addr: l.Addr().String()}
-			h.st.cfg.Dialer = d
+			h.setDialer(d)
 			// The far side: answer each record with its upper-cased payload.
 			serve(l, func(c *net.TCPConn) {
 				defer c.Close()
@@ -393,7 +399,19 @@ func TestUDP(t *testing.T) {
 				pc.SetReadDeadline(time.Now().Add(5 * time.Second))
 				n, from, err := pc.ReadFrom(buf)
 				if err != nil {
-					t.Fatalf("reply %d: %v", i, err)
+					h.ns.Do(func() error {
+						b, _ := os.ReadFile("/proc/thread-self/net/snmp6")
+						for _, l := range strings.Split(string(b), "\n") {
+							if f := strings.Fields(l); len(f) == 2 && f[1] != "0" && (strings.HasPrefix(f[0], "Ip6") || strings.HasPrefix(f[0], "Udp6")) {
+								t.Log(l)
+							}
+						}
+						return nil
+					})
+					gs := h.st.s.Stats()
+					t.Fatalf("reply %d: %v (dials %v; ip rx %d, udp rx %d unknown port %d, sent %d; dropped %d)", i, err, d.dests,
+						gs.IP.PacketsReceived.Value(), gs.UDP.PacketsReceived.Value(), gs.UDP.UnknownPortErrors.Value(), gs.UDP.PacketsSent.Value(),
+						h.dev.Endpoint().(interface{ Dropped() uint64 }).Dropped())
 				}
 				if from.(*net.UDPAddr).AddrPort() != dst.AddrPort() || string(buf[:n]) != string(bytes.ToUpper([]byte(msg))) {
 					t.Fatalf("reply %d: %q from %v", i, buf[:n], from)
@@ -413,7 +431,7 @@ func TestUDP(t *testing.T) {
 func TestUDPIdle(t *testing.T) {
 	h := newHarness(t, Config{UDPIdleTimeout: 300 * time.Millisecond, Dialer: dialFunc(nil)}, false)
 	l := h.listen("tcp4")
-	h.st.cfg.Dialer = &kernelDialer{h: h, addr: l.Addr().String()}
+	h.setDialer(&kernelDialer{h: h, addr: l.Addr().String()})
 	serve(l, func(c *net.TCPConn) { io.Copy(io.Discard, c); c.Close() })
 	var pc net.PacketConn
 	if err := h.ns.Do(func() (err error) { pc, err = net.ListenPacket("udp4", ":0"); return err }); err != nil {
@@ -493,7 +511,7 @@ func TestICMPEcho(t *testing.T) {
 func TestCloseSendsFIN(t *testing.T) {
 	h := newHarness(t, Config{Dialer: dialFunc(nil)}, false)
 	l := h.listen("tcp4")
-	h.st.cfg.Dialer = &kernelDialer{h: h, addr: l.Addr().String()}
+	h.setDialer(&kernelDialer{h: h, addr: l.Addr().String()})
 	serve(l, func(c *net.TCPConn) { io.Copy(io.Discard, c); c.Close() })
 	c, err := h.dial("tcp", "10.66.1.27:80", 5*time.Second)
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -188,6 +189,31 @@ func (d *Device) configure(cfg Config) error {
 			return fmt.Errorf("tun: add route %v via %s: %w", p, cfg.Name, err)
 		}
 		d.routes = append(d.routes, r)
+	}
+	return d.waitLocal(cfg.Addrs)
+}
+
+// waitLocal waits until the kernel treats each IPv6 address as local. The
+// kernel installs the local route of an IPv6 address from a work queue even
+// with IFA_F_NODAD; until then packets to it are dropped (Ip6InAddrErrors),
+// so the first reply of a flow could vanish.
+func (d *Device) waitLocal(addrs []netip.Prefix) error {
+	const limit = 3 * time.Second
+	deadline := time.Now().Add(limit)
+	for _, p := range addrs {
+		if !p.Addr().Is6() {
+			continue // IPv4 local routes are installed synchronously
+		}
+		for {
+			routes, err := d.nl.RouteGet(p.Addr().AsSlice())
+			if err == nil && len(routes) > 0 && routes[0].Type == unix.RTN_LOCAL {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("tun: address %v on %s not usable after %v", p, d.name, limit)
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
 	}
 	return nil
 }

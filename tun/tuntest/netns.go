@@ -11,6 +11,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // NS is a named network namespace owned by one test.
@@ -29,6 +30,9 @@ func NewNS(t testing.TB) *NS {
 		t.Skip("needs root to create a network namespace")
 	}
 	name := fmt.Sprintf("tn%d-%d", os.Getpid(), seq.Add(1))
+	if err := prepareRunNetns(); err != nil {
+		t.Fatalf("prepare /run/netns: %v", err)
+	}
 	h, err := create(name)
 	if err != nil {
 		t.Fatalf("create netns %s: %v", name, err)
@@ -50,6 +54,26 @@ func NewNS(t testing.TB) *NS {
 		t.Fatalf("netns %s: lo up: %v", name, err)
 	}
 	return ns
+}
+
+// prepareRunNetns makes /run/netns a shared mount point, as iproute2 does
+// before its first "ip netns add". Without it, a namespace mounted here
+// before someone else runs ip ends up hidden under ip's bind mount, and
+// can no longer be deleted.
+func prepareRunNetns() error {
+	const dir = "/run/netns"
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	err := unix.Mount("", dir, "none", unix.MS_SHARED|unix.MS_REC, "")
+	if err != unix.EINVAL {
+		return err
+	}
+	// Not a mount point yet: bind it onto itself first.
+	if err := unix.Mount(dir, dir, "none", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return err
+	}
+	return unix.Mount("", dir, "none", unix.MS_SHARED|unix.MS_REC, "")
 }
 
 func create(name string) (netns.NsHandle, error) {
