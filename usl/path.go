@@ -181,13 +181,15 @@ func (p *path) writeLoop() {
 		pinned, wait, endAfter := s.fillLocked(p, time.Now())
 		s.mu.Unlock()
 		if len(p.segs) > 0 {
-			err := p.rc.writeSegments(p.segs)
+			p.rc.seal(p.segs)
 			if pinned {
+				// Unpin before the Write: a Write stuck on a blackholed
+				// connection must not hold acked buffers out of the pool.
 				s.mu.Lock()
 				s.unpinLocked()
 				s.mu.Unlock()
 			}
-			if err != nil {
+			if err := p.rc.flush(); err != nil {
 				s.pathFailed(p, fmt.Errorf("write: %w", err))
 				return
 			}

@@ -65,11 +65,17 @@ func putNonce(n *[chacha20poly1305.NonceSize]byte, ctr uint64) []byte {
 	return n[:]
 }
 
-// writeSegments seals the plaintext pieces, in order, into records and
-// writes them all with one Write call. A piece longer than a record is
-// split; pieces are never merged, so a large payload is sealed straight
-// from where it lies.
+// writeSegments seals and writes, see seal and flush.
 func (rc *recordConn) writeSegments(segs [][]byte) error {
+	rc.seal(segs)
+	return rc.flush()
+}
+
+// seal encrypts the plaintext pieces, in order, into records in rc.out.
+// A piece longer than a record is split; pieces are never merged, so a
+// large payload is sealed straight from where it lies. Once seal returns
+// the pieces are no longer referenced.
+func (rc *recordConn) seal(segs [][]byte) {
 	need := 0
 	for _, seg := range segs {
 		need += len(seg) + (len(seg)/maxRecordPlain+1)*(2+tagLen)
@@ -87,7 +93,13 @@ func (rc *recordConn) writeSegments(segs [][]byte) error {
 			seg = seg[n:]
 		}
 	}
-	_, err := rc.conn.Write(out)
+	rc.out = out
+}
+
+// flush writes everything sealed with one Write call.
+func (rc *recordConn) flush() error {
+	_, err := rc.conn.Write(rc.out)
+	rc.out = rc.out[:0]
 	return err
 }
 
