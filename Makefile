@@ -6,7 +6,7 @@ GO      ?= go
 PKGS_RACE := ./usl/... ./flow/... ./gateway/...
 export GOFLAGS := -buildvcs=false
 
-.PHONY: all build test test-long vet deps bench fuzz clean
+.PHONY: all build test test-long vet deps bench fuzz demo clean
 
 all: build
 
@@ -39,6 +39,11 @@ test: deps vet
 
 test-long:
 	USLTUN_LONG=1 $(MAKE) test
+
+# demo shows, on three namespace hosts, a transfer through usltun surviving
+# a cut link and TCP resets, next to plain TCP dying with ECONNRESET (root).
+demo: build
+	$(GO) run ./tools/demo --usltun bin/usltun
 
 bench: deps
 	$(GO) test -run '^$$' -bench . -benchmem ./usl/
