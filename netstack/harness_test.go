@@ -27,7 +27,7 @@ var (
 
 // harness is a netns with a real TUN device feeding a Stack.
 type harness struct {
-	t      *testing.T
+	t      testing.TB
 	ns     *tuntest.NS
 	dev    *tun.Device
 	st     *Stack
@@ -45,7 +45,7 @@ type dialFunc func(ctx context.Context, dest flow.Dest) (Conn, error)
 
 func (f dialFunc) DialFlow(ctx context.Context, dest flow.Dest) (Conn, error) { return f(ctx, dest) }
 
-func newHarness(t *testing.T, cfg Config, noOffload bool) *harness {
+func newHarness(t testing.TB, cfg Config, noOffload bool) *harness {
 	t.Helper()
 	h := &harness{t: t, ns: tuntest.NewNS(t)}
 	err := h.ns.Do(func() (err error) {

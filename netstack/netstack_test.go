@@ -411,7 +411,7 @@ func TestUDP(t *testing.T) {
 					gs := h.st.s.Stats()
 					t.Fatalf("reply %d: %v (dials %v; ip rx %d, udp rx %d unknown port %d, sent %d; dropped %d)", i, err, d.dests,
 						gs.IP.PacketsReceived.Value(), gs.UDP.PacketsReceived.Value(), gs.UDP.UnknownPortErrors.Value(), gs.UDP.PacketsSent.Value(),
-						h.dev.Endpoint().(interface{ Dropped() uint64 }).Dropped())
+						h.dev.Stats().Dropped)
 				}
 				if from.(*net.UDPAddr).AddrPort() != dst.AddrPort() || string(buf[:n]) != string(bytes.ToUpper([]byte(msg))) {
 					t.Fatalf("reply %d: %q from %v", i, buf[:n], from)

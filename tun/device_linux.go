@@ -239,6 +239,19 @@ func (d *Device) Offloads() string { return d.offload.String() }
 // Offload returns the offload mode in effect.
 func (d *Device) Offload() Offload { return d.offload }
 
+// Stats counts the packets that crossed the device. With offloads one TCP
+// super-segment of up to 64 KiB counts as one packet.
+type Stats struct {
+	RxPackets uint64 // read from the device (kernel to netstack)
+	TxPackets uint64 // written to the device (netstack to kernel)
+	Dropped   uint64 // read but malformed or of an unsupported GSO type
+}
+
+// Stats returns the device's packet counters.
+func (d *Device) Stats() Stats {
+	return Stats{RxPackets: d.ep.rxPackets.Load(), TxPackets: d.ep.txPackets.Load(), Dropped: d.ep.dropped.Load()}
+}
+
 // Close removes the routes and the interface. Detach the endpoint from its
 // stack first (stack Close); Close also wakes a reader still blocked on it.
 func (d *Device) Close() error {

@@ -65,6 +65,8 @@ type endpoint struct {
 	stopping   bool
 	wg         sync.WaitGroup
 	dropped    atomic.Uint64 // malformed or unsupported inbound packets
+	rxPackets  atomic.Uint64 // packets (GSO super-segments count once) read
+	txPackets  atomic.Uint64 // packets written
 }
 
 func newEndpoint(file *os.File, mtu uint32, offload Offload) (*endpoint, error) {
@@ -204,6 +206,7 @@ func (r *reader) readBatch(fd uintptr) bool {
 			r.err = err
 			return true
 		}
+		r.e.rxPackets.Add(1)
 		r.deliver(r.buf[:n])
 	}
 	return true
@@ -275,6 +278,7 @@ func (e *endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) 
 		}
 		n++
 	}
+	e.txPackets.Add(uint64(n))
 	return n, nil
 }
 
@@ -359,6 +363,3 @@ func (w *writer) fillHeader(pkt *stack.PacketBuffer) {
 		put16(4, g.MSS)                    // gso_size
 	}
 }
-
-// Dropped counts inbound packets dropped as malformed or unsupported.
-func (e *endpoint) Dropped() uint64 { return e.dropped.Load() }
