@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -24,8 +25,9 @@ type linkFilter struct {
 	child stack.LinkEndpoint
 
 	mu      sync.Mutex
-	syns    map[synKey][]byte // IP header + first 8 TCP bytes of pending SYNs
+	syns    map[synKey]pendingSYN
 	maxSyns int
+	maxAge  time.Duration // older entries belong to SYNs no handler will take
 
 	echoReplies atomic.Uint64
 }
@@ -36,8 +38,15 @@ var _ stack.NetworkDispatcher = (*linkFilter)(nil)
 // synKey is a SYN's 4-tuple as the application sent it.
 type synKey struct{ src, dst netip.AddrPort }
 
-func newLinkFilter(child stack.LinkEndpoint, maxSyns int) *linkFilter {
-	f := &linkFilter{child: child, syns: make(map[synKey][]byte), maxSyns: maxSyns}
+// pendingSYN is the IP header and first 8 TCP bytes of a SYN: what an ICMP
+// error must quote.
+type pendingSYN struct {
+	head []byte
+	at   time.Time
+}
+
+func newLinkFilter(child stack.LinkEndpoint, maxSyns int, maxAge time.Duration) *linkFilter {
+	f := &linkFilter{child: child, syns: make(map[synKey]pendingSYN), maxSyns: maxSyns, maxAge: maxAge}
 	f.Endpoint.Init(child, f)
 	return f
 }
@@ -86,7 +95,7 @@ func (f *linkFilter) inspect(proto tcpip.NetworkProtocolNumber, pkt *stack.Packe
 		}
 		ip := header.IPv4(h)
 		ihl := int(ip.HeaderLength())
-		if ip.FragmentOffset() != 0 || ip.More() {
+		if ihl < header.IPv4MinimumSize || ip.FragmentOffset() != 0 || ip.More() {
 			return false
 		}
 		switch ip.TransportProtocol() {
@@ -125,12 +134,25 @@ func (f *linkFilter) noteSYN(pkt *stack.PacketBuffer, off int) {
 		return
 	}
 	k := keyOf(h, off)
+	now := time.Now()
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if _, dup := f.syns[k]; dup || len(f.syns) >= f.maxSyns {
-		return // a retransmitted SYN, or full: failures then answer with RST
+	if _, dup := f.syns[k]; dup {
+		return // a retransmitted SYN
 	}
-	f.syns[k] = append([]byte(nil), h[:off+8]...)
+	if len(f.syns) >= f.maxSyns {
+		// SYNs the forwarder dropped (over its in-flight limit) or that hit
+		// an existing connection are never taken: expire them.
+		for k, p := range f.syns {
+			if now.Sub(p.at) > f.maxAge {
+				delete(f.syns, k)
+			}
+		}
+		if len(f.syns) >= f.maxSyns {
+			return // failures of this SYN are answered with an RST
+		}
+	}
+	f.syns[k] = pendingSYN{head: append([]byte(nil), h[:off+8]...), at: now}
 }
 
 func keyOf(h []byte, off int) synKey {
@@ -154,9 +176,9 @@ func (f *linkFilter) takeSYN(id stack.TransportEndpointID) []byte {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	b := f.syns[k]
+	p := f.syns[k]
 	delete(f.syns, k)
-	return b
+	return p.head
 }
 
 func addrOf(a tcpip.Address) netip.Addr {

@@ -42,6 +42,7 @@ import (
 // usl.Session; tests implement it in memory. DialFlow returns only once the
 // destination accepted the connection (TCP) or the stream is open (UDP);
 // errors are *usl.ResetError values (errors.Is with usl.ErrRefused, ...).
+// It must return promptly once ctx is done: Close waits for pending dials.
 type Dialer interface {
 	DialFlow(ctx context.Context, dest flow.Dest) (Conn, error)
 }
@@ -167,7 +168,7 @@ func New(ep stack.LinkEndpoint, cfg Config) (*Stack, error) {
 		return nil, err
 	}
 	st.installHandlers()
-	st.link = newLinkFilter(ep, cfg.MaxPendingConnects)
+	st.link = newLinkFilter(ep, cfg.MaxPendingConnects, cfg.ConnectTimeout+10*time.Second)
 	if err := st.createNIC(); err != nil {
 		st.s.Destroy()
 		return nil, err

@@ -37,6 +37,9 @@ func (st *Stack) handleTCP(r *tcp.ForwarderRequest) {
 	ctx, cancel := context.WithTimeout(st.ctx, st.cfg.ConnectTimeout)
 	remote, err := st.cfg.Dialer.DialFlow(ctx, dest)
 	cancel()
+	if err == nil && remote == nil {
+		err = errNilConn
+	}
 	st.pending.Add(-1)
 	syn := st.link.takeSYN(id)
 	if err != nil {
@@ -79,6 +82,8 @@ func (st *Stack) reject(r *tcp.ForwarderRequest, syn []byte, dest flow.Dest, err
 	}
 	r.Complete(true)
 }
+
+var errNilConn = errors.New("netstack: Dialer returned neither a Conn nor an error")
 
 // abort tears the remote half down in both directions.
 func abort(c Conn) {

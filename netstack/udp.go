@@ -89,6 +89,9 @@ func (f *udpFlow) run() {
 	ctx, cancel := context.WithTimeout(st.ctx, st.cfg.ConnectTimeout)
 	remote, err := st.cfg.Dialer.DialFlow(ctx, f.dest)
 	cancel()
+	if err == nil && remote == nil {
+		err = errNilConn
+	}
 	if err != nil {
 		st.dialErrors.Add(1)
 		st.log.Debug("udp flow dial failed", "dest", f.dest.String(), "err", err)
