@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -333,9 +334,11 @@ func TestResets(t *testing.T) {
 	}
 }
 
-// TestMaxFlows: beyond MaxFlows a SYN is refused with an RST.
+// TestMaxFlows: beyond MaxFlows a SYN is refused with an RST, and the
+// refusals are logged once, not once per SYN.
 func TestMaxFlows(t *testing.T) {
-	h := newHarness(t, Config{MaxFlows: 2, Dialer: dialFunc(nil)}, false)
+	logs := &recordHandler{}
+	h := newHarness(t, Config{MaxFlows: 2, Logger: slog.New(logs), Dialer: dialFunc(nil)}, false)
 	l := h.listen("tcp4")
 	h.setDialer(&kernelDialer{h: h, addr: l.Addr().String()})
 	hold := make(chan struct{})
@@ -348,13 +351,78 @@ func TestMaxFlows(t *testing.T) {
 		}
 		defer c.Close()
 	}
-	_, err := h.dial("tcp", "10.66.1.26:90", 5*time.Second)
-	if !errors.Is(err, syscall.ECONNREFUSED) {
-		t.Fatalf("flow beyond the limit: %v, want ECONNREFUSED", err)
+	for i := range 3 {
+		_, err := h.dial("tcp", fmt.Sprintf("10.66.1.26:%d", 90+i), 5*time.Second)
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Fatalf("flow beyond the limit: %v, want ECONNREFUSED", err)
+		}
 	}
 	waitFor(t, 2*time.Second, func() bool { return h.st.Stats().TCPFlows == 2 })
-	if s := h.st.Stats(); s.RefusedByLimit != 1 || s.TCPFlows != 2 {
-		t.Fatalf("stats %+v, want 1 refused and 2 flows", s)
+	if s := h.st.Stats(); s.RefusedByLimit != 3 || s.TCPFlows != 2 {
+		t.Fatalf("stats %+v, want 3 refused and 2 flows", s)
+	}
+	if n := logs.count("flow limit reached, refusing new flows"); n != 1 {
+		t.Fatalf("%d limit log lines for 3 refusals, want 1", n)
+	}
+}
+
+// recordHandler is a slog.Handler that keeps the messages it sees.
+type recordHandler struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (h *recordHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h *recordHandler) Handle(_ context.Context, r slog.Record) error {
+	h.mu.Lock()
+	h.msgs = append(h.msgs, r.Message)
+	h.mu.Unlock()
+	return nil
+}
+func (h *recordHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *recordHandler) WithGroup(string) slog.Handler      { return h }
+func (h *recordHandler) count(msg string) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := 0
+	for _, m := range h.msgs {
+		if m == msg {
+			n++
+		}
+	}
+	return n
+}
+
+// TestRemoteResetError: when the remote half fails with a *usl.ResetError
+// (here: the session was fenced), the app gets an RST, not a FIN.
+func TestRemoteResetError(t *testing.T) {
+	fence := make(chan struct{})
+	remote := &resetConn{sinkConn: newSink(), fence: fence}
+	h := newHarness(t, Config{Dialer: dialFunc(func(context.Context, flow.Dest) (Conn, error) { return remote, nil })}, false)
+	c, err := h.dial("tcp", "10.66.1.28:80", 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	close(fence)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("app read after fence: %v, want ECONNRESET", err)
+	}
+}
+
+// resetConn fails its Read with ErrPeerRestarted once fence is closed.
+type resetConn struct {
+	*sinkConn
+	fence chan struct{}
+}
+
+func (c *resetConn) Read([]byte) (int, error) {
+	select {
+	case <-c.fence:
+		return 0, &usl.ResetError{Code: usl.ResetPeerRestarted, Remote: true}
+	case <-c.closed:
+		return 0, net.ErrClosed
 	}
 }
 

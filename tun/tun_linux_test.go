@@ -3,8 +3,11 @@ package tun
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -355,5 +358,40 @@ func TestOpenErrorMessages(t *testing.T) {
 		if !errors.Is(err, errno) || !strings.Contains(err.Error(), want) {
 			t.Errorf("openErr(%v) = %v, want %q", errno, err, want)
 		}
+	}
+}
+
+// TestCreateWithoutCapability drops CAP_NET_ADMIN on one thread (Linux
+// capabilities are per thread) and checks the error says what to do.
+func TestCreateWithoutCapability(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to drop a capability")
+	}
+	errc := make(chan error, 1)
+	go func() {
+		// The thread stays locked: it exits with this goroutine instead of
+		// running other goroutines without the capability.
+		runtime.LockOSThread()
+		hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+		var data [2]unix.CapUserData
+		if err := unix.Capget(&hdr, &data[0]); err != nil {
+			errc <- err
+			return
+		}
+		data[0].Effective &^= 1 << unix.CAP_NET_ADMIN
+		if err := unix.Capset(&hdr, &data[0]); err != nil {
+			errc <- err
+			return
+		}
+		d, err := Create(Config{Name: fmt.Sprintf("tnperm%d", os.Getpid())})
+		if err == nil {
+			d.Close()
+			err = errors.New("Create succeeded without CAP_NET_ADMIN")
+		}
+		errc <- err
+	}()
+	err := <-errc
+	if !errors.Is(err, unix.EPERM) || !strings.Contains(err.Error(), "CAP_NET_ADMIN") {
+		t.Fatalf("Create without CAP_NET_ADMIN: %v", err)
 	}
 }
