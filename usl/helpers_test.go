@@ -85,6 +85,9 @@ func newTCPPair(t testing.TB, ccfg, scfg Config) *pair {
 		l.Close()
 		t.Fatalf("accept: %v", err)
 	}
+	// Accept returns once the listener attached the path; the dialer
+	// attaches a moment later, when it has read the reply.
+	waitFor(t, "dialer up", func() bool { return c.Stats().State == Up })
 	return &pair{l: l, client: c, server: s}
 }
 

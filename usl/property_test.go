@@ -28,6 +28,9 @@ func newFaultPair(t testing.TB, fn *faultNet, ccfg, scfg Config) *pair {
 	if err != nil {
 		t.Fatalf("accept: %v", err)
 	}
+	// Accept returns once the listener attached the path; the dialer
+	// attaches a moment later, when it has read the reply.
+	waitFor(t, "dialer up", func() bool { return c.Stats().State == Up })
 	return &pair{l: l, client: c, server: s}
 }
 

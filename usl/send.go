@@ -1,0 +1,190 @@
+package usl
+
+// The send side: the replay buffer, which is also the send queue, and
+// what each path writer takes from it.
+
+import (
+	"encoding/binary"
+	"fmt"
+	"time"
+)
+
+// kickLocked wakes the paths' writers.
+func (s *Session) kickLocked() {
+	for _, p := range s.paths {
+		p.poke()
+	}
+}
+
+// pushLocked appends a sequenced frame of n payload bytes to the replay
+// buffer and returns the payload to fill in.
+func (s *Session) pushLocked(t frameType, stream uint32, n int) []byte {
+	b := s.pool.get(headerLen + n)
+	h := frameHeader{typ: t, stream: stream, seq: s.nextSeq, length: uint32(n)}
+	h.put(*b)
+	data := 0
+	if t == frameData {
+		data = n
+	}
+	s.replay.push(entry{seq: s.nextSeq, buf: b, data: data})
+	s.replayBytes += data
+	s.nextSeq++
+	s.kickLocked()
+	return (*b)[headerLen:]
+}
+
+func (s *Session) pushU64Locked(t frameType, stream uint32, v uint64) {
+	binary.BigEndian.PutUint64(s.pushLocked(t, stream, 8), v)
+}
+
+// ackLocked frees everything the peer acknowledged. This is the only place
+// replay memory is released while the session lives: TCP's own acks mean
+// nothing, the bytes may still sit unread in a socket buffer that a reset
+// throws away.
+func (s *Session) ackLocked(a uint64) error {
+	if a <= s.acked {
+		return nil
+	}
+	if a >= s.nextSeq {
+		return fmt.Errorf("protocol: peer acks seq %d, only %d were sent", a, s.nextSeq-1)
+	}
+	for s.acked < a {
+		e := s.replay.pop()
+		s.replayBytes -= e.data
+		s.releaseLocked(e.buf)
+		s.acked++
+	}
+	if s.closeSeq != 0 && a >= s.closeSeq {
+		close(s.closeAcked)
+		s.closeSeq = 0
+	}
+	if s.spaceWait != nil {
+		close(s.spaceWait)
+		s.spaceWait = nil
+	}
+	return nil
+}
+
+func appendCtl(buf []byte, t frameType, ack uint64, v uint64, withPayload bool) []byte {
+	h := frameHeader{typ: t, ack: ack}
+	if withPayload {
+		h.length = 8
+	}
+	var hb [headerLen]byte
+	h.put(hb[:])
+	buf = append(buf, hb[:]...)
+	if withPayload {
+		buf = binary.BigEndian.AppendUint64(buf, v)
+	}
+	return buf
+}
+
+// fillLocked gathers what path p should send now: pong, ping, the
+// sequenced frames past p's cursor, and a bare ACK when one is due. Small
+// frames and all headers are copied into p.stage; large DATA payloads are
+// referenced where they sit in the replay buffer and sealed from there,
+// which saves a copy of every bulk byte. Such references pin the replay
+// buffers (see releaseLocked) until the writer calls unpinLocked; pinned
+// says whether it must. wait>0 asks the writer to come back then for a
+// delayed ack. endAfter says the write carries the ack of the peer's
+// CLOSE, after which the session ends.
+func (s *Session) fillLocked(p *path, now time.Time) (pinned bool, wait time.Duration, endAfter bool) {
+	stage := p.stage[:0]
+	p.segs = p.segs[:0]
+	if p.closed {
+		return false, 0, false
+	}
+	if p.pongPending {
+		stage = appendCtl(stage, framePong, s.recvSeq, p.pongVal, true)
+		p.pongPending = false
+	}
+	if p.pingDue {
+		stage = appendCtl(stage, framePing, s.recvSeq, uint64(time.Since(p.start)), true)
+		p.pingDue = false
+	}
+	if p.next <= s.acked {
+		p.next = s.acked + 1
+	}
+	segStart, total := 0, len(stage)
+	for p.next < s.nextSeq && total < batchLimit {
+		e := s.replay.at(int(p.next - s.acked - 1))
+		b := *e.buf
+		inline := e.data <= inlineMax
+		need := len(b)
+		if !inline {
+			need = headerLen
+		}
+		if len(stage)+need > cap(stage) {
+			break
+		}
+		if s.sched.carries(p, p.next, s.paths) {
+			off := len(stage)
+			stage = append(stage, b[:need]...)
+			putAck(stage[off:], s.recvSeq)
+			if !inline {
+				p.segs = append(p.segs, stage[segStart:], b[headerLen:])
+				segStart = len(stage)
+				pinned = true
+			}
+			total += len(b)
+			if p.next <= s.highestSent {
+				s.retrans += uint64(len(b))
+			} else {
+				s.highestSent = p.next
+			}
+		}
+		p.next++
+	}
+	if total == 0 && s.recvSeq > s.ackSent {
+		if !s.ackUrgent && now.Before(s.ackDeadline) {
+			return false, s.ackDeadline.Sub(now), false
+		}
+		stage = appendCtl(stage, frameAck, s.recvSeq, 0, false)
+		total = len(stage)
+	}
+	if segStart < len(stage) {
+		p.segs = append(p.segs, stage[segStart:])
+	}
+	if total > 0 {
+		s.ackSent = s.recvSeq
+		s.recvSinceAck = 0
+		s.ackDeadline = time.Time{}
+		s.ackUrgent = false
+		endAfter = s.peerClosed && s.ackSent >= s.peerCloseSeq
+	}
+	if pinned {
+		s.pins++
+	}
+	return pinned, 0, endAfter
+}
+
+// Batching: a writer takes up to batchLimit bytes of frames per round (one
+// Write call), and copies DATA payloads of up to inlineMax bytes into its
+// stage instead of sealing them separately, since a separate record costs
+// more than copying a small payload.
+const (
+	batchLimit = 256 << 10
+	inlineMax  = 2 << 10
+)
+
+// releaseLocked returns an acked replay buffer to the pool, unless a writer
+// is sealing from the replay buffer right now: then it waits for unpin.
+func (s *Session) releaseLocked(b *[]byte) {
+	if s.pins > 0 {
+		s.deferred = append(s.deferred, b)
+		return
+	}
+	s.pool.put(b)
+}
+
+func (s *Session) unpinLocked() {
+	s.pins--
+	if s.pins > 0 {
+		return
+	}
+	for i, b := range s.deferred {
+		s.pool.put(b)
+		s.deferred[i] = nil
+	}
+	s.deferred = s.deferred[:0]
+}
