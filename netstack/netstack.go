@@ -78,7 +78,8 @@ type Config struct {
 	// HalfCloseTimeout bounds the wait for the second FIN once one side
 	// has closed its direction (default 2 min).
 	HalfCloseTimeout time.Duration
-	// UDPIdleTimeout closes a UDP flow without traffic either way (default 60 s).
+	// UDPIdleTimeout closes a UDP flow without traffic either way (default
+	// 60 s; flows to port 53 use at most 10 s).
 	UDPIdleTimeout time.Duration
 	// Dialer opens the remote half of each flow. Required.
 	Dialer Dialer

@@ -598,3 +598,31 @@ func TestCloseSendsFIN(t *testing.T) {
 		t.Fatal("Close did not return")
 	}
 }
+
+// TestClosePendingConnect: Close answers a SYN still waiting for its dial
+// with an RST, and does not wait for ConnectTimeout.
+func TestClosePendingConnect(t *testing.T) {
+	h := newHarness(t, Config{Dialer: dialFunc(func(ctx context.Context, _ flow.Dest) (Conn, error) {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	})}, false)
+	errc := make(chan error, 1)
+	go func() {
+		c, err := h.dial("tcp", "10.66.1.29:80", 10*time.Second)
+		if err == nil {
+			c.Close()
+		}
+		errc <- err
+	}()
+	waitFor(t, 3*time.Second, func() bool { return h.st.Stats().PendingConnects == 1 })
+	start := time.Now()
+	if err := h.st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if el := time.Since(start); el > 2*time.Second {
+		t.Fatalf("Close took %v with a pending connect", el)
+	}
+	if err := <-errc; !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("pending connect after Close: %v, want ECONNREFUSED", err)
+	}
+}

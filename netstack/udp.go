@@ -20,6 +20,11 @@ import (
 // OPEN per datagram.
 const udpDialFailHold = 5 * time.Second
 
+// dnsIdleTimeout bounds the idle time of flows to port 53: a DNS exchange is
+// one query and its answer, and resolvers use a fresh source port per query,
+// so at the general UDP timeout their flows (and streams) would pile up.
+const dnsIdleTimeout = 10 * time.Second
+
 // udpFlow carries one UDP 4-tuple over a stream of length-prefixed
 // datagrams. The gVisor endpoint is connected to the tuple, so replies go
 // out with the original destination as their source.
@@ -32,6 +37,7 @@ type udpFlow struct {
 	mu     sync.Mutex
 	remote Conn
 
+	idle      time.Duration
 	last      atomic.Int64 // unix nanos of the last datagram either way
 	done      chan struct{}
 	closeOnce sync.Once
@@ -53,7 +59,10 @@ func (st *Stack) handleUDP(r *udp.ForwarderRequest) {
 		st.log.Debug("udp endpoint", "dest", dest.String(), "err", err.String())
 		return
 	}
-	f := &udpFlow{st: st, dest: dest, ep: ep, wq: wq, done: make(chan struct{})}
+	f := &udpFlow{st: st, dest: dest, ep: ep, wq: wq, done: make(chan struct{}), idle: st.cfg.UDPIdleTimeout}
+	if dest.Addr.Port() == 53 {
+		f.idle = min(f.idle, dnsIdleTimeout)
+	}
 	if !st.track(f) {
 		ep.Close()
 		st.releaseFlow()
@@ -107,7 +116,7 @@ func (f *udpFlow) run() {
 		return
 	default:
 	}
-	idle := time.AfterFunc(st.cfg.UDPIdleTimeout, f.checkIdle)
+	idle := time.AfterFunc(f.idle, f.checkIdle)
 	defer idle.Stop()
 	out := make(chan struct{})
 	go func() {
@@ -119,10 +128,10 @@ func (f *udpFlow) run() {
 	<-out
 }
 
-// checkIdle closes the flow once neither side sent for UDPIdleTimeout.
+// checkIdle closes the flow once neither side sent for its idle timeout.
 func (f *udpFlow) checkIdle() {
 	since := time.Since(time.Unix(0, f.last.Load()))
-	if since >= f.st.cfg.UDPIdleTimeout {
+	if since >= f.idle {
 		f.st.log.Debug("udp flow idle, closing", "dest", f.dest.String())
 		f.shutdown()
 		return
@@ -130,7 +139,7 @@ func (f *udpFlow) checkIdle() {
 	select {
 	case <-f.done:
 	default:
-		time.AfterFunc(f.st.cfg.UDPIdleTimeout-since, f.checkIdle)
+		time.AfterFunc(f.idle-since, f.checkIdle)
 	}
 }
 
