@@ -137,6 +137,13 @@ func TestTransfer16MiB(t *testing.T) {
 			leaks := goleak.IgnoreCurrent()
 			h := newHarness(t, Config{Dialer: dialFunc(nil)}, tc.noOffload)
 			exchange(t, h, tc.target, 16<<20)
+			// 2 × 16 MiB at MTU 1400 is over 24,000 data packets; with TSO/GSO
+			// both ways it is a few hundred super-segments (and their ACKs).
+			pkts := h.dev.Stats().RxPackets + h.dev.Stats().TxPackets
+			t.Logf("%d packets crossed the TUN (offloads %s)", pkts, h.dev.Offloads())
+			if !tc.noOffload && pkts > 8000 {
+				t.Errorf("%d packets with offloads: TSO/GSO is not in effect", pkts)
+			}
 			h.close()
 			// The netns helpers' threads and the test's own listener are gone
 			// by now; gVisor's and the splice goroutines must be too.

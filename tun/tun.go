@@ -47,14 +47,16 @@ const (
 	OffloadTSO
 )
 
+// String lists what is in effect. GSO is netstack to kernel, TSO/csum
+// kernel to netstack; GRO (gVisor's, in userspace) is on in every mode.
 func (o Offload) String() string {
 	switch o {
 	case OffloadNone:
-		return "none"
+		return "gro"
 	case OffloadVnet:
-		return "vnet-hdr,gso-tx"
+		return "vnet-hdr,gso,gro"
 	case OffloadTSO:
-		return "vnet-hdr,gso-tx,tso4,tso6,csum,gro"
+		return "vnet-hdr,gso,tso4,tso6,csum,gro"
 	}
 	return "unknown"
 }
