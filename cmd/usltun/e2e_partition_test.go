@@ -352,7 +352,7 @@ func scenarioRoaming(p *partition) {
 	if err := testenv.ChangeAddress(p.A, p.AB, newAddr+"/24"); err != nil {
 		p.t.Fatal(err)
 	}
-	rep := p.verify(run, 40*time.Second, "bulk across roaming")
+	rep := p.verify(run, 20*time.Second, "bulk across roaming")
 	p.noteRecovery(rep, 0)
 	r, err := p.status(p.B)
 	if err != nil {
