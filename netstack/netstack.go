@@ -171,6 +171,7 @@ func New(ep stack.LinkEndpoint, cfg Config) (*Stack, error) {
 	st.installHandlers()
 	st.link = newLinkFilter(ep, cfg.MaxPendingConnects, cfg.ConnectTimeout+10*time.Second)
 	if err := st.createNIC(); err != nil {
+		st.link.detach() // before Destroy, for the reason given in Close
 		st.s.Destroy()
 		return nil, err
 	}

@@ -21,17 +21,6 @@ func newGVisorStack() *stack.Stack {
 	})
 }
 
-// TCP buffer sizes (min, default, max). Like Tailscale's: the default lets a
-// flow reach ~1 Gbit/s at 8 ms RTT without auto-tuning; the maxima cover a
-// few Gbit/s over a long path. Memory is only committed while data is
-// queued, so idle flows cost far less than the default: TestIdleFlowMemory
-// measured about 25 KB per idle flow including both pump goroutines. The
-// cap per busy flow is rcv 8 + snd 6 MiB.
-var (
-	tcpRcvBuf = tcpip.TCPReceiveBufferSizeRangeOption{Min: 4 << 10, Default: 1 << 20, Max: 8 << 20}
-	tcpSndBuf = tcpip.TCPSendBufferSizeRangeOption{Min: 4 << 10, Default: 1 << 20, Max: 6 << 20}
-)
-
 // timeWait is short because both ends of a terminated flow are on this host
 // (the kernel keeps its own TIME_WAIT); 60 s would pin endpoints for nothing.
 const timeWait = 5 * time.Second
@@ -46,12 +35,20 @@ func tune(s *stack.Stack) error {
 	cc := tcpip.CongestionControlOption("reno")
 	moderate := tcpip.TCPModerateReceiveBufferOption(true) // grow rcv buf with the app's reads
 	tw := tcpip.TCPTimeWaitTimeoutOption(timeWait)
+	// TCP buffer sizes (min, default, max), like Tailscale's: the default
+	// lets a flow reach ~1 Gbit/s at 8 ms RTT before auto-tuning; the maxima
+	// cover a few Gbit/s over a long path. Memory is only committed while
+	// data is queued, so idle flows cost far less: TestIdleFlowMemory
+	// measured about 25 KB per idle flow including both pump goroutines.
+	// The cap per busy flow is rcv 8 + snd 6 MiB.
+	rcvBuf := tcpip.TCPReceiveBufferSizeRangeOption{Min: 4 << 10, Default: 1 << 20, Max: 8 << 20}
+	sndBuf := tcpip.TCPSendBufferSizeRangeOption{Min: 4 << 10, Default: 1 << 20, Max: 6 << 20}
 	opts := []struct {
 		name string
 		opt  tcpip.SettableTransportProtocolOption
 	}{
 		{"SACK", &sack}, {"recovery", &recovery}, {"congestion control", &cc},
-		{"receive buffer", &tcpRcvBuf}, {"send buffer", &tcpSndBuf},
+		{"receive buffer", &rcvBuf}, {"send buffer", &sndBuf},
 		{"moderate receive buffer", &moderate}, {"TIME_WAIT", &tw},
 	}
 	for _, o := range opts {
