@@ -36,9 +36,21 @@ func FuzzFrames(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		s := newSession(cfg, false, cfg.PeerKeys[0], sessionID{1})
+		// Odd-length inputs play the dialer, so both stream-id parities
+		// and both roles meet the input.
+		dialer := len(in)%2 == 1
+		s := newSession(cfg, dialer, cfg.PeerKeys[0], sessionID{1})
 		p := newPath(s, newLiveConn(fuzzConn{bytes.NewReader(nil)}))
 		s.paths = []*path{p}
+		// A stream this side opened, so that ACCEPT, WINDOW and RESET
+		// for our own ids reach a waiting opener.
+		s.mu.Lock()
+		mine := newStream(s, s.nextStream, nil)
+		mine.opener = true
+		s.streams[mine.id] = mine
+		s.pushLocked(frameOpen, mine.id, 0)
+		s.nextStream += 2
+		s.mu.Unlock()
 		r := bytes.NewReader(in)
 		var hb [headerLen]byte
 		for {
