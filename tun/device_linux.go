@@ -149,13 +149,16 @@ func setIff(fd int, name string, vnet bool) error {
 }
 
 // probeOffload asks the kernel to send us TSO super-segments with partial
-// checksums. Without it the vnet header still lets us send large segments.
+// checksums, and UDP super-datagrams where it supports USO (Linux 6.2+).
+// Without any of it the vnet header still lets us send large segments.
 func probeOffload(fd int) Offload {
-	if unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, unix.TUN_F_CSUM|unix.TUN_F_TSO4|unix.TUN_F_TSO6) == nil {
+	const tso = unix.TUN_F_CSUM | unix.TUN_F_TSO4 | unix.TUN_F_TSO6
+	if unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, tso|unix.TUN_F_USO4|unix.TUN_F_USO6) == nil {
+		return OffloadUSO
+	}
+	if unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, tso) == nil {
 		return OffloadTSO
 	}
-	// USO is left off on purpose: gVisor would take a UDP super-datagram as
-	// one datagram, and splitting it here costs what USO would save.
 	_ = unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, 0)
 	return OffloadVnet
 }

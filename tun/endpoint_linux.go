@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/stack/gro"
@@ -48,6 +49,7 @@ const (
 	vnetGSONone       = 0
 	vnetGSOTCPv4      = 1
 	vnetGSOTCPv6      = 4
+	vnetGSOUDPL4      = 5
 	vnetGSOECN        = 0x80
 )
 
@@ -56,6 +58,7 @@ type endpoint struct {
 	file    *os.File
 	rc      syscall.RawConn
 	vnet    bool
+	uso     bool // the kernel may send UDP super-datagrams
 	caps    stack.LinkEndpointCapabilities
 	mtu     atomic.Uint32
 	writers sync.Pool // *writer; WritePackets runs on many goroutines at once
@@ -74,7 +77,7 @@ func newEndpoint(file *os.File, mtu uint32, offload Offload) (*endpoint, error) 
 	if err != nil {
 		return nil, fmt.Errorf("tun: raw conn: %w", err)
 	}
-	e := &endpoint{file: file, rc: rc, vnet: offload != OffloadNone}
+	e := &endpoint{file: file, rc: rc, vnet: offload != OffloadNone, uso: offload == OffloadUSO}
 	e.mtu.Store(mtu)
 	// RXChecksumOffload makes the NIC trust pkt.RXChecksumValidated as set
 	// by deliver and by gVisor's GRO, which verifies the TCP checksums of
@@ -171,7 +174,7 @@ func (e *endpoint) shutdown() {
 
 func (e *endpoint) readLoop(d stack.NetworkDispatcher) {
 	defer e.wg.Done()
-	r := reader{e: e, buf: make([]byte, maxPacket+1)}
+	r := reader{e: e, buf: make([]byte, maxPacket+1), seg: make([]byte, maxPacket)}
 	r.gro.Init(true)
 	r.gro.Dispatcher = d
 	fn := r.readBatch
@@ -188,6 +191,7 @@ func (e *endpoint) readLoop(d stack.NetworkDispatcher) {
 type reader struct {
 	e   *endpoint
 	buf []byte
+	seg []byte // scratch for one datagram split from a USO packet
 	gro gro.GRO
 	err error
 }
@@ -217,29 +221,36 @@ func (r *reader) deliver(b []byte) {
 		r.e.dropped.Add(1) // truncated: larger than any GSO segment we allow
 		return
 	}
-	validated := false
-	if r.e.vnet {
-		if len(b) < vnetHdrLen {
-			r.e.dropped.Add(1)
-			return
-		}
-		// The header is in the kernel's native (little-endian here) order.
-		switch b[1] &^ vnetGSOECN {
-		case vnetGSONone, vnetGSOTCPv4, vnetGSOTCPv6:
-			// A TCP super-segment goes to gVisor whole, like a GRO packet:
-			// its IP length covers all of it and gVisor's TCP takes
-			// segments larger than the MSS.
-		default:
-			r.e.dropped.Add(1) // UDP/USO was not negotiated
-			return
-		}
-		// NEEDS_CSUM: the checksum field holds only the pseudo-header sum
-		// (CHECKSUM_PARTIAL), so it cannot be verified, and needs no
-		// verification: the packet never left this host. DATA_VALID: the
-		// kernel verified it.
-		validated = b[0]&(vnetFlagNeedsCsum|vnetFlagDataValid) != 0
-		b = b[vnetHdrLen:]
+	if !r.e.vnet {
+		r.enqueue(b, false)
+		return
 	}
+	if len(b) < vnetHdrLen {
+		r.e.dropped.Add(1)
+		return
+	}
+	// The header is in the kernel's native (little-endian here) order.
+	// NEEDS_CSUM: the checksum field holds only the pseudo-header sum
+	// (CHECKSUM_PARTIAL), so it cannot be verified, and needs no
+	// verification: the packet never left this host. DATA_VALID: the kernel
+	// verified it.
+	validated := b[0]&(vnetFlagNeedsCsum|vnetFlagDataValid) != 0
+	gsoType, gsoSize := b[1]&^vnetGSOECN, int(b[4])|int(b[5])<<8
+	b = b[vnetHdrLen:]
+	switch {
+	case gsoType == vnetGSONone || gsoType == vnetGSOTCPv4 || gsoType == vnetGSOTCPv6:
+		// A TCP super-segment goes to gVisor whole, like a GRO packet: its
+		// IP length covers all of it and gVisor's TCP takes segments larger
+		// than the MSS.
+		r.enqueue(b, validated)
+	case gsoType == vnetGSOUDPL4 && r.e.uso:
+		r.splitUDP(b, gsoSize)
+	default:
+		r.e.dropped.Add(1) // a GSO type we did not negotiate
+	}
+}
+
+func (r *reader) enqueue(b []byte, validated bool) {
 	if len(b) == 0 {
 		r.e.dropped.Add(1)
 		return
@@ -261,6 +272,67 @@ func (r *reader) deliver(b []byte) {
 	pkt.RXChecksumValidated = validated
 	r.gro.Enqueue(pkt)
 	pkt.DecRef()
+}
+
+// splitUDP delivers a UDP super-datagram (USO, an application's UDP_SEGMENT
+// send) as the gso_size datagrams it stands for, each with its own lengths
+// and full checksums, as the kernel's own segmentation would produce them:
+// gVisor would otherwise take it for a single datagram.
+func (r *reader) splitUDP(b []byte, mss int) {
+	var hlen int
+	var src, dst tcpip.Address
+	switch header.IPVersion(b) {
+	case header.IPv4Version:
+		ip := header.IPv4(b)
+		if len(b) < header.IPv4MinimumSize || !ip.IsValid(len(b)) || ip.TransportProtocol() != header.UDPProtocolNumber {
+			r.e.dropped.Add(1)
+			return
+		}
+		hlen, src, dst = int(ip.HeaderLength()), ip.SourceAddress(), ip.DestinationAddress()
+	case header.IPv6Version:
+		ip := header.IPv6(b)
+		// Extension headers never precede the UDP header of a USO packet
+		// built by the local stack.
+		if !ip.IsValid(len(b)) || ip.TransportProtocol() != header.UDPProtocolNumber {
+			r.e.dropped.Add(1)
+			return
+		}
+		hlen, src, dst = header.IPv6MinimumSize, ip.SourceAddress(), ip.DestinationAddress()
+	default:
+		r.e.dropped.Add(1)
+		return
+	}
+	hdrs := hlen + header.UDPMinimumSize
+	if len(b) < hdrs || mss <= 0 {
+		r.e.dropped.Add(1)
+		return
+	}
+	payload := b[hdrs:]
+	for i, off := 0, 0; off < len(payload); i, off = i+1, off+mss {
+		seg := payload[off:min(off+mss, len(payload))]
+		p := r.seg[:hdrs+len(seg)]
+		copy(p, b[:hdrs])
+		copy(p[hdrs:], seg)
+		if hlen == header.IPv6MinimumSize && header.IPVersion(p) == header.IPv6Version {
+			header.IPv6(p).SetPayloadLength(uint16(len(p) - header.IPv6MinimumSize))
+		} else {
+			ip := header.IPv4(p)
+			ip.SetTotalLength(uint16(len(p)))
+			ip.SetID(ip.ID() + uint16(i))
+			ip.SetChecksum(0)
+			ip.SetChecksum(^ip.CalculateChecksum())
+		}
+		u := header.UDP(p[hlen:])
+		u.SetLength(uint16(len(u)))
+		u.SetChecksum(0)
+		xsum := header.PseudoHeaderChecksum(header.UDPProtocolNumber, src, dst, uint16(len(u)))
+		c := ^u.CalculateChecksum(checksum.Checksum(seg, xsum))
+		if c == 0 {
+			c = 0xffff // zero means "no checksum" (RFC 768)
+		}
+		u.SetChecksum(c)
+		r.enqueue(p, true)
+	}
 }
 
 // WritePackets writes each packet with one writev. The fd is non-blocking

@@ -45,6 +45,9 @@ const (
 	// OffloadTSO: virtio-net header with TSO4/TSO6 and checksum offload in
 	// both directions.
 	OffloadTSO
+	// OffloadUSO: as OffloadTSO, and the kernel also sends UDP
+	// super-datagrams (UDP_SEGMENT sends), which the endpoint splits.
+	OffloadUSO
 )
 
 // String lists what is in effect. GSO is netstack to kernel, TSO/csum
@@ -57,6 +60,8 @@ func (o Offload) String() string {
 		return "vnet-hdr,gso,gro"
 	case OffloadTSO:
 		return "vnet-hdr,gso,tso4,tso6,csum,gro"
+	case OffloadUSO:
+		return "vnet-hdr,gso,tso4,tso6,uso4,uso6,csum,gro"
 	}
 	return "unknown"
 }
