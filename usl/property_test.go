@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -82,8 +83,15 @@ func duplex(a, b *Stream, seedA, seedB uint64, nA, nB int) error {
 // racing reconnects; every byte arrives once and in order.
 func TestPropertyFaults(t *testing.T) {
 	seeds := []uint64{1, 2, 3}
-	if testing.Short() {
+	switch {
+	case testing.Short():
 		seeds = seeds[:1]
+	case os.Getenv("USLTUN_LONG") != "":
+		// make test-long: a soak over many more fault schedules.
+		seeds = nil
+		for i := range 30 {
+			seeds = append(seeds, uint64(100+i))
+		}
 	}
 	for _, seed := range seeds {
 		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) { propertyRun(t, seed) })
