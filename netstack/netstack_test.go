@@ -633,3 +633,39 @@ func TestClosePendingConnect(t *testing.T) {
 		t.Fatalf("pending connect after Close: %v, want ECONNREFUSED", err)
 	}
 }
+
+// TestResetAfterHalfClose: an RST from an app that already sent its FIN
+// aborts the remote half at once, not when the half-close timer fires.
+func TestResetAfterHalfClose(t *testing.T) {
+	h := newHarness(t, Config{Dialer: dialFunc(nil)}, false)
+	l := h.listen("tcp4")
+	d := &kernelDialer{h: h, addr: l.Addr().String()}
+	h.setDialer(d)
+	conns := make(chan *net.TCPConn, 1)
+	serve(l, func(c *net.TCPConn) { conns <- c })
+	c, err := h.dial("tcp", "10.66.1.30:80", 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := <-conns
+	defer srv.Close()
+	c.(*net.TCPConn).CloseWrite()
+	srv.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := srv.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Fatalf("remote after app FIN: %d, %v, want EOF", n, err)
+	}
+	c.(*net.TCPConn).SetLinger(0)
+	c.Close()
+	// The remote already read EOF, so the reset shows as Abort being
+	// called (the test Conn's Abort sends an RST to srv).
+	waitFor(t, time.Second, func() bool { return d.aborted.Load() == 1 })
+	srv.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	var werr error
+	for i := 0; i < 100 && werr == nil; i++ {
+		_, werr = srv.Write([]byte("late reply"))
+		time.Sleep(5 * time.Millisecond)
+	}
+	if !errors.Is(werr, syscall.ECONNRESET) && !errors.Is(werr, syscall.EPIPE) {
+		t.Fatalf("remote write after app RST: %v, want ECONNRESET or EPIPE", werr)
+	}
+}

@@ -5,11 +5,14 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/usltun/usltun/flow"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/waiter"
 )
 
 const (
@@ -35,8 +38,11 @@ type tcpFlow struct {
 	mu       sync.Mutex
 	app      *gonet.TCPConn
 	ep       tcpip.Endpoint
+	wq       *waiter.Queue
 	remote   Conn
 	stopping bool // Close is shutting flows down: deadline errors mean FIN
+
+	appFIN atomic.Bool // we sent (or are sending) our FIN to the app
 
 	abortOnce sync.Once
 	halfOnce  sync.Once
@@ -45,9 +51,9 @@ type tcpFlow struct {
 
 // attach publishes the connection halves; if Close already began it
 // applies the shutdown at once.
-func (f *tcpFlow) attach(app *gonet.TCPConn, ep tcpip.Endpoint, remote Conn) {
+func (f *tcpFlow) attach(app *gonet.TCPConn, ep tcpip.Endpoint, wq *waiter.Queue, remote Conn) {
 	f.mu.Lock()
-	f.app, f.ep, f.remote = app, ep, remote
+	f.app, f.ep, f.wq, f.remote = app, ep, wq, remote
 	stopping := f.stopping
 	f.mu.Unlock()
 	if stopping {
@@ -85,8 +91,16 @@ func (f *tcpFlow) isStopping() bool {
 // the flow was aborted, then releases both halves.
 func (f *tcpFlow) splice() {
 	done := make(chan bool, 1)
-	go func() { done <- f.pump(f.remote, f.app, f.closeWriteRemote) }()
+	downDone := make(chan struct{})
+	go func() {
+		clean := f.pump(f.remote, f.app, f.closeWriteRemote)
+		if clean {
+			clean = f.watchAppReset(downDone)
+		}
+		done <- clean
+	}()
 	clean := f.pump(f.app, f.remote, f.closeWriteApp)
+	close(downDone)
 	clean = <-done && clean
 	f.mu.Lock()
 	if f.halfTimer != nil {
@@ -101,7 +115,10 @@ func (f *tcpFlow) splice() {
 }
 
 func (f *tcpFlow) closeWriteRemote() error { return f.remote.CloseWrite() }
-func (f *tcpFlow) closeWriteApp() error    { return f.app.CloseWrite() }
+func (f *tcpFlow) closeWriteApp() error {
+	f.appFIN.Store(true) // before the FIN, so watchAppReset never mistakes the close
+	return f.app.CloseWrite()
+}
 
 // pump copies src to dst. On EOF (a FIN) it half-closes dst and reports a
 // clean end; on any other error, on either side, it aborts the whole flow:
@@ -143,6 +160,31 @@ func (f *tcpFlow) pump(dst io.Writer, src io.Reader, closeWrite func() error) bo
 		case big != nil && n < len(buf)/4:
 			f.st.bufs.Put(big) // draining: go back to the idle buffer
 			big, buf = nil, small[:]
+		}
+	}
+}
+
+// watchAppReset runs after the app's FIN, while data still flows to the
+// app: nothing reads the app's side any more, so an RST from the app would
+// otherwise go unnoticed until a write to it fails or the half-close timer
+// fires. It aborts the flow on such an RST; it returns once the other
+// direction is done.
+func (f *tcpFlow) watchAppReset(downDone <-chan struct{}) bool {
+	entry, ch := waiter.NewChannelEntry(waiter.EventErr | waiter.EventHUp)
+	f.wq.EventRegister(&entry)
+	defer f.wq.EventUnregister(&entry)
+	for {
+		// An RST in CLOSE_WAIT moves gVisor's endpoint to CLOSED directly;
+		// CLOSED without our FIN can only be a reset.
+		st := tcp.EndpointState(f.ep.State())
+		if st == tcp.StateError || (st == tcp.StateClose && !f.appFIN.Load()) {
+			f.abort()
+			return false
+		}
+		select {
+		case <-ch:
+		case <-downDone:
+			return true
 		}
 	}
 }

@@ -58,7 +58,7 @@ func (st *Stack) handleTCP(r *tcp.ForwarderRequest) {
 		return
 	}
 	r.Complete(false)
-	f.attach(gonet.NewTCPConn(&wq, ep), ep, remote)
+	f.attach(gonet.NewTCPConn(&wq, ep), ep, &wq, remote)
 	st.tcpFlows.Add(1)
 	defer st.tcpFlows.Add(-1)
 	f.splice()
