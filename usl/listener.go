@@ -275,7 +275,18 @@ func (l *Listener) serve(raw net.Conn) {
 		rc, err = newRecordConn(c, res.br, res.send, res.recv)
 	}
 	if err != nil {
-		p.abandon(fmt.Errorf("handshake with %s: %w", remote, err))
+		err = fmt.Errorf("handshake with %s: %w", remote, err)
+		p.abandon(err)
+		s.mu.Lock()
+		orphan := !s.announced && len(s.paths) == 0
+		s.mu.Unlock()
+		if orphan {
+			// Nobody ever saw this session and its only path failed
+			// before the reply: drop it rather than keep it forever.
+			// The dialer never learnt our epoch, so it simply retries
+			// as a new session.
+			s.end(err, Closed)
+		}
 		return
 	}
 	p.rc = rc
