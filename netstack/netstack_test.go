@@ -669,3 +669,56 @@ func TestResetAfterHalfClose(t *testing.T) {
 		t.Fatalf("remote write after app RST: %v, want ECONNRESET or EPIPE", werr)
 	}
 }
+
+// TestManyFlows runs concurrent echo flows of different sizes and checks
+// every byte of each by SHA-256: pooled buffers must never mix flows.
+func TestManyFlows(t *testing.T) {
+	h := newHarness(t, Config{Dialer: dialFunc(nil)}, false)
+	l := h.listen("tcp4")
+	h.setDialer(&kernelDialer{h: h, addr: l.Addr().String()})
+	serve(l, func(c *net.TCPConn) {
+		defer c.Close()
+		io.Copy(c, c)
+		c.CloseWrite()
+	})
+	const flows = 48
+	errc := make(chan error, flows)
+	for i := range flows {
+		go func() {
+			n := (i%6 + 1) * 300 << 10 // 300 KiB .. 1.8 MiB, not multiples of any buffer
+			c, err := h.dial("tcp", fmt.Sprintf("10.66.%d.%d:%d", 1, 40+i, 7000+i), 10*time.Second)
+			if err != nil {
+				errc <- err
+				return
+			}
+			defer c.Close()
+			var sent [32]byte
+			var serr error
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				sent, serr = sendRandom(c, n)
+				c.(*net.TCPConn).CloseWrite()
+			}()
+			hs := sha256.New()
+			got, err := io.Copy(hs, c)
+			<-done
+			switch {
+			case err != nil:
+				errc <- fmt.Errorf("flow %d: read: %w", i, err)
+			case serr != nil:
+				errc <- fmt.Errorf("flow %d: send: %w", i, serr)
+			case got != int64(n) || !bytes.Equal(hs.Sum(nil), sent[:]):
+				errc <- fmt.Errorf("flow %d: echoed %d of %d bytes, sha mismatch", i, got, n)
+			default:
+				errc <- nil
+			}
+		}()
+	}
+	for range flows {
+		if err := <-errc; err != nil {
+			t.Error(err)
+		}
+	}
+	waitFor(t, 5*time.Second, func() bool { return h.st.Stats().TCPFlows == 0 })
+}
