@@ -15,6 +15,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -721,4 +722,33 @@ func TestManyFlows(t *testing.T) {
 		}
 	}
 	waitFor(t, 5*time.Second, func() bool { return h.st.Stats().TCPFlows == 0 })
+}
+
+// TestUDPDialFailure: a refused UDP flow drops its datagrams, and holds its
+// 4-tuple for a while so a retrying client does not cause a dial each time.
+func TestUDPDialFailure(t *testing.T) {
+	var dials atomic.Int32
+	h := newHarness(t, Config{Dialer: dialFunc(func(context.Context, flow.Dest) (Conn, error) {
+		dials.Add(1)
+		return nil, usl.ErrForbidden
+	})}, false)
+	var pc net.PacketConn
+	if err := h.ns.Do(func() (err error) { pc, err = net.ListenPacket("udp4", ":0"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	dst := net.UDPAddrFromAddrPort(netip.MustParseAddrPort("10.66.1.55:53"))
+	for range 5 {
+		if _, err := pc.WriteTo([]byte("query"), dst); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if n := dials.Load(); n != 1 {
+		t.Fatalf("%d dials for 5 datagrams on one tuple, want 1", n)
+	}
+	pc.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	if _, _, err := pc.ReadFrom(make([]byte, 100)); !isTimeout(err) {
+		t.Fatalf("read on a refused flow: %v, want nothing", err)
+	}
 }
