@@ -659,7 +659,7 @@ func TestResetAfterHalfClose(t *testing.T) {
 	c.Close()
 	// The remote already read EOF, so the reset shows as Abort being
 	// called (the test Conn's Abort sends an RST to srv).
-	waitFor(t, time.Second, func() bool { return d.aborted.Load() == 1 })
+	waitFor(t, 3*time.Second, func() bool { return d.aborted.Load() == 1 })
 	srv.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	var werr error
 	for i := 0; i < 100 && werr == nil; i++ {
