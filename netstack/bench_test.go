@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"slices"
 	"syscall"
 	"testing"
 	"time"
@@ -99,3 +100,55 @@ func (s *sourceConn) Read(p []byte) (int, error) {
 }
 
 func (s *sourceConn) CloseWrite() error { return nil }
+
+// BenchmarkRoundTrip measures small request/response latency through the
+// TUN device and the netstack, with an in-process echo as the remote half:
+// the client side's share of usltun's request/response latency.
+func BenchmarkRoundTrip(b *testing.B) {
+	h := newHarness(b, Config{Dialer: dialFunc(func(context.Context, flow.Dest) (Conn, error) { return newEcho(), nil })}, false)
+	c, err := h.dial("tcp", "10.66.1.98:7", 5*time.Second)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	c.(*net.TCPConn).SetNoDelay(true)
+	msg := make([]byte, 64)
+	buf := make([]byte, 64)
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for range b.N {
+		start := time.Now()
+		if _, err := c.Write(msg); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, buf); err != nil {
+			b.Fatal(err)
+		}
+		lat = append(lat, time.Since(start))
+	}
+	b.StopTimer()
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
+}
+
+// echoConn is a remote half that sends back what it receives.
+type echoConn struct {
+	*sinkConn
+	r *io.PipeReader
+	w *io.PipeWriter
+}
+
+func newEcho() *echoConn {
+	r, w := io.Pipe()
+	return &echoConn{sinkConn: newSink(), r: r, w: w}
+}
+
+func (e *echoConn) Read(p []byte) (int, error)  { return e.r.Read(p) }
+func (e *echoConn) Write(p []byte) (int, error) { return e.w.Write(p) }
+func (e *echoConn) CloseWrite() error           { return e.w.Close() }
+func (e *echoConn) Close() error {
+	e.w.Close()
+	e.r.Close()
+	return e.sinkConn.Close()
+}
