@@ -50,12 +50,12 @@ const (
 // level, then checks that every flow still echoes. The echo server runs as
 // a separate process on C, so the harness's own file-descriptor limit only
 // has to cover the client ends.
-func measureIdle(ctx context.Context, l *lab, daemons []*testenv.Proc, port int, levels []int) (Idle, error) {
+func measureIdle(ctx context.Context, l *lab, daemons []*testenv.Proc, dst string, port int, levels []int) (Idle, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return Idle{}, fmt.Errorf("idle: own executable: %w", err)
 	}
-	addr := net.JoinHostPort(addrC, strconv.Itoa(port))
+	addr := net.JoinHostPort(dst, strconv.Itoa(port))
 	srv := l.c.Start(l.tb, "echo", exe, echoServerFlag, addr)
 	defer srv.Kill()
 	if err := l.c.WaitDial("tcp", addr, 10*time.Second); err != nil {

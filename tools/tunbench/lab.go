@@ -16,13 +16,19 @@ import (
 )
 
 // Address plan of the A—B—C lab. A is the client, B the gateway, C the
-// server behind B. Every mode routes netC from A; only the next hop differs.
+// server behind B on one /16. Each mode has its own /24 of C's addresses,
+// routed from A its own way, so all three paths exist at once and the
+// benchmark can alternate between them: a burst of other work on the
+// machine then hits every mode alike instead of one.
 const (
 	addrA    = "10.0.0.1"
 	addrB    = "10.0.0.2"
 	addrBC   = "10.20.0.1" // B's address on the B—C link
-	addrC    = "10.20.0.2"
-	netC     = "10.20.0.0/16"
+	netBC    = "/16"
+	netC     = "10.20.0.0/16" // what B exports to usltun
+	cDirect  = "10.20.1.2"    // C's address reached by direct routing
+	cWG      = "10.20.2.2"    // … through wireguard-go
+	cUSL     = "10.20.3.2"    // … through usltun
 	wgAddrA  = "10.99.0.1"
 	wgAddrB  = "10.99.0.2"
 	wgPort   = "51820"
@@ -31,6 +37,11 @@ const (
 	uslMTU   = "1500" // usltun's default: its stream framing is not per packet
 	bulkPort = 5201   // iperf3 on C
 )
+
+// subnet24 is the /24 around a C address, the prefix A routes for a mode.
+func subnet24(addr string) string {
+	return addr[:strings.LastIndexByte(addr, '.')] + ".0/24"
+}
 
 // lab is the A—B—C topology plus a scratch directory for keys.
 type lab struct {
@@ -52,7 +63,7 @@ func newLab(tb *testenv.Lab) (*lab, error) {
 	l.b = testenv.NewHost(tb, "b")
 	l.c = testenv.NewHost(tb, "c")
 	l.ab = testenv.Link(tb, l.a, l.b, addrA+"/24", addrB+"/24")
-	l.bc = testenv.Link(tb, l.b, l.c, addrBC+"/24", addrC+"/24")
+	l.bc = testenv.Link(tb, l.b, l.c, addrBC+netBC, cDirect+netBC+","+cWG+netBC+","+cUSL+netBC)
 	l.b.EnableForwarding()
 	l.c.AddRoute("default", addrBC)
 	// The idle-flow test holds thousands of connections from one address to
@@ -80,9 +91,11 @@ func run(ctx context.Context, h *testenv.Host, argv ...string) (string, error) {
 	return runStdin(ctx, h, "", argv...)
 }
 
-// mode is one way of getting A's packets for netC to C.
+// mode is one way of getting A's packets to C.
 type mode interface {
 	Name() string
+	// Target is C's address that A reaches through this mode.
+	Target() string
 	// Up builds the path; Down removes it again so the next mode starts
 	// from the bare lab. Down is also registered as a lab cleanup by the
 	// caller, so it must be idempotent.
@@ -96,18 +109,19 @@ type mode interface {
 // direct routing: B forwards in the kernel. The physical limit of the lab.
 type direct struct{ l *lab }
 
-func (m *direct) Name() string             { return "direct" }
+func (m *direct) Name() string             { return modeDirect }
+func (m *direct) Target() string           { return cDirect }
 func (m *direct) Daemons() []*testenv.Proc { return nil }
 func (m *direct) Up(ctx context.Context) error {
-	_, err := run(ctx, m.l.a, "ip", "route", "replace", netC, "via", addrB)
+	_, err := run(ctx, m.l.a, "ip", "route", "replace", subnet24(cDirect), "via", addrB)
 	return err
 }
 func (m *direct) Down() {
-	_, _ = run(context.Background(), m.l.a, "ip", "route", "del", netC)
+	_, _ = run(context.Background(), m.l.a, "ip", "route", "del", subnet24(cDirect))
 }
 
 // wireguardGo: a wg interface on A and B over the A—B link, run by the
-// userspace wireguard-go, netC routed into it on A.
+// userspace wireguard-go, C's wireguard-go address routed into it on A.
 type wireguardGo struct {
 	l     *lab
 	procs []*testenv.Proc
@@ -142,7 +156,8 @@ func sweepWGSockets() {
 	}
 }
 
-func (m *wireguardGo) Name() string             { return "wireguard-go" }
+func (m *wireguardGo) Name() string             { return modeWG }
+func (m *wireguardGo) Target() string           { return cWG }
 func (m *wireguardGo) Daemons() []*testenv.Proc { return m.procs }
 
 func (m *wireguardGo) Up(ctx context.Context) error {
@@ -169,7 +184,7 @@ func (m *wireguardGo) Up(ctx context.Context) error {
 		peerArgs          []string
 	}
 	sides := []side{
-		{l.a, m.ifA, wgAddrA, keys["a.key"], []string{"peer", keys["b.pub"], "allowed-ips", netC + "," + wgAddrB + "/32", "endpoint", addrB + ":" + wgPort}},
+		{l.a, m.ifA, wgAddrA, keys["a.key"], []string{"peer", keys["b.pub"], "allowed-ips", subnet24(cWG) + "," + wgAddrB + "/32", "endpoint", addrB + ":" + wgPort}},
 		{l.b, m.ifB, wgAddrB, keys["b.key"], []string{"peer", keys["a.pub"], "allowed-ips", wgAddrA + "/32"}},
 	}
 	for _, s := range sides {
@@ -189,22 +204,22 @@ func (m *wireguardGo) Up(ctx context.Context) error {
 			}
 		}
 	}
-	if _, err := run(ctx, l.a, "ip", "route", "replace", netC, "dev", m.ifA); err != nil {
+	if _, err := run(ctx, l.a, "ip", "route", "replace", subnet24(cWG), "dev", m.ifA); err != nil {
 		return err
 	}
 	return nil
 }
 
 func (m *wireguardGo) Down() {
-	_, _ = run(context.Background(), m.l.a, "ip", "route", "del", netC)
+	_, _ = run(context.Background(), m.l.a, "ip", "route", "del", subnet24(cWG))
 	for _, p := range m.procs {
 		_ = p.Stop() // wireguard-go removes its interface and socket on SIGTERM
 	}
 	m.procs = nil
 }
 
-// usltunMode: usltun on A routes netC through its TUN device; usltun on B
-// exports netC.
+// usltunMode: usltun on A routes C's usltun /24 through its TUN device;
+// usltun on B exports C's whole subnet.
 type usltunMode struct {
 	l     *lab
 	bin   string
@@ -219,7 +234,8 @@ func newUsltun(l *lab, bin string) *usltunMode {
 	return &usltunMode{l: l, bin: bin, tun: "tbusl" + l.tag}
 }
 
-func (m *usltunMode) Name() string             { return "usltun" }
+func (m *usltunMode) Name() string             { return modeUSL }
+func (m *usltunMode) Target() string           { return cUSL }
 func (m *usltunMode) Daemons() []*testenv.Proc { return m.procs }
 
 func (m *usltunMode) Up(ctx context.Context) error {
@@ -248,7 +264,7 @@ func (m *usltunMode) start(ctx context.Context, pubs [2]string) error {
 	argsB := append([]string{m.bin, "up", "--listen", addrB + ":" + uslPort, "--key", m.keyFiles[1],
 		"--peer-key", pubs[0], "--export", netC, "--log-level", "warn"}, m.extra...)
 	argsA := append([]string{m.bin, "up", "--peer", addrB + ":" + uslPort, "--key", m.keyFiles[0],
-		"--peer-key", pubs[1], "--route", netC, "--tun", m.tun, "--mtu", uslMTU, "--log-level", "warn"}, m.extra...)
+		"--peer-key", pubs[1], "--route", subnet24(cUSL), "--tun", m.tun, "--mtu", uslMTU, "--log-level", "warn"}, m.extra...)
 	pb := l.b.Start(l.tb, "usltun-b", argsB...)
 	m.procs = []*testenv.Proc{pb}
 	// Ask B's control socket rather than probing its port: a bare TCP

@@ -16,7 +16,7 @@ const (
 	rrPort      = 9000
 	connectPort = 9001
 	recoverPort = 9002
-	idlePortC   = 9100 // + mode index, so TIME_WAIT of one mode never meets the next
+	idlePortC   = 9100
 )
 
 // RR is the request/response latency of small messages over one flow.
@@ -31,8 +31,8 @@ type RR struct {
 // response, one at a time, every response byte checked) from A against a
 // loadgen server on C.
 // perfOut: see measureThroughput.
-func measureRR(ctx context.Context, l *lab, daemons []*testenv.Proc, dur time.Duration, perfOut string) (RR, error) {
-	ln, err := l.c.Listen("tcp", fmt.Sprintf("%s:%d", addrC, rrPort))
+func measureRR(ctx context.Context, l *lab, daemons []*testenv.Proc, dst string, dur time.Duration, perfOut string) (RR, error) {
+	ln, err := l.c.Listen("tcp", fmt.Sprintf("%s:%d", dst, rrPort))
 	if err != nil {
 		return RR{}, fmt.Errorf("rr listener on C: %w", err)
 	}

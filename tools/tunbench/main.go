@@ -3,14 +3,18 @@
 // C server; A—B and B—C veth links), in one run:
 //
 //   - TCP throughput A→C with 1 and 4 streams (iperf3, median of --repeat
-//     runs), and the CPU the
-//     tunnel daemons use per Gbit/s (utime+stime from /proc/<pid>/stat);
+//     runs), and the CPU the tunnel daemons use per Gbit/s (utime+stime
+//     from /proc/<pid>/stat);
 //   - request/response latency of 64-byte messages, p50 and p99 (loadgen,
 //     every byte checked);
 //   - connect() latency, p50 and p99, against one A—B round trip;
 //   - RSS of the daemons with 1,000 and 10,000 idle flows open;
 //   - recovery: heal of a 20 s blackhole of A—B during a slow steady
 //     transfer → first new byte at C (usltun and wireguard-go).
+//
+// All three paths are up at once (each mode reaches its own address on C),
+// and the throughput runs alternate between the modes, so other work on
+// the machine weighs on every mode alike.
 //
 // It prints a markdown table with ratios against direct routing and
 // wireguard-go and the targets of the issue; --json prints the raw
@@ -227,7 +231,7 @@ func benchmark(o *options) (err error) {
 			modes = append(modes, newUsltun(l, bin))
 		}
 	}
-	iperf := l.c.Start(tb, "iperf3", "iperf3", "--server", "--bind", addrC, "--port", fmt.Sprint(bulkPort))
+	iperf := l.c.Start(tb, "iperf3", "iperf3", "--server", "--port", fmt.Sprint(bulkPort))
 	defer iperf.Kill()
 	if o.part("connect") {
 		c, err := measureConnect(ctx, l.a, l.b, fmt.Sprintf("%s:%d", addrB, connectPort), o.connects)
@@ -236,131 +240,13 @@ func benchmark(o *options) (err error) {
 		}
 		res.ABConnect = &c
 	}
-	for i, m := range modes {
-		if ctx.Err() != nil {
-			break
-		}
-		mr := &ModeResult{Mode: m.Name()}
-		res.Modes = append(res.Modes, mr)
-		progress("%s: setting up", m.Name())
-		tb.Cleanup(m.Down)
-		if err := m.Up(ctx); err != nil {
-			mr.Errors = append(mr.Errors, "up: "+err.Error())
-			progress("%s: %v", m.Name(), err)
-			m.Down()
-			continue
-		}
-		runMode(ctx, o, l, m, mr, i)
-		m.Down()
-	}
+	runModes(ctx, o, l, modes, res)
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("interrupted: %w", err)
 	}
 	res.Elapsed = time.Since(res.Start).Round(time.Second).String()
 	res.LoadAvg[1] = loadAvg()
 	return report(o, res)
-}
-
-// runMode runs the selected parts for one mode that is up. A failing part
-// is recorded and the others still run.
-func runMode(ctx context.Context, o *options, l *lab, m mode, mr *ModeResult, idx int) {
-	fail := func(part string, err error) {
-		if ctx.Err() != nil {
-			return // interrupted: the parts' errors are only echoes of it
-		}
-		msg := err.Error()
-		if !strings.HasPrefix(msg, part) {
-			msg = part + ": " + msg
-		}
-		mr.Errors = append(mr.Errors, msg)
-		progress("%s: %s", m.Name(), msg)
-	}
-	want := func(part string) bool { return ctx.Err() == nil && o.part(part) }
-	// One untimed connect first: wireguard-go handshakes on the first
-	// packet, and that belongs to no figure.
-	if _, err := measureConnect(ctx, l.a, l.c, fmt.Sprintf("%s:%d", addrC, connectPort), 3); err != nil {
-		fail("warm-up", err)
-		return
-	}
-	if want("throughput") {
-		for _, n := range []int{1, 4} {
-			progress("%s: throughput, %d stream(s), %d × %v", m.Name(), n, o.repeat, o.duration)
-			var runs []Throughput
-			for i := range o.repeat {
-				var perfOut string
-				if o.perfDir != "" && i == 0 {
-					perfOut = filepath.Join(o.perfDir, fmt.Sprintf("perf-%s-%d.data", m.Name(), n))
-				}
-				t, err := measureThroughput(ctx, l, m.Daemons(), n, o.duration, perfOut)
-				if err != nil {
-					fail(fmt.Sprintf("throughput -P %d", n), err)
-					break
-				}
-				runs = append(runs, t)
-			}
-			if len(runs) == 0 {
-				continue
-			}
-			t := medianRun(runs)
-			if n == 1 {
-				mr.Single = &t
-			} else {
-				mr.Multi = &t
-			}
-		}
-	}
-	if want("latency") {
-		progress("%s: request/response latency, %v", m.Name(), o.rrTime)
-		var perfOut string
-		if o.perfDir != "" {
-			perfOut = filepath.Join(o.perfDir, fmt.Sprintf("perf-%s-rr.data", m.Name()))
-		}
-		if r, err := measureRR(ctx, l, m.Daemons(), o.rrTime, perfOut); err != nil {
-			fail("latency", err)
-		} else {
-			mr.RR = &r
-		}
-	}
-	if want("connect") {
-		progress("%s: %d connects", m.Name(), o.connects)
-		if c, err := measureConnect(ctx, l.a, l.c, fmt.Sprintf("%s:%d", addrC, connectPort), o.connects); err != nil {
-			fail("connect", err)
-		} else {
-			mr.Connect = &c
-		}
-	}
-	if want("idle") && len(m.Daemons()) > 0 && len(o.idleFlows) > 0 {
-		// Fresh daemons, so the baseline is not the heap left over from the
-		// throughput runs.
-		if u, ok := m.(*usltunMode); ok {
-			// Room for the largest level: the default --max-flows is
-			// below 10,000.
-			u.extra = []string{"--max-flows", fmt.Sprint(o.idleFlows[len(o.idleFlows)-1] + 1000)}
-		}
-		m.Down()
-		if err := m.Up(ctx); err != nil {
-			fail("idle: restart", err)
-			return
-		}
-		progress("%s: idle flows %v", m.Name(), o.idleFlows)
-		idle, err := measureIdle(ctx, l, m.Daemons(), idlePortC+idx, o.idleFlows)
-		if err != nil {
-			fail("idle", err)
-		}
-		if len(idle.Levels) > 0 {
-			mr.Idle = &idle
-		}
-	}
-	if want("recovery") && m.Name() != modeDirect {
-		progress("%s: recovery after a %v blackhole", m.Name(), o.blackhole)
-		r, err := measureRecovery(ctx, l, o.blackhole, o.recCap)
-		if err != nil {
-			fail("recovery", err)
-		}
-		if err == nil || r.Delay >= 0 {
-			mr.Recovery = &r
-		}
-	}
 }
 
 func progress(format string, args ...any) {

@@ -78,9 +78,9 @@ func (r *receiver) run(c net.Conn) {
 // measureRecovery streams paced pseudo-random bytes A→C, blackholes the
 // A—B link for blackhole, heals it and waits (at most cap) for C to read a
 // byte. Then it lets the writer finish and compares SHA-256 at both ends.
-func measureRecovery(ctx context.Context, l *lab, blackhole, cap time.Duration) (Recovery, error) {
+func measureRecovery(ctx context.Context, l *lab, dst string, blackhole, cap time.Duration) (Recovery, error) {
 	res := Recovery{Blackhole: blackhole, Cap: cap, Delay: -1}
-	ln, err := l.c.Listen("tcp", net.JoinHostPort(addrC, strconv.Itoa(recoverPort)))
+	ln, err := l.c.Listen("tcp", net.JoinHostPort(dst, strconv.Itoa(recoverPort)))
 	if err != nil {
 		return res, fmt.Errorf("recovery listener: %w", err)
 	}

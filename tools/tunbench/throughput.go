@@ -56,7 +56,7 @@ func medianRun(runs []Throughput) Throughput {
 //
 // With perfOut set, `perf record` samples the daemons (call graphs) over
 // the run and writes its data there, for `perf report -i perfOut`.
-func measureThroughput(ctx context.Context, l *lab, daemons []*testenv.Proc, streams int, dur time.Duration, perfOut string) (Throughput, error) {
+func measureThroughput(ctx context.Context, l *lab, daemons []*testenv.Proc, dst string, streams int, dur time.Duration, perfOut string) (Throughput, error) {
 	pids := make([]int, len(daemons))
 	for i, p := range daemons {
 		pids[i] = p.Pid()
@@ -76,7 +76,7 @@ func measureThroughput(ctx context.Context, l *lab, daemons []*testenv.Proc, str
 	}
 	t0 := time.Now()
 	secs := strconv.Itoa(max(int(dur/time.Second), 1))
-	out, runErr := run(ctx, l.a, "iperf3", "--client", addrC, "--port", strconv.Itoa(bulkPort),
+	out, runErr := run(ctx, l.a, "iperf3", "--client", dst, "--port", strconv.Itoa(bulkPort),
 		"--time", secs, "--omit", "1", "--parallel", strconv.Itoa(streams), "--json", "--connect-timeout", "5000")
 	wall := time.Since(t0)
 	cpu1, err := cpuTotal(pids)
