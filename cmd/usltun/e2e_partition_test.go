@@ -183,6 +183,7 @@ func (p *partition) wait(run *loadgen.Run, limit time.Duration) *loadgen.Report 
 		p.t.Errorf("traffic still running %v after it should have ended; canceling it (stalled flows follow)", limit)
 		p.logStatus(p.A)
 		p.logStatus(p.B)
+		p.t.Logf("B's sockets to C (tx_queue:rx_queue shows which side holds the data):\n%s", socketsTo(p.DB, loadPort))
 		run.Cancel()
 	}
 	rep, err := run.Wait()
@@ -586,6 +587,29 @@ func dialedSockets(t *testing.T, p *testenv.Proc, port int) int {
 		fh.Close()
 	}
 	return n
+}
+
+// socketsTo lists the daemon's TCP sockets to port as /proc/<pid>/net/tcp
+// shows them: addresses, state, and the send and receive queues.
+func socketsTo(p *testenv.Proc, port int) string {
+	var b strings.Builder
+	for _, f := range []string{"tcp", "tcp6"} {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/%s", p.Pid(), f))
+		if err != nil {
+			return err.Error()
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			fields := strings.Fields(line)
+			if len(fields) < 5 {
+				continue
+			}
+			_, rport, _ := strings.Cut(fields[2], ":")
+			if v, err := strconv.ParseUint(rport, 16, 16); err == nil && int(v) == port {
+				fmt.Fprintf(&b, "%s %s st %s queues %s\n", fields[1], fields[2], fields[3], fields[4])
+			}
+		}
+	}
+	return b.String()
 }
 
 // scenarioLoss: 5 % random loss on the A—B link for 20 s.
