@@ -45,8 +45,12 @@ test-long:
 demo: build
 	$(GO) run ./tools/demo --usltun bin/usltun
 
-bench: deps
-	$(GO) test -run '^$$' -bench . -benchmem ./usl/
+# bench runs the micro-benchmarks (session layer, TUN + netstack data path)
+# and then the A—B—C lab comparison against direct routing and wireguard-go.
+# Figures and their reading are in docs/performance.md.
+bench: deps build
+	$(GO) test -run '^$$' -bench 'RawTCP|Session|RecordSeal' -benchmem ./usl/
+	$(GO) test -run '^$$' -bench 'TCPThroughput|RoundTrip' -benchtime 2000x ./netstack/
 
 # fuzz runs every fuzz target in the tree for FUZZTIME each; the checked-in
 # corpus under testdata/fuzz already runs as plain tests in `make test`.
