@@ -22,6 +22,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -184,6 +185,14 @@ func (p *partition) wait(run *loadgen.Run, limit time.Duration) *loadgen.Report 
 		p.logStatus(p.A)
 		p.logStatus(p.B)
 		p.t.Logf("B's sockets to C (tx_queue:rx_queue shows which side holds the data):\n%s", socketsTo(p.DB, loadPort))
+		if os.Getenv("USLTUN_E2E_STACKS") == "1" {
+			// SIGQUIT makes a Go program print every goroutine's stack and
+			// exit: the stall's exact place, at the price of the daemons.
+			for _, d := range []*testenv.Proc{p.DA, p.DB} {
+				syscall.Kill(d.Pid(), syscall.SIGQUIT)
+				d.Wait(5 * time.Second)
+			}
+		}
 		run.Cancel()
 	}
 	rep, err := run.Wait()
