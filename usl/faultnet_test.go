@@ -20,6 +20,7 @@ type faultNet struct {
 	rng    *rand.Rand
 	dials  int
 	closed bool
+	rate   int // bytes per second of new links; 0: unlimited
 }
 
 func newFaultNet(seed uint64) *faultNet {
@@ -84,7 +85,7 @@ func (l *link) kill() {
 
 func (n *faultNet) Dial(ctx context.Context, network, addr string) (net.Conn, error) {
 	n.mu.Lock()
-	ln, down, closed := n.ln, n.down, n.closed
+	ln, down, closed, rate := n.ln, n.down, n.closed, n.rate
 	n.dials++
 	n.mu.Unlock()
 	if down || closed || ln == nil {
@@ -92,7 +93,7 @@ func (n *faultNet) Dial(ctx context.Context, network, addr string) (net.Conn, er
 	}
 	c1, s1 := net.Pipe()
 	c2, s2 := net.Pipe()
-	l := &link{n: n, ends: [4]net.Conn{c1, s1, c2, s2}, dead: make(chan struct{}), cutAfter: -1}
+	l := &link{n: n, ends: [4]net.Conn{c1, s1, c2, s2}, dead: make(chan struct{}), cutAfter: -1, bytesPerS: rate}
 	select {
 	case ln.ch <- s2:
 	case <-ln.done:
