@@ -207,38 +207,40 @@ func (st *Stream) Read(b []byte) (int, error) {
 	s := st.s
 	for {
 		s.mu.Lock()
-		if st.closed {
-			s.mu.Unlock()
-			return 0, ErrStreamClosed
-		}
-		if st.rbuffered > 0 {
-			if len(b) == 0 {
-				s.mu.Unlock()
-				return 0, nil
-			}
-			n := st.readLocked(b)
-			s.mu.Unlock()
-			return n, nil
-		}
-		switch {
-		case st.err != nil:
-			err := st.err
-			s.mu.Unlock()
-			return 0, err
-		case st.rfin:
-			s.mu.Unlock()
-			return 0, io.EOF
-		case st.rclosed:
-			s.mu.Unlock()
-			return 0, io.EOF
+		n, done, err := st.tryReadLocked(b)
+		if done && (err != nil || st.rbuffered > 0) {
+			// net.Conn allows concurrent Reads: pass the wake-up on, so a
+			// second reader sees the data left or the end too.
+			wake(st.rwake)
 		}
 		s.mu.Unlock()
+		if done {
+			return n, err
+		}
 		select {
 		case <-st.rwake:
 		case <-st.rdl.wait():
 			return 0, os.ErrDeadlineExceeded
 		}
 	}
+}
+
+// tryReadLocked is one attempt of Read; done=false means wait.
+func (st *Stream) tryReadLocked(b []byte) (n int, done bool, err error) {
+	switch {
+	case st.closed:
+		return 0, true, ErrStreamClosed
+	case st.rbuffered > 0:
+		if len(b) == 0 {
+			return 0, true, nil
+		}
+		return st.readLocked(b), true, nil
+	case st.err != nil:
+		return 0, true, st.err
+	case st.rfin, st.rclosed:
+		return 0, true, io.EOF
+	}
+	return 0, false, nil
 }
 
 func (st *Stream) readLocked(b []byte) int {
@@ -302,6 +304,7 @@ func (st *Stream) Write(b []byte) (int, error) {
 	for len(b) > 0 {
 		s.mu.Lock()
 		if err := st.writeErrLocked(); err != nil {
+			wake(st.wwake) // other writers blocked on this stream end too
 			s.mu.Unlock()
 			return total, err
 		}
@@ -312,6 +315,11 @@ func (st *Stream) Write(b []byte) (int, error) {
 			copy(s.pushLocked(frameData, st.id, n), b[:n])
 			st.sent += uint64(n)
 			s.bytesOut += uint64(n)
+			if n == len(b) && n < credit && n < space {
+				// Done, with credit left: net.Conn allows concurrent
+				// Writes, so pass the wake-up on to another writer.
+				wake(st.wwake)
+			}
 			s.mu.Unlock()
 			b = b[n:]
 			total += n

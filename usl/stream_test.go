@@ -1,10 +1,13 @@
 package usl
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
 	"os"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -190,5 +193,69 @@ func TestMaxStreams(t *testing.T) {
 	_, err := p.client.OpenStream(context.Background(), []byte("3"))
 	if !errors.Is(err, ErrLimit) {
 		t.Fatalf("third stream: %v, want ErrLimit", err)
+	}
+}
+
+// TestConcurrentReadersWriters: net.Conn allows concurrent Reads and
+// Writes on one stream; with a small window every byte still arrives and
+// nobody is left waiting.
+func TestConcurrentReadersWriters(t *testing.T) {
+	ck, sk := newKeypair(t), newKeypair(t)
+	ccfg, scfg := fastCfg(t, ck, sk.pub), fastCfg(t, sk, ck.pub)
+	ccfg.StreamWindow, scfg.StreamWindow = 4096, 4096
+	p := newTCPPair(t, ccfg, scfg)
+	defer p.close()
+	a, b := openPair(t, p.client, p.server, "cc")
+	const writers, per = 4, 256 << 10
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			chunk := bytes.Repeat([]byte{byte(w + 1)}, 1000)
+			for left := per; left > 0; left -= min(left, len(chunk)) {
+				if _, err := a.Write(chunk[:min(left, len(chunk))]); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	go func() {
+		wg.Wait()
+		a.CloseWrite()
+	}()
+	var counts [writers + 1]atomic.Int64
+	var rg sync.WaitGroup
+	for range 4 {
+		rg.Add(1)
+		go func() {
+			defer rg.Done()
+			buf := make([]byte, 777)
+			for {
+				n, err := b.Read(buf)
+				for _, c := range buf[:n] {
+					counts[c].Add(1)
+				}
+				if err != nil {
+					if err != io.EOF {
+						t.Error(err)
+					}
+					return
+				}
+			}
+		}()
+	}
+	done := make(chan struct{})
+	go func() { rg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("concurrent readers or writers stalled")
+	}
+	for w := 1; w <= writers; w++ {
+		if c := counts[w].Load(); c != per {
+			t.Errorf("writer %d: %d bytes arrived, want %d", w, c, per)
+		}
 	}
 }
