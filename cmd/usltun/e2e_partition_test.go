@@ -184,7 +184,13 @@ func (p *partition) wait(run *loadgen.Run, limit time.Duration) *loadgen.Report 
 		p.t.Errorf("traffic still running %v after it should have ended; canceling it (stalled flows follow)", limit)
 		p.logStatus(p.A)
 		p.logStatus(p.B)
-		p.t.Logf("B's sockets to C (tx_queue:rx_queue shows which side holds the data):\n%s", socketsTo(p.DB, loadPort))
+		for _, h := range []*testenv.Host{p.A, p.B, p.C} {
+			p.t.Logf("TCP sockets on %s with port %d, not TIME_WAIT (tx_queue:rx_queue shows who holds the data):\n%s", h, loadPort, socketsWith(h, loadPort))
+			// Timers (persist or retransmission), backoff, windows.
+			ss, _ := h.Run("ss", "-tinoe", "state", "connected", "( sport = :9000 or dport = :9000 )")
+			p.t.Logf("ss on %s:\n%s", h, ss)
+			p.t.Logf("TCP counters on %s: %s", h, tcpCounters(h))
+		}
 		if os.Getenv("USLTUN_E2E_STACKS") == "1" {
 			// SIGQUIT makes a Go program print every goroutine's stack and
 			// exit: the stall's exact place, at the price of the daemons.
@@ -598,27 +604,52 @@ func dialedSockets(t *testing.T, p *testenv.Proc, port int) int {
 	return n
 }
 
-// socketsTo lists the daemon's TCP sockets to port as /proc/<pid>/net/tcp
-// shows them: addresses, state, and the send and receive queues.
-func socketsTo(p *testenv.Proc, port int) string {
+// socketsWith lists the TCP sockets in h's namespace that have port on
+// either end, as /proc/net/tcp shows them: addresses, state (01
+// established, 04/05 FIN_WAIT1/2, 08 CLOSE_WAIT), send and receive queues.
+func socketsWith(h *testenv.Host, port int) string {
+	out, err := h.Run("cat", "/proc/net/tcp", "/proc/net/tcp6")
+	if err != nil {
+		return err.Error()
+	}
 	var b strings.Builder
-	for _, f := range []string{"tcp", "tcp6"} {
-		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/%s", p.Pid(), f))
-		if err != nil {
-			return err.Error()
+	for _, line := range strings.Split(out, "\n") {
+		fields := strings.Fields(line)
+		if len(fields) < 5 || fields[3] == "06" {
+			continue
 		}
-		for _, line := range strings.Split(string(data), "\n") {
-			fields := strings.Fields(line)
-			if len(fields) < 5 {
-				continue
-			}
-			_, rport, _ := strings.Cut(fields[2], ":")
-			if v, err := strconv.ParseUint(rport, 16, 16); err == nil && int(v) == port {
+		for _, end := range fields[1:3] {
+			_, p, _ := strings.Cut(end, ":")
+			if v, err := strconv.ParseUint(p, 16, 16); err == nil && int(v) == port {
 				fmt.Fprintf(&b, "%s %s st %s queues %s\n", fields[1], fields[2], fields[3], fields[4])
+				break
 			}
 		}
 	}
 	return b.String()
+}
+
+// tcpCounters picks the kernel's TCP counters of h that tell drops,
+// zero windows and timeouts apart.
+func tcpCounters(h *testenv.Host) string {
+	out, err := h.Run("nstat", "-az")
+	if err != nil {
+		return err.Error()
+	}
+	var keep []string
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 || f[1] == "0" {
+			continue
+		}
+		for _, k := range []string{"RcvQDrop", "ZeroWindow", "Prune", "OFODrop", "Timeouts", "RetransSegs", "BacklogDrop", "MemoryPressures", "Probe"} {
+			if strings.Contains(f[0], k) {
+				keep = append(keep, f[0]+"="+f[1])
+				break
+			}
+		}
+	}
+	return strings.Join(keep, " ")
 }
 
 // scenarioLoss: 5 % random loss on the A—B link for 20 s.
