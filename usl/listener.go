@@ -87,6 +87,13 @@ func (l *Listener) Accept(ctx context.Context) (*Session, error) {
 			s := l.acceptQ[0]
 			l.acceptQ[0] = nil
 			l.acceptQ = l.acceptQ[1:]
+			if len(l.acceptQ) > 0 {
+				// Pass the wake-up on to a concurrent Accept.
+				select {
+				case l.acceptWake <- struct{}{}:
+				default:
+				}
+			}
 			l.mu.Unlock()
 			return s, nil
 		}

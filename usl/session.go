@@ -394,6 +394,13 @@ func (s *Session) AcceptStream(ctx context.Context) (*Stream, error) {
 			st := s.acceptQ[0]
 			s.acceptQ[0] = nil
 			s.acceptQ = s.acceptQ[1:]
+			if len(s.acceptQ) > 0 {
+				// Pass the wake-up on to a concurrent AcceptStream.
+				select {
+				case s.acceptWake <- struct{}{}:
+				default:
+				}
+			}
 			s.mu.Unlock()
 			return st, nil
 		}
