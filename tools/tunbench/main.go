@@ -168,19 +168,27 @@ func main() {
 		fmt.Fprintln(os.Stderr, "tunbench:", err)
 		os.Exit(2)
 	}
-	if err := benchmark(o); err != nil {
+	res, err := benchmark(o)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "tunbench:", err)
+		os.Exit(1)
+	}
+	if err := report(o, res); err != nil {
 		fmt.Fprintln(os.Stderr, "tunbench:", err)
 		os.Exit(1)
 	}
 }
 
-func benchmark(o *options) (err error) {
+// benchmark builds the lab, runs the selected parts and returns the
+// results; a part that fails is recorded in its mode's Errors, while lab
+// set-up failures and interrupts are returned.
+func benchmark(o *options) (res *Results, err error) {
 	if os.Geteuid() != 0 {
-		return errors.New("needs root: it builds network namespaces (sudo go run ./tools/tunbench)")
+		return nil, errors.New("needs root: it builds network namespaces (sudo go run ./tools/tunbench)")
 	}
 	for _, bin := range []string{"iperf3", "wireguard-go", "wg", "ip"} {
 		if _, err := exec.LookPath(bin); err != nil {
-			return fmt.Errorf("%s not found: run `make deps` (apt-get install iperf3 wireguard-go wireguard-tools iproute2)", bin)
+			return nil, fmt.Errorf("%s not found: run `make deps` (apt-get install iperf3 wireguard-go wireguard-tools iproute2)", bin)
 		}
 	}
 	level := slog.LevelWarn
@@ -197,7 +205,7 @@ func benchmark(o *options) (err error) {
 	defer tb.Close()
 	defer tb.Recover(&err)
 
-	res := &Results{
+	res = &Results{
 		Command: "go run ./tools/tunbench " + strings.Join(os.Args[1:], " "),
 		Start:   time.Now(), CPUs: runtime.NumCPU(), Kernel: kernelRelease(),
 	}
@@ -209,7 +217,7 @@ func benchmark(o *options) (err error) {
 	var modes []mode
 	l, err := newLab(tb)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	for _, name := range o.modes {
 		switch name {
@@ -236,17 +244,17 @@ func benchmark(o *options) (err error) {
 	if o.part("connect") {
 		c, err := measureConnect(ctx, l.a, l.b, fmt.Sprintf("%s:%d", addrB, connectPort), o.connects)
 		if err != nil {
-			return fmt.Errorf("A—B connect baseline: %w", err)
+			return nil, fmt.Errorf("A—B connect baseline: %w", err)
 		}
 		res.ABConnect = &c
 	}
 	runModes(ctx, o, l, modes, res)
 	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("interrupted: %w", err)
+		return nil, fmt.Errorf("interrupted: %w", err)
 	}
 	res.Elapsed = time.Since(res.Start).Round(time.Second).String()
 	res.LoadAvg[1] = loadAvg()
-	return report(o, res)
+	return res, nil
 }
 
 func progress(format string, args ...any) {
@@ -368,9 +376,16 @@ func gitDescribe(ctx context.Context) string {
 func usltunBinary(ctx context.Context, path, dir string) (string, string, error) {
 	if path == "" {
 		path = filepath.Join(dir, "usltun")
+		// From the module root, so tunbench (and its test) may run from any
+		// directory of the repository.
+		gomod, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
+		if err != nil || len(strings.TrimSpace(string(gomod))) == 0 || strings.TrimSpace(string(gomod)) == os.DevNull {
+			return "", "", fmt.Errorf("not inside the usltun module (run tunbench from the repository, or pass --usltun): %v", err)
+		}
 		cmd := exec.CommandContext(ctx, "go", "build", "-o", path, "./cmd/usltun")
+		cmd.Dir = filepath.Dir(strings.TrimSpace(string(gomod)))
 		if out, err := cmd.CombinedOutput(); err != nil {
-			return "", "", fmt.Errorf("go build ./cmd/usltun (run tunbench from the repository root, or pass --usltun): %w\n%s", err, out)
+			return "", "", fmt.Errorf("go build ./cmd/usltun in %s (or pass --usltun): %w\n%s", cmd.Dir, err, out)
 		}
 	}
 	out, err := exec.CommandContext(ctx, path, "version").Output()
