@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"time"
@@ -51,7 +52,7 @@ func (s *Session) dialLoop(addr string) {
 	for {
 		s.mu.Lock()
 		ended, down := s.err != nil, s.downSince
-		s.mu.Unlock()
+		s.unlock()
 		if ended {
 			return
 		}
@@ -72,10 +73,10 @@ func (s *Session) dialLoop(addr string) {
 		} else {
 			s.mu.Lock()
 			if s.lastErr != err.Error() {
-				s.log.Warn("connect failed", "addr", addr, "err", err)
+				s.logLocked(slog.LevelWarn, "connect failed", "addr", addr, "err", err)
 			}
 			s.lastErr = err.Error()
-			s.mu.Unlock()
+			s.unlock()
 			if errors.Is(err, errUnknownSession) {
 				backoff = s.cfg.ReconnectMin // fenced: the fresh incarnation connects at once
 			}
@@ -113,7 +114,7 @@ func (s *Session) connect(addr string) (*path, error) {
 	inc := s.inc
 	h := hello{id: s.id, epoch: s.cfg.epoch, peerEpoch: s.peerEpoch, recvSeq: s.recvSeq,
 		window: uint32(s.cfg.StreamWindow), maxFrame: uint32(s.cfg.MaxFrame)}
-	s.mu.Unlock()
+	s.unlock()
 
 	res, rep, err := clientHandshake(c, s.cfg.PrivateKey, s.peer, h)
 	if err != nil {
@@ -123,7 +124,7 @@ func (s *Session) connect(addr string) (*path, error) {
 			if s.inc == inc {
 				s.fenceLocked("peer does not know the session")
 			}
-			s.mu.Unlock()
+			s.unlock()
 		}
 		return nil, fmt.Errorf("handshake with %s: %w", addr, err)
 	}
@@ -140,7 +141,7 @@ func (s *Session) connect(addr string) (*path, error) {
 	if s.inc == inc {
 		s.peerEpoch = rep.epoch
 	}
-	s.mu.Unlock()
+	s.unlock()
 	p, _, err := s.attach(c, inc, rep.recvSeq, rep.window, rep.maxFrame)
 	if err != nil {
 		c.Close()

@@ -139,7 +139,7 @@ func (l *Listener) Close() error {
 			defer wg.Done()
 			s.mu.Lock()
 			live := len(s.paths) > 0
-			s.mu.Unlock()
+			s.unlock()
 			if !live {
 				s.end(ErrSessionClosed, Closed)
 			}
@@ -286,7 +286,7 @@ func (l *Listener) serve(raw net.Conn) {
 		p.abandon(err)
 		s.mu.Lock()
 		orphan := !s.announced && len(s.paths) == 0
-		s.mu.Unlock()
+		s.unlock()
 		if orphan {
 			// Nobody ever saw this session and its only path failed
 			// before the reply: drop it rather than keep it forever.
@@ -301,7 +301,7 @@ func (l *Listener) serve(raw net.Conn) {
 	s.mu.Lock()
 	announce := !s.announced
 	s.announced = true
-	s.mu.Unlock()
+	s.unlock()
 	if announce {
 		l.mu.Lock()
 		if !l.closed {

@@ -179,7 +179,7 @@ func (p *path) writeLoop() {
 	for {
 		s.mu.Lock()
 		pinned, wait, endAfter := s.fillLocked(p, time.Now())
-		s.mu.Unlock()
+		s.unlock()
 		if len(p.segs) > 0 {
 			p.rc.seal(p.segs)
 			if pinned {
@@ -187,7 +187,7 @@ func (p *path) writeLoop() {
 				// connection must not hold acked buffers out of the pool.
 				s.mu.Lock()
 				s.unpinLocked()
-				s.mu.Unlock()
+				s.unlock()
 			}
 			if err := p.rc.flush(); err != nil {
 				s.pathFailed(p, fmt.Errorf("write: %w", err))
@@ -210,7 +210,7 @@ func (p *path) writeLoop() {
 		case <-ping.C:
 			s.mu.Lock()
 			p.pingDue = true
-			s.mu.Unlock()
+			s.unlock()
 		case <-p.done:
 			return
 		}

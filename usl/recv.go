@@ -29,7 +29,7 @@ func (s *Session) noteRecvLocked(n int) {
 // DATA payload, which the session now owns. An error kills the path.
 func (s *Session) handleFrame(p *path, h frameHeader, payload []byte, data *[]byte) error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.unlock()
 	consumed := false
 	defer func() {
 		if data != nil && !consumed {

@@ -72,6 +72,10 @@ type Session struct {
 	peerCloseSeq uint64
 	err          error
 
+	// logq holds log records made under mu; unlock emits them, so a slow
+	// log sink never stalls the session while it holds its lock.
+	logq []logRecord
+
 	bytesIn, bytesOut, retrans, reconnects, fences uint64
 	rtt                                            time.Duration
 	lastErr                                        string
@@ -107,6 +111,30 @@ func newSession(cfg Config, dialer bool, peer PublicKey, id sessionID) *Session 
 	return s
 }
 
+type logRecord struct {
+	level slog.Level
+	msg   string
+	args  []any
+}
+
+func (s *Session) logLocked(level slog.Level, msg string, args ...any) {
+	s.logq = append(s.logq, logRecord{level, msg, args})
+}
+
+// unlock releases mu, then writes the log records made while it was held.
+func (s *Session) unlock() {
+	if len(s.logq) == 0 {
+		s.mu.Unlock()
+		return
+	}
+	q := s.logq
+	s.logq = nil
+	s.mu.Unlock()
+	for _, r := range q {
+		s.log.Log(context.Background(), r.level, r.msg, r.args...)
+	}
+}
+
 // PeerKey is the authenticated static key of the peer that owns the session.
 func (s *Session) PeerKey() PublicKey { return s.peer }
 
@@ -116,14 +144,14 @@ func (s *Session) Done() <-chan struct{} { return s.done }
 // Err says why the session ended; nil while it lives.
 func (s *Session) Err() error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.unlock()
 	return s.err
 }
 
 // Stats returns a snapshot.
 func (s *Session) Stats() Stats {
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.unlock()
 	st := Stats{
 		State:         s.state,
 		SessionID:     fmt.Sprintf("%x", s.id[:8]),
@@ -149,7 +177,7 @@ func (s *Session) Stats() Stats {
 // send from the seq after it. It returns our own recv seq for the reply.
 func (s *Session) attach(c *liveConn, inc uint64, peerRecv uint64, window, maxFrame uint32) (*path, uint64, error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.unlock()
 	if s.err != nil {
 		return nil, 0, s.err
 	}
@@ -186,7 +214,7 @@ func (s *Session) attach(c *liveConn, inc uint64, peerRecv uint64, window, maxFr
 	s.recvSinceAck = 0
 	s.ackDeadline = time.Time{}
 	s.ackUrgent = false
-	s.log.Info("path up", "remote", p.remote, "resume_from", peerRecv+1, "reconnects", s.reconnects)
+	s.logLocked(slog.LevelInfo, "path up", "remote", p.remote, "resume_from", peerRecv+1, "reconnects", s.reconnects)
 	return p, s.recvSeq, nil
 }
 
@@ -197,7 +225,7 @@ func (s *Session) pathFailed(p *path, err error) {
 		p.closed = true
 		s.lastErr = err.Error()
 	}
-	s.mu.Unlock()
+	s.unlock()
 	p.close()
 }
 
@@ -205,7 +233,7 @@ func (s *Session) pathFailed(p *path, err error) {
 func (s *Session) pathDown(p *path, err error) {
 	p.close()
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.unlock()
 	if !p.closed {
 		p.closed = true
 		if err != nil {
@@ -224,7 +252,7 @@ func (s *Session) pathDown(p *path, err error) {
 	if s.state == Up {
 		s.state = Reconnecting
 		s.downSince = time.Now()
-		s.log.Info("path down", "remote", p.remote, "err", s.lastErr)
+		s.logLocked(slog.LevelInfo, "path down", "remote", p.remote, "err", s.lastErr)
 	}
 	if !s.dialer && s.cfg.SessionTimeout > 0 && s.timeout == nil {
 		s.timeout = time.AfterFunc(s.cfg.SessionTimeout, s.expire)
@@ -235,7 +263,7 @@ func (s *Session) pathDown(p *path, err error) {
 func (s *Session) expire() {
 	s.mu.Lock()
 	expired := len(s.paths) == 0 && s.timeout != nil
-	s.mu.Unlock()
+	s.unlock()
 	if expired {
 		s.end(ErrSessionTimeout, Closed)
 	}
@@ -247,7 +275,7 @@ func (s *Session) end(err error, state SessionState) {
 	s.mu.Lock()
 	first := s.endLocked(err, state)
 	cb := s.onEnd
-	s.mu.Unlock()
+	s.unlock()
 	if first && cb != nil {
 		cb(s)
 	}
@@ -281,9 +309,9 @@ func (s *Session) endLocked(err error, state SessionState) bool {
 	}
 	close(s.done)
 	if err != nil && !errors.Is(err, ErrSessionClosed) {
-		s.log.Warn("session ended", "err", err)
+		s.logLocked(slog.LevelWarn, "session ended", "err", err)
 	} else {
-		s.log.Info("session closed")
+		s.logLocked(slog.LevelInfo, "session closed")
 	}
 	return true
 }
@@ -314,7 +342,7 @@ func (s *Session) dropReplayLocked() {
 // delivered or retransmitted, and a fresh incarnation begins.
 func (s *Session) fenceLocked(why string) {
 	s.fences++
-	s.log.Warn("peer restarted: session fenced", "why", why, "fences", s.fences)
+	s.logLocked(slog.LevelWarn, "peer restarted: session fenced", "why", why, "fences", s.fences)
 	if s.closing {
 		s.endLocked(ErrPeerRestarted, Fenced)
 		return
@@ -348,20 +376,20 @@ func (s *Session) OpenStream(ctx context.Context, desc []byte) (*Stream, error) 
 	}
 	s.mu.Lock()
 	if s.err != nil {
-		s.mu.Unlock()
+		s.unlock()
 		return nil, s.err
 	}
 	if s.closing || s.peerClosed {
-		s.mu.Unlock()
+		s.unlock()
 		return nil, ErrSessionClosed
 	}
 	if len(s.streams) >= s.cfg.MaxStreams {
-		s.mu.Unlock()
+		s.unlock()
 		return nil, ErrLimit
 	}
 	id := s.nextStream
 	if id > 1<<32-3 {
-		s.mu.Unlock()
+		s.unlock()
 		return nil, errors.New("usl: stream ids exhausted; open a new session")
 	}
 	s.nextStream += 2
@@ -369,7 +397,7 @@ func (s *Session) OpenStream(ctx context.Context, desc []byte) (*Stream, error) 
 	st.opener = true
 	s.streams[id] = st
 	copy(s.pushLocked(frameOpen, id, len(desc)), desc)
-	s.mu.Unlock()
+	s.unlock()
 
 	select {
 	case <-st.openDone:
@@ -378,7 +406,7 @@ func (s *Session) OpenStream(ctx context.Context, desc []byte) (*Stream, error) 
 		return nil, fmt.Errorf("open stream: %w", ctx.Err())
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.unlock()
 	if st.err != nil {
 		return nil, st.err
 	}
@@ -401,11 +429,11 @@ func (s *Session) AcceptStream(ctx context.Context) (*Stream, error) {
 				default:
 				}
 			}
-			s.mu.Unlock()
+			s.unlock()
 			return st, nil
 		}
 		err := s.err
-		s.mu.Unlock()
+		s.unlock()
 		if err != nil {
 			return nil, err
 		}
@@ -431,7 +459,7 @@ func (s *Session) Close() error {
 		}
 	}
 	wait := s.closeSeq != 0
-	s.mu.Unlock()
+	s.unlock()
 	if wait {
 		d := closeWait
 		if to := s.cfg.SessionTimeout; to > 0 && to < d {

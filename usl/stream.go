@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"time"
@@ -85,7 +86,7 @@ func (st *Stream) ID() uint32 { return st.id }
 func (st *Stream) Accept() error {
 	s := st.s
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.unlock()
 	if st.opener || st.answered {
 		return ErrAlreadyAnswered
 	}
@@ -102,7 +103,7 @@ func (st *Stream) Accept() error {
 func (st *Stream) Reject(code ResetCode) error {
 	s := st.s
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.unlock()
 	if st.opener || st.answered {
 		return ErrAlreadyAnswered
 	}
@@ -127,7 +128,7 @@ func (st *Stream) sendResetLocked(code ResetCode) {
 func (st *Stream) Reset(code ResetCode) error {
 	s := st.s
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.unlock()
 	if st.err != nil {
 		return nil
 	}
@@ -140,7 +141,7 @@ func (st *Stream) Reset(code ResetCode) error {
 func (st *Stream) CloseWrite() error {
 	s := st.s
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.unlock()
 	if st.err != nil {
 		return st.err
 	}
@@ -166,7 +167,7 @@ func (st *Stream) CloseWrite() error {
 func (st *Stream) CloseRead() error {
 	s := st.s
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.unlock()
 	st.rclosed = true
 	st.discardLocked(true)
 	wake(st.rwake)
@@ -178,7 +179,7 @@ func (st *Stream) CloseRead() error {
 func (st *Stream) Close() error {
 	s := st.s
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.unlock()
 	if st.closed {
 		return nil
 	}
@@ -213,7 +214,7 @@ func (st *Stream) Read(b []byte) (int, error) {
 			// second reader sees the data left or the end too.
 			wake(st.rwake)
 		}
-		s.mu.Unlock()
+		s.unlock()
 		if done {
 			return n, err
 		}
@@ -305,7 +306,7 @@ func (st *Stream) Write(b []byte) (int, error) {
 		s.mu.Lock()
 		if err := st.writeErrLocked(); err != nil {
 			wake(st.wwake) // other writers blocked on this stream end too
-			s.mu.Unlock()
+			s.unlock()
 			return total, err
 		}
 		credit := int(min(st.sendLimit-st.sent, 1<<30))
@@ -320,7 +321,7 @@ func (st *Stream) Write(b []byte) (int, error) {
 				// Writes, so pass the wake-up on to another writer.
 				wake(st.wwake)
 			}
-			s.mu.Unlock()
+			s.unlock()
 			b = b[n:]
 			total += n
 			continue
@@ -332,7 +333,7 @@ func (st *Stream) Write(b []byte) (int, error) {
 			}
 			spaceCh = s.spaceWait
 		}
-		s.mu.Unlock()
+		s.unlock()
 		select {
 		case <-st.wwake:
 		case <-spaceCh:
@@ -374,7 +375,7 @@ func (st *Stream) deliverLocked(data *[]byte) bool {
 	if st.consumed+uint64(st.rbuffered+n) > st.advertised {
 		// The peer overran the credit we granted: abort the stream, not
 		// the session, which is healthy.
-		s.log.Warn("peer overran stream credit", "stream", st.id)
+		s.logLocked(slog.LevelWarn, "peer overran stream credit", "stream", st.id)
 		st.sendResetLocked(ResetAborted)
 		return false
 	}
