@@ -68,7 +68,9 @@ func measureRR(ctx context.Context, l *lab, daemons []*testenv.Proc, dst string,
 type Connect struct {
 	Count int           `json:"count"`
 	P50   time.Duration `json:"p50"`
+	P90   time.Duration `json:"p90"`
 	P99   time.Duration `json:"p99"`
+	Max   time.Duration `json:"max"`
 }
 
 // measureConnect times n sequential TCP connects from `from` to addr. The
@@ -117,5 +119,6 @@ func measureConnect(ctx context.Context, from, to *testenv.Host, addr string, n 
 	if len(samples) == 0 {
 		return Connect{}, errors.New("connect: no samples")
 	}
-	return Connect{Count: len(samples), P50: percentile(samples, 0.5), P99: percentile(samples, 0.99)}, nil
+	return Connect{Count: len(samples), P50: percentile(samples, 0.5), P90: percentile(samples, 0.9),
+		P99: percentile(samples, 0.99), Max: percentile(samples, 1)}, nil
 }
