@@ -207,6 +207,11 @@ func (st *Stream) Close() error {
 func (st *Stream) Read(b []byte) (int, error) {
 	s := st.s
 	for {
+		// As with net.Conn, a passed deadline fails the call even when
+		// data is waiting.
+		if isClosed(st.rdl.wait()) {
+			return 0, os.ErrDeadlineExceeded
+		}
 		s.mu.Lock()
 		n, done, err := st.tryReadLocked(b)
 		if done && (err != nil || st.rbuffered > 0) {

@@ -121,7 +121,16 @@ func TestDeadlines(t *testing.T) {
 	if _, err := a.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("read: %v", err)
 	}
+	// A passed deadline fails Read even with data waiting, as net.Conn's do.
+	b.Write([]byte("waiting"))
+	waitFor(t, "data buffered", func() bool { return p.client.Stats().BytesIn == 7 })
+	if _, err := a.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read past the deadline with data waiting: %v", err)
+	}
 	a.SetReadDeadline(time.Time{})
+	if got, err := io.ReadAll(io.LimitReader(a, 7)); err != nil || string(got) != "waiting" {
+		t.Fatalf("read after lifting the deadline: %q %v", got, err)
+	}
 	// Nobody reads b: after the 4 KiB window the writer must block, and the
 	// deadline must end the wait.
 	a.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
