@@ -53,7 +53,8 @@ type lab struct {
 }
 
 func newLab(tb *testenv.Lab) (*lab, error) {
-	dir, err := os.MkdirTemp("", "tunbench-")
+	sweepScratch()
+	dir, err := os.MkdirTemp("", fmt.Sprintf("%s%d-", scratchPrefix, os.Getpid()))
 	if err != nil {
 		return nil, fmt.Errorf("scratch dir: %w", err)
 	}
@@ -85,6 +86,27 @@ func newLab(tb *testenv.Lab) (*lab, error) {
 	return l, nil
 }
 
+// scratchPrefix names the scratch directories (keys, the usltun build) in
+// the temporary directory: scratchPrefix<pid>-<random>.
+const scratchPrefix = "tunbench-"
+
+// sweepScratch removes scratch directories of harness processes that died
+// without cleaning up (SIGKILL, a killed test binary).
+func sweepScratch() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), scratchPrefix+"*-*"))
+	for _, d := range dirs {
+		rest := strings.TrimPrefix(filepath.Base(d), scratchPrefix)
+		pidText, _, _ := strings.Cut(rest, "-")
+		pid, err := strconv.Atoi(pidText)
+		if err != nil || pid <= 0 || pid == os.Getpid() {
+			continue
+		}
+		if syscall.Kill(pid, 0) == syscall.ESRCH {
+			os.RemoveAll(d)
+		}
+	}
+}
+
 // run executes a short command inside h, bounded by ctx, and returns its
 // standard output; standard error is folded into the error.
 func run(ctx context.Context, h *testenv.Host, argv ...string) (string, error) {
@@ -96,9 +118,9 @@ type mode interface {
 	Name() string
 	// Target is C's address that A reaches through this mode.
 	Target() string
-	// Up builds the path; Down removes it again so the next mode starts
-	// from the bare lab. Down is also registered as a lab cleanup by the
-	// caller, so it must be idempotent.
+	// Up builds the path; Down removes it again (routes, daemons stopped
+	// with SIGTERM). Down is also called after a failed or partial Up and
+	// more than once, so it must be idempotent.
 	Up(ctx context.Context) error
 	Down()
 	// Daemons are the processes whose CPU and memory the benchmark charges

@@ -23,6 +23,16 @@ type runner struct {
 // C), runs the selected parts and records the results in res.
 func runModes(ctx context.Context, o *options, l *lab, modes []mode, res *Results) {
 	r := &runner{ctx: ctx, o: o, l: l, res: map[mode]*ModeResult{}}
+	// Stop the daemons here, gracefully, rather than in the lab's cleanups:
+	// those run newest first, so the SIGKILL registered for each process
+	// would come before its SIGTERM, and wireguard-go would leave its
+	// control socket behind. Runs on panics (Lab.Fatalf) and Ctrl-C too.
+	var started []mode
+	defer func() {
+		for _, m := range started {
+			m.Down()
+		}
+	}()
 	for _, m := range modes {
 		mr := &ModeResult{Mode: m.Name()}
 		res.Modes = append(res.Modes, mr)
@@ -30,7 +40,7 @@ func runModes(ctx context.Context, o *options, l *lab, modes []mode, res *Result
 			return
 		}
 		progress("%s: setting up", m.Name())
-		l.tb.Cleanup(m.Down)
+		started = append(started, m)
 		if err := m.Up(ctx); err != nil {
 			r.fail(mr, "up", err)
 			m.Down()
