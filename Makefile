@@ -51,6 +51,7 @@ demo: build
 bench: deps build
 	$(GO) test -run '^$$' -bench 'RawTCP|Session|RecordSeal' -benchmem ./usl/
 	$(GO) test -run '^$$' -bench 'TCPThroughput|RoundTrip' -benchtime 2000x ./netstack/
+	$(GO) run ./tools/tunbench
 
 # fuzz runs every fuzz target in the tree for FUZZTIME each; the checked-in
 # corpus under testdata/fuzz already runs as plain tests in `make test`.
