@@ -6,7 +6,7 @@
 // # Paths and handshake
 //
 // A path opens with the cleartext preamble "USL" + version byte (v1), then
-// a Noise IK handshake (Curve25519, ChaChaPoly, BLAKE2s) with the preamble
+// a Noise IK handshake (Curve25519, AES-256-GCM, BLAKE2s) with the preamble
 // as prologue. Each message is prefixed by a u16 length. The initiator's
 // payload (hello) carries the session id, both epochs as it knows them, the
 // last in-order seq it received, its stream window and its max frame. The
@@ -22,7 +22,7 @@
 // # Records and frames
 //
 // After the handshake a path carries records: u16 length, then a
-// ChaCha20-Poly1305 ciphertext with a counter nonce. The plaintexts form a
+// AES-256-GCM ciphertext with a counter nonce. The plaintexts form a
 // byte stream of frames, each a 28-byte header
 //
 //	0 type u8 | 1 flags u8 | 2 reserved u16 | 4 stream u32

@@ -31,7 +31,7 @@ func preamble() [preambleLen]byte {
 	return [preambleLen]byte{preambleMagic[0], preambleMagic[1], preambleMagic[2], ProtocolVersion}
 }
 
-var cipherSuite = noise.NewCipherSuite(noise.DH25519, noise.CipherChaChaPoly, noise.HashBLAKE2s)
+var cipherSuite = noise.NewCipherSuite(noise.DH25519, noise.CipherAESGCM, noise.HashBLAKE2s)
 
 // sessionID names one incarnation of a session.
 type sessionID [16]byte

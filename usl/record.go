@@ -2,20 +2,19 @@ package usl
 
 import (
 	"bufio"
+	"crypto/aes"
 	"crypto/cipher"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-
-	"golang.org/x/crypto/chacha20poly1305"
 )
 
 // A path's byte stream after the handshake is a sequence of records:
 //
 //	0 length u16 (bytes of ciphertext that follow, 16..65535)
-//	2 ciphertext = ChaCha20-Poly1305(plaintext), nonce = record counter
+//	2 ciphertext = AES-256-GCM(plaintext), nonce = record counter
 //
 // exactly a Noise transport message. The plaintexts of consecutive records
 // form one byte stream in which frames sit back to back; a frame may span
@@ -23,7 +22,8 @@ import (
 // seal, one syscall) and still carry 64 KiB data frames.
 const (
 	maxRecord      = 65535
-	tagLen         = chacha20poly1305.Overhead
+	tagLen         = 16 // GCM tag
+	nonceLen       = 12
 	maxRecordPlain = maxRecord - tagLen
 )
 
@@ -34,12 +34,12 @@ type recordConn struct {
 
 	send      cipher.AEAD
 	sendN     uint64
-	sendNonce [chacha20poly1305.NonceSize]byte
+	sendNonce [nonceLen]byte
 	out       []byte // sealed records waiting for one Write
 
 	recv      cipher.AEAD
 	recvN     uint64
-	recvNonce [chacha20poly1305.NonceSize]byte
+	recvNonce [nonceLen]byte
 	br        *bufio.Reader
 	in        []byte  // current record: ciphertext, then plaintext in place
 	plain     []byte  // unread plaintext of the current record
@@ -47,21 +47,33 @@ type recordConn struct {
 }
 
 func newRecordConn(c net.Conn, br *bufio.Reader, sendKey, recvKey [32]byte) (*recordConn, error) {
-	s, err := chacha20poly1305.New(sendKey[:])
+	s, err := newGCM(sendKey)
 	if err != nil {
 		return nil, fmt.Errorf("send cipher: %w", err)
 	}
-	r, err := chacha20poly1305.New(recvKey[:])
+	r, err := newGCM(recvKey)
 	if err != nil {
 		return nil, fmt.Errorf("receive cipher: %w", err)
 	}
 	return &recordConn{conn: c, send: s, recv: r, br: br, in: make([]byte, maxRecord)}, nil
 }
 
-// nonce fills the Noise ChaChaPoly nonce: 4 zero bytes, then the counter
-// little-endian. The array is reused, so sealing allocates nothing.
-func putNonce(n *[chacha20poly1305.NonceSize]byte, ctr uint64) []byte {
-	binary.LittleEndian.PutUint64(n[4:], ctr)
+// newGCM is the record AEAD: AES-256-GCM, as Noise's AESGCM cipher. On
+// CPUs with AES and carry-less multiply instructions it seals about 1.8
+// times faster than ChaCha20-Poly1305 (docs/performance.md), and sealing
+// and opening are most of the session layer's CPU time.
+func newGCM(key [32]byte) (cipher.AEAD, error) {
+	b, err := aes.NewCipher(key[:])
+	if err != nil {
+		return nil, err
+	}
+	return cipher.NewGCM(b)
+}
+
+// putNonce fills the Noise AESGCM nonce: 4 zero bytes, then the counter
+// big-endian. The array is reused, so sealing allocates nothing.
+func putNonce(n *[nonceLen]byte, ctr uint64) []byte {
+	binary.BigEndian.PutUint64(n[4:], ctr)
 	return n[:]
 }
 
