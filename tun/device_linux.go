@@ -188,6 +188,12 @@ func (d *Device) configure(cfg Config) error {
 	}
 	for _, p := range cfg.Routes {
 		r := netlink.Route{LinkIndex: d.index, Dst: ipNet(p.Masked()), Scope: netlink.SCOPE_LINK}
+		// The device's own address as the preferred source: flows then
+		// keep their source when the host's physical address changes
+		// (roaming), since netstack's replies go to an address that stays.
+		if src, ok := sourceFor(p, cfg.Addrs); ok {
+			r.Src = src.AsSlice()
+		}
 		if err := d.nl.RouteAdd(&r); err != nil {
 			return fmt.Errorf("tun: add route %v via %s: %w", p, cfg.Name, err)
 		}
@@ -219,6 +225,16 @@ func (d *Device) waitLocal(addrs []netip.Prefix) error {
 		}
 	}
 	return nil
+}
+
+// sourceFor picks the first of addrs in the same family as route.
+func sourceFor(route netip.Prefix, addrs []netip.Prefix) (netip.Addr, bool) {
+	for _, a := range addrs {
+		if a.Addr().Is4() == route.Addr().Is4() {
+			return a.Addr(), true
+		}
+	}
+	return netip.Addr{}, false
 }
 
 func ipNet(p netip.Prefix) *net.IPNet {

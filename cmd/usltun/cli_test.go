@@ -104,6 +104,7 @@ func TestUpValidation(t *testing.T) {
 		{append([]string{"--peer", "a", "--replay-buffer", "12"}, key...), "too small"},
 		{append([]string{"--peer", "a", "--replay-buffer", "lots"}, key...), "is not a size"},
 		{append([]string{"--peer", "a", "--route", "10.0.0.0/33"}, key...), "10.0.0.0/33"},
+		{append([]string{"--peer", "a", "--route", "169.254.0.0/16"}, key...), "--address 169.254.117.1/32 is inside --route 169.254.0.0/16"},
 	}
 	for _, c := range cases {
 		_, err := parseUp(t, c.args...)

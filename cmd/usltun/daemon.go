@@ -84,7 +84,7 @@ func (c *upCmd) start(parent context.Context, key usl.PrivateKey, peerKey usl.Pu
 	if len(c.Route) == 0 {
 		return d, nil
 	}
-	d.dev, err = tun.Create(tun.Config{Name: c.Tun, MTU: c.MTU, Routes: c.Route})
+	d.dev, err = tun.Create(tun.Config{Name: c.Tun, MTU: c.MTU, Addrs: c.Address, Routes: c.Route})
 	if err != nil {
 		return d, err
 	}

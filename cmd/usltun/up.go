@@ -26,6 +26,7 @@ type upCmd struct {
 	Route          []netip.Prefix  `placeholder:"PREFIX" help:"Route this subnet through the tunnel device (repeatable)."`
 	Export         []netip.Prefix  `placeholder:"PREFIX" help:"Let the peer reach this subnet through this host (repeatable; default: nothing)."`
 	Tun            string          `default:"usl0" help:"Name of the TUN device, created only when there is something to --route."`
+	Address        []netip.Prefix  `default:"169.254.117.1/32,fd75:736c::1/128" placeholder:"PREFIX" help:"Addresses of the TUN device. Tunnelled flows use them as their source, so they survive a change of this host's own address."`
 	MTU            int             `name:"mtu" default:"1500" help:"MTU of the TUN device and of the netstack NIC."`
 	Control        string          `placeholder:"PATH" help:"Status socket (default: abstract socket @usltun/<tun>, private to this network namespace)."`
 	LogLevel       string          `enum:"debug,info,warn,error" default:"info" help:"Log level: ${enum}."`
@@ -53,6 +54,13 @@ func (c *upCmd) Validate() error {
 	for _, p := range append(append([]netip.Prefix{}, c.Route...), c.Export...) {
 		if p != p.Masked() {
 			return fmt.Errorf("prefix %s has host bits set: did you mean %s?", p, p.Masked())
+		}
+	}
+	for _, p := range c.Address {
+		for _, r := range c.Route {
+			if r.Contains(p.Addr()) {
+				return fmt.Errorf("--address %s is inside --route %s: pick a device address outside the routed subnets", p, r)
+			}
 		}
 	}
 	return nil
