@@ -182,8 +182,9 @@ func checkRouteLoop(ctx context.Context, peer string, routes []netip.Prefix) err
 		return fmt.Errorf("--peer %s: cannot resolve %s: %w", peer, host, err)
 	}
 	for _, a := range addrs {
+		a = a.Unmap()
 		for _, r := range routes {
-			if r.Contains(a.Unmap()) {
+			if r.Contains(a) {
 				return fmt.Errorf("--route %s covers the peer's own address %s: the tunnel would carry its own packets into itself; route a narrower prefix that leaves out %s", r, a, a)
 			}
 		}
