@@ -446,3 +446,45 @@ func TestE2ERouteLoop(t *testing.T) {
 	}
 	t.Logf("refused: %s", strings.TrimSpace(tail(out, 1)))
 }
+
+// TestE2EIPv6Path runs the session itself over IPv6 between A and B, and
+// carries IPv4 and IPv6 flows through it across a reset of the path.
+func TestE2EIPv6Path(t *testing.T) {
+	l := newLab(t, labOpts{ipv6Path: true})
+	st, err := l.status(l.A)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "[" + addrB6 + "]:7400"; st.Session == nil || st.Session.Path != want {
+		t.Fatalf("session path = %+v, want %s", st.Session, want)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for _, host := range []string{addrC4, addrC6} {
+		ln, err := l.C.Listen("tcp", net.JoinHostPort(host, "9002"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := loadgen.NewServer(ln, nil)
+		defer srv.Close()
+		run, err := loadgen.Start(ctx, loadgen.Config{Addr: ln.Addr().String(), Dial: l.A.DialContext, Flows: 2, Duration: 3 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Second)
+		l.AB.ResetTCP(sessionPort)
+		time.Sleep(300 * time.Millisecond)
+		l.AB.Heal()
+		rep, err := run.Wait()
+		if err != nil || !rep.Verified {
+			t.Fatalf("flows to %s over an IPv6 session: %v\n%s", host, err, rep)
+		}
+	}
+	st, err = l.status(l.A)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Session.Reconnects < 1 {
+		t.Fatalf("reconnects = %d after resets of the IPv6 path, want > 0", st.Session.Reconnects)
+	}
+}

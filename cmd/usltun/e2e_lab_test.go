@@ -40,11 +40,13 @@ type e2eLab struct {
 	aPub    string // public keys, base64
 	bPub    string
 	DA, DB  *testenv.Proc // the daemons on A and B (nil until started)
+	peer    string        // B's session address as A dials it
 }
 
 // labOpts adds daemon flags; the product's defaults apply otherwise.
 type labOpts struct {
 	aFlags, bFlags []string
+	ipv6Path       bool // the session itself runs over IPv6 between A and B
 }
 
 // newLab builds A—B—C, starts both daemons and waits until A's session is
@@ -62,8 +64,12 @@ func newLab(t *testing.T, opts labOpts) *e2eLab {
 	l.aKey, l.aPub = l.genKey("a")
 	l.bKey, l.bPub = l.genKey("b")
 
+	l.peer = addrB4
+	if opts.ipv6Path {
+		l.peer = "[" + addrB6 + "]"
+	}
 	l.DB = l.B.Start(t, "usltun", append([]string{e2eBinary, "up",
-		"--listen", addrB4, "--key", l.bKey, "--peer-key", l.aPub,
+		"--listen", l.peer, "--key", l.bKey, "--peer-key", l.aPub,
 		"--export", netC4, "--export", netC6}, opts.bFlags...)...)
 	l.DA = l.A.Start(t, "usltun", l.aArgs(opts.aFlags...)...)
 	// Registered after the daemons, so it runs before their cleanup kills
@@ -77,7 +83,7 @@ func newLab(t *testing.T, opts labOpts) *e2eLab {
 // one.
 func (l *e2eLab) aArgs(extra ...string) []string {
 	return append([]string{e2eBinary, "up",
-		"--peer", addrB4, "--key", l.aKey, "--peer-key", l.bPub,
+		"--peer", l.peer, "--key", l.aKey, "--peer-key", l.bPub,
 		"--route", netC4, "--route", netC6, "--route", unexportedNet}, extra...)
 }
 
