@@ -289,19 +289,7 @@ func (s *Session) endLocked(err error, state SessionState) bool {
 	s.state = state
 	s.cancel()
 	s.dropPathsLocked()
-	graceful := s.peerClosed && errors.Is(err, ErrSessionClosed)
-	for _, st := range s.streams {
-		if graceful {
-			st.peerClosedLocked()
-		} else {
-			st.failLocked(err)
-		}
-	}
-	clear(s.streams)
-	for _, st := range s.acceptQ {
-		st.failLocked(err)
-	}
-	s.acceptQ = nil
+	s.endStreamsLocked(err, s.peerClosed && errors.Is(err, ErrSessionClosed))
 	s.dropReplayLocked()
 	if s.timeout != nil {
 		s.timeout.Stop()
@@ -314,6 +302,24 @@ func (s *Session) endLocked(err error, state SessionState) bool {
 		s.logLocked(slog.LevelInfo, "session closed")
 	}
 	return true
+}
+
+// endStreamsLocked ends every open stream and every stream still waiting
+// in AcceptStream: with err, or, when graceful (the peer closed the
+// session cleanly), open streams see the peer's close instead of an error.
+func (s *Session) endStreamsLocked(err error, graceful bool) {
+	for _, st := range s.streams {
+		if graceful {
+			st.peerClosedLocked()
+		} else {
+			st.failLocked(err)
+		}
+	}
+	clear(s.streams)
+	for _, st := range s.acceptQ {
+		st.failLocked(err)
+	}
+	s.acceptQ = nil
 }
 
 func (s *Session) dropPathsLocked() {
@@ -348,14 +354,7 @@ func (s *Session) fenceLocked(why string) {
 		return
 	}
 	s.dropPathsLocked()
-	for _, st := range s.streams {
-		st.failLocked(ErrPeerRestarted)
-	}
-	clear(s.streams)
-	for _, st := range s.acceptQ {
-		st.failLocked(ErrPeerRestarted)
-	}
-	s.acceptQ = nil
+	s.endStreamsLocked(ErrPeerRestarted, false)
 	s.dropReplayLocked()
 	s.inc++
 	s.id = newSessionID()
