@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -324,36 +325,7 @@ func TestRateLimit(t *testing.T) {
 func TestResetTCPBothEndsSeeReset(t *testing.T) {
 	requireRoot(t)
 	a, b, l := pair(t)
-	ln, err := b.Listen("tcp", "[fd10::2]:7106")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := loadgen.NewServer(ln, nil)
-	t.Cleanup(func() { srv.Close() })
-	run, err := loadgen.Start(context.Background(), loadgen.Config{
-		Addr: "[fd10::2]:7106", Dial: a.DialContext, Duration: 3 * time.Second, ReportWait: 3 * time.Second,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(300 * time.Millisecond)
-	if err := l.ResetTCP(7106); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(300 * time.Millisecond)
-	if err := l.Heal(); err != nil {
-		t.Fatal(err)
-	}
-	rep, err := run.Wait()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sides := map[string]bool{}
-	for _, e := range rep.Errors {
-		if e.Errno == "ECONNRESET" || e.Errno == "EPIPE" {
-			sides[e.Side] = true
-		}
-	}
+	sides, rep := sidesReset(t, a, b, l, "[fd10::2]:7106", 3*time.Second, "ECONNRESET", "EPIPE")
 	if !sides["client"] || !sides["server"] {
 		t.Fatalf("want ECONNRESET at client and server (IPv6), got:\n%s", rep)
 	}
@@ -369,20 +341,33 @@ func TestResetTCPRouted(t *testing.T) {
 	gw.EnableForwarding()
 	a.AddRoute("10.2.0.0/24", "10.1.0.254")
 	c.AddRoute("default", "10.2.0.254")
-	ln, err := c.Listen("tcp", "10.2.0.1:7107")
+	sides, rep := sidesReset(t, a, c, l, "10.2.0.1:7107", 2*time.Second, "ECONNRESET")
+	if !sides["client"] || !sides["server"] {
+		t.Fatalf("want ECONNRESET at both ends of the routed connection, got:\n%s", rep)
+	}
+}
+
+// sidesReset streams loadgen traffic for d from a client on from to a
+// server on to at addr, turns on ResetTCP for addr's port on l for 300 ms,
+// and returns the sides ("client", "server") that saw one of errnos, with
+// the report for failure messages.
+func sidesReset(t *testing.T, from, to *Host, l *LinkPair, addr string, d time.Duration, errnos ...string) (map[string]bool, *loadgen.Report) {
+	t.Helper()
+	ln, err := to.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv := loadgen.NewServer(ln, nil)
 	t.Cleanup(func() { srv.Close() })
 	run, err := loadgen.Start(context.Background(), loadgen.Config{
-		Addr: "10.2.0.1:7107", Dial: a.DialContext, Duration: 2 * time.Second, ReportWait: 3 * time.Second,
+		Addr: addr, Dial: from.DialContext, Duration: d, ReportWait: 3 * time.Second,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
+	port := uint16(ln.Addr().(*net.TCPAddr).Port)
 	time.Sleep(300 * time.Millisecond)
-	if err := l.ResetTCP(7107); err != nil {
+	if err := l.ResetTCP(port); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(300 * time.Millisecond)
@@ -395,11 +380,9 @@ func TestResetTCPRouted(t *testing.T) {
 	}
 	sides := map[string]bool{}
 	for _, e := range rep.Errors {
-		if e.Errno == "ECONNRESET" {
+		if slices.Contains(errnos, e.Errno) {
 			sides[e.Side] = true
 		}
 	}
-	if !sides["client"] || !sides["server"] {
-		t.Fatalf("want ECONNRESET at both ends of the routed connection, got:\n%s", rep)
-	}
+	return sides, rep
 }
