@@ -60,6 +60,7 @@ func (s *Session) dialLoop(addr string) {
 			s.end(ErrSessionTimeout, Closed)
 			return
 		}
+		started := time.Now()
 		p, err := s.connect(addr)
 		if err == nil {
 			select {
@@ -83,7 +84,13 @@ func (s *Session) dialLoop(addr string) {
 		}
 		d := backoff/2 + rand.N(backoff/2+1)
 		backoff = min(2*backoff, s.cfg.ReconnectMax)
-		t := time.NewTimer(d)
+		if err != nil {
+			// Attempts start at most every d: time an attempt spent
+			// waiting on the network counts toward the pause, so a
+			// timed-out connect is followed at once by a fresh one.
+			d -= time.Since(started)
+		}
+		t := time.NewTimer(max(d, 0))
 		select {
 		case <-t.C:
 		case <-s.done:
@@ -93,11 +100,31 @@ func (s *Session) dialLoop(addr string) {
 	}
 }
 
+// connectTimeout bounds the TCP connect of one attempt. A SYN lost to a
+// partition is retransmitted by the kernel only after 1 s, then 2 s, 4 s:
+// a heal landing in that wait would delay recovery by up to the next
+// retransmission. Once the peer's RTT is known, an attempt is given
+// max(ReconnectMax/2, 4×RTT), less than the kernel's first SYN
+// retransmission, and then replaced by a fresh one whose SYN goes out at
+// once. Before any RTT sample (the first connection), the whole
+// handshake timeout applies, so slow paths can still be joined.
+func (s *Session) connectTimeout() time.Duration {
+	s.mu.Lock()
+	rtt := s.rtt
+	s.unlock()
+	if rtt == 0 {
+		return s.cfg.HandshakeTimeout
+	}
+	return min(s.cfg.HandshakeTimeout, max(s.cfg.ReconnectMax/2, 4*rtt))
+}
+
 // connect dials and handshakes one path, and attaches it.
 func (s *Session) connect(addr string) (*path, error) {
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.HandshakeTimeout)
 	defer cancel()
-	raw, err := dialPath(ctx, &s.cfg, addr)
+	dctx, dcancel := context.WithTimeout(ctx, s.connectTimeout())
+	raw, err := dialPath(dctx, &s.cfg, addr)
+	dcancel()
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", addr, err)
 	}
