@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"encoding/binary"
 	"errors"
 	"io"
 	"net"
@@ -11,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/usltun/usltun/flow"
 	"github.com/usltun/usltun/usl"
 )
 
@@ -157,14 +157,14 @@ func relayUDP(st *usl.Stream, c *net.UDPConn, idle time.Duration) {
 	// other direction watches for idleness and closes both sides.
 	go func() {
 		defer func() { done <- struct{}{} }()
-		var hdr [2]byte
 		for {
-			if _, err := io.ReadFull(st, hdr[:]); err != nil {
+			n, err := flow.ReadDatagramLen(st)
+			if err != nil {
 				return
 			}
 			bp := bufPool.Get().(*[]byte)
-			p := (*bp)[:binary.BigEndian.Uint16(hdr[:])]
-			_, err := io.ReadFull(st, p)
+			p := (*bp)[:n]
+			_, err = io.ReadFull(st, p)
 			if err == nil {
 				touch()
 				// A send error (ECONNREFUSED from an earlier ICMP port
@@ -182,11 +182,10 @@ func relayUDP(st *usl.Stream, c *net.UDPConn, idle time.Duration) {
 		for {
 			c.SetReadDeadline(time.Now().Add(idle))
 			bp := bufPool.Get().(*[]byte)
-			n, err := c.Read((*bp)[2:])
+			n, err := c.Read((*bp)[flow.DatagramHeader:])
 			if err == nil {
 				touch()
-				binary.BigEndian.PutUint16(*bp, uint16(n))
-				_, err = st.Write((*bp)[:2+n])
+				err = flow.WriteDatagram(st, (*bp)[:flow.DatagramHeader+n])
 			}
 			bufPool.Put(bp)
 			if errors.Is(err, os.ErrDeadlineExceeded) && idleFor() < idle {

@@ -28,11 +28,11 @@ func BenchmarkTCPThroughput(b *testing.B) {
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			const warm = 16 // MiB moved before measuring: window and buffer growth
-			var remote Conn = newSink()
+			var remote flow.Conn = newSink()
 			if bc.download {
 				remote = &sourceConn{sinkConn: newSink(), left: int64(warm+b.N) << 20}
 			}
-			h := newHarness(b, Config{Dialer: dialFunc(func(context.Context, flow.Dest) (Conn, error) { return remote, nil })}, bc.noOffload)
+			h := newHarness(b, Config{Dialer: dialFunc(func(context.Context, flow.Dest) (flow.Conn, error) { return remote, nil })}, bc.noOffload)
 			c, err := h.dial("tcp", "10.66.1.99:5201", 5*time.Second)
 			if err != nil {
 				b.Fatal(err)
@@ -105,7 +105,7 @@ func (s *sourceConn) CloseWrite() error { return nil }
 // TUN device and the netstack, with an in-process echo as the remote half:
 // the client side's share of usltun's request/response latency.
 func BenchmarkRoundTrip(b *testing.B) {
-	h := newHarness(b, Config{Dialer: dialFunc(func(context.Context, flow.Dest) (Conn, error) { return newEcho(), nil })}, false)
+	h := newHarness(b, Config{Dialer: dialFunc(func(context.Context, flow.Dest) (flow.Conn, error) { return newEcho(), nil })}, false)
 	c, err := h.dial("tcp", "10.66.1.98:7", 5*time.Second)
 	if err != nil {
 		b.Fatal(err)

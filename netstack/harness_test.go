@@ -31,19 +31,21 @@ type harness struct {
 	ns     *tuntest.NS
 	dev    *tun.Device
 	st     *Stack
-	dialer atomic.Pointer[Dialer] // the stack dials through it: tests swap it
+	dialer atomic.Pointer[flow.Dialer] // the stack dials through it: tests swap it
 }
 
 // DialFlow makes the harness the stack's Dialer, delegating to setDialer's.
-func (h *harness) DialFlow(ctx context.Context, dest flow.Dest) (Conn, error) {
+func (h *harness) DialFlow(ctx context.Context, dest flow.Dest) (flow.Conn, error) {
 	return (*h.dialer.Load()).DialFlow(ctx, dest)
 }
 
-func (h *harness) setDialer(d Dialer) { h.dialer.Store(&d) }
+func (h *harness) setDialer(d flow.Dialer) { h.dialer.Store(&d) }
 
-type dialFunc func(ctx context.Context, dest flow.Dest) (Conn, error)
+type dialFunc func(ctx context.Context, dest flow.Dest) (flow.Conn, error)
 
-func (f dialFunc) DialFlow(ctx context.Context, dest flow.Dest) (Conn, error) { return f(ctx, dest) }
+func (f dialFunc) DialFlow(ctx context.Context, dest flow.Dest) (flow.Conn, error) {
+	return f(ctx, dest)
+}
 
 func newHarness(t testing.TB, cfg Config, noOffload bool) *harness {
 	t.Helper()
@@ -118,7 +120,7 @@ type kernelDialer struct {
 	aborted atomic.Int32
 }
 
-func (d *kernelDialer) DialFlow(ctx context.Context, dest flow.Dest) (Conn, error) {
+func (d *kernelDialer) DialFlow(ctx context.Context, dest flow.Dest) (flow.Conn, error) {
 	d.mu.Lock()
 	d.dests = append(d.dests, dest)
 	d.mu.Unlock()
@@ -149,8 +151,10 @@ func (d *kernelDialer) lastDest() flow.Dest {
 	return d.dests[len(d.dests)-1]
 }
 
-// abortConn is a kernel TCP connection whose Abort sends an RST, like
-// usl.Stream.Reset(ResetAborted) resets a stream.
+// abortConn is a kernel TCP connection whose Abort sends an RST, as a
+// flow.Conn's Abort must.
+var _ flow.Conn = (*abortConn)(nil)
+
 type abortConn struct {
 	*net.TCPConn
 	aborted *atomic.Int32
@@ -197,6 +201,7 @@ func (s *sinkConn) Write(b []byte) (int, error) {
 }
 func (s *sinkConn) Close() error                     { s.once.Do(func() { close(s.closed) }); return nil }
 func (s *sinkConn) CloseWrite() error                { return s.Close() }
+func (s *sinkConn) Abort() error                     { return s.Close() }
 func (s *sinkConn) LocalAddr() net.Addr              { return &net.TCPAddr{} }
 func (s *sinkConn) RemoteAddr() net.Addr             { return &net.TCPAddr{} }
 func (s *sinkConn) SetDeadline(time.Time) error      { return nil }

@@ -21,7 +21,7 @@ func TestIdleFlowMemory(t *testing.T) {
 	}
 	const flows = 1000
 	const budget = 48 << 10 // bytes per idle flow, heap + goroutine stacks
-	h := newHarness(t, Config{Dialer: dialFunc(func(context.Context, flow.Dest) (Conn, error) { return newSink(), nil })}, false)
+	h := newHarness(t, Config{Dialer: dialFunc(func(context.Context, flow.Dest) (flow.Conn, error) { return newSink(), nil })}, false)
 	before := inUse()
 	conns := make([]net.Conn, 0, flows)
 	defer func() {

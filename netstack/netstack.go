@@ -1,6 +1,6 @@
 // Package netstack terminates the applications' TCP and UDP flows that
 // arrive on the TUN device in a gVisor network stack, and hands each flow to
-// a Dialer that carries it to the far side (a USL stream in usltun).
+// a flow.Dialer that carries it to the far side (a USL stream in usltun).
 //
 // TCP connect semantics are preserved end to end:
 //
@@ -28,7 +28,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,29 +36,6 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 )
-
-// Dialer opens the remote half of a flow. cmd/usltun implements it on a
-// usl.Session; tests implement it in memory. DialFlow returns only once the
-// destination accepted the connection (TCP) or the stream is open (UDP);
-// errors are *usl.ResetError values (errors.Is with usl.ErrRefused, ...).
-// It must return promptly once ctx is done: Close waits for pending dials.
-type Dialer interface {
-	DialFlow(ctx context.Context, dest flow.Dest) (Conn, error)
-}
-
-// Conn is the remote half of a flow. For UDP its bytes are datagrams, each
-// prefixed with a 2-byte big-endian length.
-type Conn interface {
-	net.Conn
-	CloseWrite() error
-}
-
-// Aborter is implemented by Conns that can abort both directions at once
-// (usl.Stream.Reset(ResetAborted)). It is used when the application resets
-// its connection; a Conn without it is closed instead.
-type Aborter interface {
-	Abort() error
-}
 
 // Config configures a Stack. Zero values select the defaults.
 type Config struct {
@@ -82,7 +58,7 @@ type Config struct {
 	// 60 s; flows to port 53 use at most 10 s).
 	UDPIdleTimeout time.Duration
 	// Dialer opens the remote half of each flow. Required.
-	Dialer Dialer
+	Dialer flow.Dialer
 	// Logger receives flow-level logs; nil discards them.
 	Logger *slog.Logger
 }

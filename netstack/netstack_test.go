@@ -21,7 +21,6 @@ import (
 	"time"
 
 	"github.com/usltun/usltun/flow"
-	"github.com/usltun/usltun/usl"
 	"go.uber.org/goleak"
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
@@ -160,16 +159,16 @@ func TestConnectErrors(t *testing.T) {
 		target string
 		want   syscall.Errno
 	}{
-		{"refused", usl.ErrRefused, "10.66.1.20:81", syscall.ECONNREFUSED},
-		{"forbidden", &usl.ResetError{Code: usl.ResetForbidden, Remote: true}, "10.66.1.20:82", syscall.ECONNREFUSED},
-		{"peer restarted", usl.ErrPeerRestarted, "10.66.1.20:83", syscall.ECONNREFUSED},
-		{"limit", usl.ErrLimit, "10.66.1.20:84", syscall.ECONNREFUSED},
-		{"unreachable v4", &usl.ResetError{Code: usl.ResetUnreachable, Remote: true}, "10.66.1.20:85", syscall.EHOSTUNREACH},
-		{"unreachable v6", usl.ErrUnreachable, "[fd66:1::20]:85", syscall.EHOSTUNREACH},
-		{"timeout", usl.ErrTimeout, "10.66.1.20:86", syscall.EHOSTUNREACH},
+		{"refused", flow.ErrRefused, "10.66.1.20:81", syscall.ECONNREFUSED},
+		{"forbidden", &flow.Error{Reason: flow.Forbidden, Err: errors.New("reset by peer")}, "10.66.1.20:82", syscall.ECONNREFUSED},
+		{"peer restarted", flow.ErrPeerRestarted, "10.66.1.20:83", syscall.ECONNREFUSED},
+		{"limit", flow.ErrLimit, "10.66.1.20:84", syscall.ECONNREFUSED},
+		{"unreachable v4", &flow.Error{Reason: flow.Unreachable}, "10.66.1.20:85", syscall.EHOSTUNREACH},
+		{"unreachable v6", flow.ErrUnreachable, "[fd66:1::20]:85", syscall.EHOSTUNREACH},
+		{"timeout", flow.ErrTimeout, "10.66.1.20:86", syscall.EHOSTUNREACH},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			h := newHarness(t, Config{Dialer: dialFunc(func(context.Context, flow.Dest) (Conn, error) {
+			h := newHarness(t, Config{Dialer: dialFunc(func(context.Context, flow.Dest) (flow.Conn, error) {
 				return nil, tc.err
 			})}, false)
 			c, err := h.dial("tcp", tc.target, 5*time.Second)
@@ -193,7 +192,7 @@ func TestConnectErrors(t *testing.T) {
 // TestConnectTimeout: a dial that never returns is bounded by
 // ConnectTimeout and reported as unreachable, not as a connect that works.
 func TestConnectTimeout(t *testing.T) {
-	h := newHarness(t, Config{ConnectTimeout: 300 * time.Millisecond, Dialer: dialFunc(func(ctx context.Context, _ flow.Dest) (Conn, error) {
+	h := newHarness(t, Config{ConnectTimeout: 300 * time.Millisecond, Dialer: dialFunc(func(ctx context.Context, _ flow.Dest) (flow.Conn, error) {
 		<-ctx.Done()
 		return nil, ctx.Err()
 	})}, false)
@@ -401,12 +400,12 @@ func (h *recordHandler) count(msg string) int {
 	return n
 }
 
-// TestRemoteResetError: when the remote half fails with a *usl.ResetError
+// TestRemoteResetError: when the remote half fails with a *flow.Error
 // (here: the session was fenced), the app gets an RST, not a FIN.
 func TestRemoteResetError(t *testing.T) {
 	fence := make(chan struct{})
 	remote := &resetConn{sinkConn: newSink(), fence: fence}
-	h := newHarness(t, Config{Dialer: dialFunc(func(context.Context, flow.Dest) (Conn, error) { return remote, nil })}, false)
+	h := newHarness(t, Config{Dialer: dialFunc(func(context.Context, flow.Dest) (flow.Conn, error) { return remote, nil })}, false)
 	c, err := h.dial("tcp", "10.66.1.28:80", 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -428,7 +427,7 @@ type resetConn struct {
 func (c *resetConn) Read([]byte) (int, error) {
 	select {
 	case <-c.fence:
-		return 0, &usl.ResetError{Code: usl.ResetPeerRestarted, Remote: true}
+		return 0, &flow.Error{Reason: flow.PeerRestarted}
 	case <-c.closed:
 		return 0, net.ErrClosed
 	}
@@ -531,7 +530,7 @@ func waitFor(t *testing.T, d time.Duration, cond func() bool) {
 
 // TestICMPEcho pings routed addresses with raw ICMP sockets.
 func TestICMPEcho(t *testing.T) {
-	h := newHarness(t, Config{Dialer: dialFunc(func(context.Context, flow.Dest) (Conn, error) {
+	h := newHarness(t, Config{Dialer: dialFunc(func(context.Context, flow.Dest) (flow.Conn, error) {
 		return nil, errUnexpectedDial
 	})}, false)
 	for _, tc := range []struct {
@@ -610,7 +609,7 @@ func TestCloseSendsFIN(t *testing.T) {
 // TestClosePendingConnect: Close answers a SYN still waiting for its dial
 // with an RST, and does not wait for ConnectTimeout.
 func TestClosePendingConnect(t *testing.T) {
-	h := newHarness(t, Config{Dialer: dialFunc(func(ctx context.Context, _ flow.Dest) (Conn, error) {
+	h := newHarness(t, Config{Dialer: dialFunc(func(ctx context.Context, _ flow.Dest) (flow.Conn, error) {
 		<-ctx.Done()
 		return nil, ctx.Err()
 	})}, false)
@@ -728,9 +727,9 @@ func TestManyFlows(t *testing.T) {
 // 4-tuple for a while so a retrying client does not cause a dial each time.
 func TestUDPDialFailure(t *testing.T) {
 	var dials atomic.Int32
-	h := newHarness(t, Config{Dialer: dialFunc(func(context.Context, flow.Dest) (Conn, error) {
+	h := newHarness(t, Config{Dialer: dialFunc(func(context.Context, flow.Dest) (flow.Conn, error) {
 		dials.Add(1)
-		return nil, usl.ErrForbidden
+		return nil, flow.ErrForbidden
 	})}, false)
 	var pc net.PacketConn
 	if err := h.ns.Do(func() (err error) { pc, err = net.ListenPacket("udp4", ":0"); return err }); err != nil {

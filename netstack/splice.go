@@ -39,7 +39,7 @@ type tcpFlow struct {
 	app      *gonet.TCPConn
 	ep       tcpip.Endpoint
 	wq       *waiter.Queue
-	remote   Conn
+	remote   flow.Conn
 	stopping bool // Close is shutting flows down: deadline errors mean FIN
 
 	appFIN atomic.Bool // we sent (or are sending) our FIN to the app
@@ -51,7 +51,7 @@ type tcpFlow struct {
 
 // attach publishes the connection halves; if Close already began it
 // applies the shutdown at once.
-func (f *tcpFlow) attach(app *gonet.TCPConn, ep tcpip.Endpoint, wq *waiter.Queue, remote Conn) {
+func (f *tcpFlow) attach(app *gonet.TCPConn, ep tcpip.Endpoint, wq *waiter.Queue, remote flow.Conn) {
 	f.mu.Lock()
 	f.app, f.ep, f.wq, f.remote = app, ep, wq, remote
 	stopping := f.stopping
@@ -123,7 +123,7 @@ func (f *tcpFlow) closeWriteApp() error {
 // pump copies src to dst. On EOF (a FIN) it half-closes dst and reports a
 // clean end; on any other error, on either side, it aborts the whole flow:
 // an RST from the app resets the remote stream, and a reset of the remote
-// stream (e.g. *usl.ResetError, fenced) is sent to the app as an RST.
+// stream (a *flow.Error: aborted, fenced, ...) is sent to the app as an RST.
 func (f *tcpFlow) pump(dst io.Writer, src io.Reader, closeWrite func() error) bool {
 	var small [smallBuf]byte
 	buf := small[:]

@@ -6,7 +6,6 @@ import (
 	"net/netip"
 
 	"github.com/usltun/usltun/flow"
-	"github.com/usltun/usltun/usl"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/waiter"
@@ -69,10 +68,10 @@ func (st *Stack) handleTCP(r *tcp.ForwarderRequest) {
 // destination becomes ICMP host unreachable (EHOSTUNREACH), falling back to
 // an RST if the SYN was not recorded.
 func (st *Stack) reject(r *tcp.ForwarderRequest, syn []byte, dest flow.Dest, err error) {
-	icmp := errors.Is(err, usl.ErrUnreachable) || errors.Is(err, usl.ErrTimeout) ||
+	icmp := errors.Is(err, flow.ErrUnreachable) || errors.Is(err, flow.ErrTimeout) ||
 		(errors.Is(err, context.DeadlineExceeded) && st.ctx.Err() == nil)
 	level := st.log.Debug
-	if !errors.Is(err, usl.ErrRefused) {
+	if !errors.Is(err, flow.ErrRefused) {
 		level = st.log.Info // refused ports are routine; the rest says something about the path
 	}
 	level("tcp connect failed", "dest", dest.String(), "err", err)
@@ -86,9 +85,7 @@ func (st *Stack) reject(r *tcp.ForwarderRequest, syn []byte, dest flow.Dest, err
 var errNilConn = errors.New("netstack: Dialer returned neither a Conn nor an error")
 
 // abort tears the remote half down in both directions.
-func abort(c Conn) {
-	if a, ok := c.(Aborter); ok {
-		_ = a.Abort()
-	}
+func abort(c flow.Conn) {
+	_ = c.Abort()
 	_ = c.Close()
 }

@@ -2,7 +2,6 @@ package netstack
 
 import (
 	"context"
-	"encoding/binary"
 	"io"
 	"net/netip"
 	"sync"
@@ -35,7 +34,7 @@ type udpFlow struct {
 	wq   *waiter.Queue
 
 	mu     sync.Mutex
-	remote Conn
+	remote flow.Conn
 
 	idle      time.Duration
 	last      atomic.Int64 // unix nanos of the last datagram either way
@@ -168,19 +167,18 @@ func (f *udpFlow) discardFor(d time.Duration) {
 // appToRemote sends each datagram from the app as one length-prefixed
 // record. It waits for readability before borrowing a buffer, so an idle
 // flow holds none.
-func (f *udpFlow) appToRemote(remote Conn) {
+func (f *udpFlow) appToRemote(remote flow.Conn) {
 	entry, ch := waiter.NewChannelEntry(waiter.ReadableEvents)
 	f.wq.EventRegister(&entry)
 	defer f.wq.EventUnregister(&entry)
 	var w tcpip.SliceWriter // outside the loop: one escape per flow, not per datagram
 	for {
 		bp := f.st.bufs.Get().(*[]byte)
-		buf := (*bp)[:2+0xffff]
-		w = tcpip.SliceWriter(buf[2:])
+		buf := (*bp)[:flow.DatagramBuf]
+		w = tcpip.SliceWriter(buf[flow.DatagramHeader:])
 		res, err := f.ep.Read(&w, tcpip.ReadOptions{})
 		if err == nil {
-			binary.BigEndian.PutUint16(buf, uint16(res.Count))
-			_, werr := remote.Write(buf[:2+res.Count])
+			werr := flow.WriteDatagram(remote, buf[:flow.DatagramHeader+res.Count])
 			f.st.bufs.Put(bp)
 			if werr != nil {
 				f.shutdown()
@@ -204,14 +202,13 @@ func (f *udpFlow) appToRemote(remote Conn) {
 
 // remoteToApp writes each record from the remote side to the app as one
 // datagram from the flow's original destination.
-func (f *udpFlow) remoteToApp(remote Conn) {
-	var hdr [2]byte
+func (f *udpFlow) remoteToApp(remote flow.Conn) {
 	var r bytesReader
 	for {
-		if _, err := io.ReadFull(remote, hdr[:]); err != nil {
+		n, err := flow.ReadDatagramLen(remote)
+		if err != nil {
 			return
 		}
-		n := int(binary.BigEndian.Uint16(hdr[:]))
 		bp := f.st.bufs.Get().(*[]byte)
 		buf := (*bp)[:n]
 		if _, err := io.ReadFull(remote, buf); err != nil {
@@ -219,10 +216,10 @@ func (f *udpFlow) remoteToApp(remote Conn) {
 			return
 		}
 		r.b = buf
-		_, err := f.ep.Write(&r, tcpip.WriteOptions{})
+		_, werr := f.ep.Write(&r, tcpip.WriteOptions{})
 		f.st.bufs.Put(bp)
-		if err != nil {
-			if _, full := err.(*tcpip.ErrWouldBlock); !full {
+		if werr != nil {
+			if _, full := werr.(*tcpip.ErrWouldBlock); !full {
 				return
 			}
 			// The send buffer is full: drop this datagram, as UDP may.

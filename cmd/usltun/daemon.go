@@ -265,22 +265,64 @@ func ended(s *usl.Session) bool {
 	}
 }
 
-// streamDialer opens the remote half of a netstack flow as a USL stream.
+// streamDialer opens the remote half of a front end's flow as a USL stream.
 type streamDialer struct{ sessions *sessionSlot }
 
-func (d streamDialer) DialFlow(ctx context.Context, dst flow.Dest) (netstack.Conn, error) {
+var _ flow.Dialer = streamDialer{}
+
+func (d streamDialer) DialFlow(ctx context.Context, dst flow.Dest) (flow.Conn, error) {
 	s, err := d.sessions.wait(ctx)
 	if err != nil {
 		return nil, err
 	}
 	st, err := s.OpenStream(ctx, dst.Marshal())
 	if err != nil {
-		return nil, err
+		return nil, flowError(err)
 	}
 	return streamConn{st}, nil
 }
 
-// streamConn lets netstack abort a stream when the application sends an RST.
+// streamConn is a USL stream as a flow.Conn: its resets surface as the
+// flow.Error with the same reason.
 type streamConn struct{ *usl.Stream }
 
+var _ flow.Conn = streamConn{}
+
+func (c streamConn) Read(b []byte) (int, error) {
+	n, err := c.Stream.Read(b)
+	return n, flowError(err)
+}
+
+func (c streamConn) Write(b []byte) (int, error) {
+	n, err := c.Stream.Write(b)
+	return n, flowError(err)
+}
+
 func (c streamConn) Abort() error { return c.Reset(usl.ResetAborted) }
+
+// resetReasons maps USL reset codes, which travel on the wire, to the flow
+// outcomes front ends act on.
+var resetReasons = map[usl.ResetCode]flow.Reason{
+	usl.ResetAborted:        flow.Aborted,
+	usl.ResetRefused:        flow.Refused,
+	usl.ResetUnreachable:    flow.Unreachable,
+	usl.ResetForbidden:      flow.Forbidden,
+	usl.ResetTimeout:        flow.Timeout,
+	usl.ResetPeerRestarted:  flow.PeerRestarted,
+	usl.ResetLimit:          flow.Limit,
+	usl.ResetSessionTimeout: flow.SessionTimeout,
+}
+
+// flowError turns a stream reset into a *flow.Error; other errors (EOF,
+// deadlines, a closed session) pass unchanged.
+func flowError(err error) error {
+	var re *usl.ResetError
+	if err == nil || !errors.As(err, &re) {
+		return err
+	}
+	r, ok := resetReasons[re.Code]
+	if !ok {
+		r = flow.Aborted
+	}
+	return &flow.Error{Reason: r, Err: err}
+}
