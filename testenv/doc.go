@@ -10,9 +10,13 @@
 //     unusual (no EPERM from an output drop) and packets vanish "on the wire";
 //   - Down/Up/Flap change the veth link state;
 //   - RateLimit installs a tbf qdisc on both ends;
+//   - Delay holds packets in the kernel's netfilter queue for a delay with
+//     jitter (the kernel has no netem; see delay.go);
 //   - ChangeAddress moves a host to a new address, as a roaming client does.
 //
-// Every fault is idempotent and reversible; Heal undoes them all.
+// Every fault is idempotent and reversible; Heal undoes them all. Link may
+// join the same two hosts several times, each link on its own subnets;
+// NewMultiLink builds the multipath lab A=B—C that way.
 //
 // Everything the lab creates is removed through the TB's Cleanup, also when a
 // test fails or panics. Namespace names carry a per-process prefix

@@ -99,23 +99,37 @@ func (l *LinkPair) applyFaults(f faultSet) error {
 func (e *End) tableName() string { return NamePrefix + "_" + e.Name }
 
 func (e *End) applyFaults(f faultSet) error {
+	var build func(*nftables.Conn, *nftables.Table)
+	if !f.empty() {
+		build = func(c *nftables.Conn, table *nftables.Table) { addFaultRules(c, table, e.Name, f) }
+	}
+	if err := e.replaceTable(nftables.TableFamilyNetdev, e.tableName(), build); err != nil {
+		return fmt.Errorf("%s: fault rules: %w", e, err)
+	}
+	return nil
+}
+
+// replaceTable replaces the nftables table name of family in e's host, in
+// one transaction, by what build adds to it (build must add the table
+// itself); a nil build only removes the table.
+func (e *End) replaceTable(family nftables.TableFamily, name string, build func(*nftables.Conn, *nftables.Table)) error {
 	c, err := nftables.New(nftables.WithNetNSFd(int(e.Host.ns)))
 	if err != nil {
-		return fmt.Errorf("%s: nftables: %w", e, err)
+		return fmt.Errorf("nftables: %w", err)
 	}
-	table := &nftables.Table{Family: nftables.TableFamilyNetdev, Name: e.tableName()}
-	existing, err := c.ListTablesOfFamily(nftables.TableFamilyNetdev)
+	table := &nftables.Table{Family: family, Name: name}
+	existing, err := c.ListTablesOfFamily(family)
 	if err != nil {
-		return fmt.Errorf("%s: list tables: %w", e, err)
+		return fmt.Errorf("list tables: %w", err)
 	}
 	if slices.ContainsFunc(existing, func(t *nftables.Table) bool { return t.Name == table.Name }) {
 		c.DelTable(table)
 	}
-	if !f.empty() {
-		addFaultRules(c, table, e.Name, f)
+	if build != nil {
+		build(c, table)
 	}
 	if err := c.Flush(); err != nil {
-		return fmt.Errorf("%s: apply nftables rules: %w", e, err)
+		return fmt.Errorf("apply table %s: %w", name, err)
 	}
 	return nil
 }
@@ -226,7 +240,7 @@ func (l *LinkPair) Flap(period, duration time.Duration) error {
 }
 
 // RateLimit shapes the link to bitsPerSec in each direction with a tbf
-// qdisc on both ends; 0 removes the limit.
+// qdisc on both ends; 0 removes the limit. It composes with Delay.
 func (l *LinkPair) RateLimit(bitsPerSec uint64) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -276,7 +290,7 @@ func (e *End) setRate(bitsPerSec uint64) error {
 }
 
 // Heal undoes every fault on the link (blackhole, resets, loss, rate limit,
-// down) and records the moment the link carries packets again, which
+// delay, down) and records the moment the link carries packets again, which
 // OnHeal callbacks receive and HealedAt returns.
 func (l *LinkPair) Heal() error {
 	l.mu.Lock()
@@ -298,6 +312,11 @@ func (l *LinkPair) Heal() error {
 	}
 	if l.down {
 		if err := l.setDown(false); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, e := range []*End{l.A, l.B} {
+		if err := e.removeDelayLocked(); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -84,7 +84,8 @@ func isTimeout(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
-func hasTable(t *testing.T, e *End) bool {
+// hasTable reports whether e's host has an nftables table called name.
+func hasTable(t *testing.T, e *End, name string) bool {
 	t.Helper()
 	c, err := nftables.New(nftables.WithNetNSFd(int(e.Host.ns)))
 	if err != nil {
@@ -95,7 +96,7 @@ func hasTable(t *testing.T, e *End) bool {
 		t.Fatal(err)
 	}
 	for _, tb := range tables {
-		if tb.Name == e.tableName() {
+		if tb.Name == name {
 			return true
 		}
 	}

@@ -70,7 +70,7 @@ func TestHealRemovesRules(t *testing.T) {
 	if err := l.Blackhole(); err != nil {
 		t.Fatal(err)
 	}
-	if !hasTable(t, l.A) || !hasTable(t, l.B) {
+	if !hasTable(t, l.A, l.A.tableName()) || !hasTable(t, l.B, l.B.tableName()) {
 		t.Fatal("fault table missing")
 	}
 	if err := l.Heal(); err != nil {
@@ -79,7 +79,7 @@ func TestHealRemovesRules(t *testing.T) {
 	if err := l.Heal(); err != nil { // idempotent
 		t.Fatal(err)
 	}
-	if hasTable(t, l.A) || hasTable(t, l.B) {
+	if hasTable(t, l.A, l.A.tableName()) || hasTable(t, l.B, l.B.tableName()) {
 		t.Fatal("Heal left an nftables table behind")
 	}
 }

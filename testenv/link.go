@@ -16,6 +16,8 @@ type End struct {
 	Host *Host
 	Name string // interface name inside Host, eth<N>
 	link *LinkPair
+
+	delay *delayLine // packets arriving here wait in it; nil: none. Guarded by link.mu.
 }
 
 // LinkPair is a veth pair joining two hosts. Its fault methods are safe to
@@ -78,6 +80,9 @@ func Link(t TB, a, b *Host, addrA, addrB string) *LinkPair {
 	if err := l.waitOperUp(); err != nil {
 		t.Fatalf("testenv: %v", err)
 	}
+	// Before the hosts' own cleanups (registered earlier, run later): a
+	// delay line's socket would keep a deleted namespace alive.
+	t.Cleanup(l.stopDelays)
 	return l
 }
 
