@@ -3,7 +3,7 @@
 # integration tests build hosts from network namespaces).
 
 GO      ?= go
-PKGS_RACE := ./usl/... ./flow/... ./gateway/...
+PKGS_RACE := ./usl/... ./flow/... ./gateway/... ./policy/...
 export GOFLAGS := -buildvcs=false
 
 .PHONY: all build test test-long vet deps bench fuzz demo clean
@@ -28,14 +28,15 @@ vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }
 	$(GO) vet ./...
 
-# The session layer (and the gateway on top of it) runs under the race
+# The session layer (and the gateway on top of it) and the policy engine
+# (rule sets replaced under concurrent evaluation) run under the race
 # detector. Everything else, including the namespace-based integration tests
 # that need root, runs one package at a time (-p 1): the end-to-end tests
 # assert recovery times, and two packages' labs competing for the 2 cores
 # would measure each other.
 test: deps vet
 	$(GO) test -race -count=1 -timeout 10m $(PKGS_RACE)
-	$(GO) test -p 1 -count=1 -timeout 30m $$($(GO) list ./... | grep -v -e /usl$$ -e /flow$$ -e /gateway$$)
+	$(GO) test -p 1 -count=1 -timeout 30m $$($(GO) list ./... | grep -v -e /usl$$ -e /flow$$ -e /gateway$$ -e /policy$$)
 
 test-long:
 	USLTUN_LONG=1 $(MAKE) test
@@ -45,12 +46,14 @@ test-long:
 demo: build
 	$(GO) run ./tools/demo --usltun bin/usltun
 
-# bench runs the micro-benchmarks (session layer, TUN + netstack data path)
-# and then the A—B—C lab comparison against direct routing and wireguard-go.
+# bench runs the micro-benchmarks (session layer, TUN + netstack data path,
+# the policy's flow-open cost) and then the A—B—C lab comparison against
+# direct routing and wireguard-go.
 # Figures and their reading are in docs/performance.md.
 bench: deps build
 	$(GO) test -run '^$$' -bench 'RawTCP|Session|RecordSeal' -benchmem ./usl/
 	$(GO) test -run '^$$' -bench 'TCPThroughput|RoundTrip' -benchtime 2000x ./netstack/
+	$(GO) test -run '^$$' -bench . -benchmem ./policy/
 	$(GO) run ./tools/tunbench
 
 # fuzz runs every fuzz target in the tree for FUZZTIME each; the checked-in
