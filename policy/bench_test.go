@@ -7,10 +7,10 @@ import (
 	"github.com/usltun/usltun/flow"
 )
 
-// benchRules returns n rules in the style of the issue's: port lists,
+// benchMatches returns n matches in the style of the issue's: port lists,
 // prefixes and names. None matches the benchmark's flow (tcp to
 // 10.1.2.3:443), so an Evaluate runs all n: a flow open's worst case.
-func benchRules(n int) []Rule {
+func benchMatches(n int) []string {
 	shapes := []string{
 		`proto == "udp" || dst.port in [22, 3389, 5060]`,
 		`dst.port == %d`,
@@ -18,8 +18,8 @@ func benchRules(n int) []Rule {
 		`dst.name.endsWith(".host%d.example")`,
 		`proto == "tcp" && dst.port >= %d000 && dst.port < %d999`,
 	}
-	rules := make([]Rule, n)
-	for i := range rules {
+	out := make([]string, n)
+	for i := range out {
 		m := shapes[i%len(shapes)]
 		switch i % len(shapes) {
 		case 1:
@@ -29,6 +29,14 @@ func benchRules(n int) []Rule {
 		case 3:
 			m = fmt.Sprintf(m, i)
 		}
+		out[i] = m
+	}
+	return out
+}
+
+func benchRules(n int) []Rule {
+	rules := make([]Rule, n)
+	for i, m := range benchMatches(n) {
 		rules[i] = Rule{Name: fmt.Sprint("class", i), Match: m, Scheduler: schedulers[i%len(schedulers)]}
 	}
 	return rules

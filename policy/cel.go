@@ -69,9 +69,13 @@ func (e *Engine) compileMatch(match string) (cel.Program, error) {
 	if est.Max > e.cfg.CostLimit {
 		return nil, fmt.Errorf("match: may cost up to %d, over the limit of %d per flow", est.Max, e.cfg.CostLimit)
 	}
-	// OptOptimize folds constants and compiles constant regular expressions
-	// once, at Set, instead of at every evaluation.
-	p, err := e.env.Program(a, cel.CostLimit(e.cfg.CostLimit), cel.EvalOptions(cel.OptOptimize))
+	// The cost limit is enforced here, on CEL's worst-case estimate, and not
+	// again at run time: run-time cost tracking allocates on every
+	// operation and more than doubles a flow open (9.7 against 4.1 µs, 93
+	// against 13 allocations, with 20 rules), for a bound the estimate
+	// already gives (TestCostEstimateBoundsEvaluation). OptOptimize folds
+	// constants and compiles constant regular expressions once, here.
+	p, err := e.env.Program(a, cel.EvalOptions(cel.OptOptimize))
 	if err != nil {
 		return nil, fmt.Errorf("match: %w", err)
 	}

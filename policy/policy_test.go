@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"cel.dev/cel-go/cel"
 	"github.com/usltun/usltun/flow"
 )
 
@@ -410,5 +411,59 @@ func TestConcurrentSetEvaluate(t *testing.T) {
 	}
 	if g := e.Generation(); g != 1+writers*rounds {
 		t.Fatalf("generation %d after %d replacements, want %d", g, writers*rounds, 1+writers*rounds)
+	}
+}
+
+// TestCostEstimateBoundsEvaluation: the static worst case that Set holds
+// against the cost limit is at least what an evaluation really costs, on
+// flows with the longest strings, so the limit needs no run-time tracking.
+func TestCostEstimateBoundsEvaluation(t *testing.T) {
+	e := newEngine(t)
+	long := strings.Repeat("a", 63) + "." + strings.Repeat("b", 63) + "." + strings.Repeat("c", 63) + "." + strings.Repeat("d", 61)
+	flows := []flow.Dest{
+		flow.Named(flow.TCP, long, 22),
+		dest(flow.ICMP, "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe]:0"),
+		dest(flow.UDP, "10.0.0.2:5060"),
+	}
+	matches := []string{
+		issueRules[0].Match,
+		issueRules[1].Match,
+		`dst.name.matches("^(a+)+[.]b")`,
+		`dst.name.contains("ccc") && dst.name.endsWith("d") || dst.addr.startsWith("ffff:")`,
+		`in_prefix(dst.addr, ["10.0.0.0/8", "fd00::/8", "ffff::/16"]) || in_prefix(dst.addr, "192.168.0.0/16")`,
+		`[1, 2, 3, 4, 5, 6, 7, 8].exists(x, x * 100 == dst.port) || dst.name.size() > 200`,
+		`proto + dst.addr + dst.name == "x"`,
+	}
+	for _, c := range append(matches, benchMatches(20)...) {
+		a, iss := e.env.Compile(c)
+		if iss.Err() != nil {
+			t.Fatalf("%s: %v", c, iss.Err())
+		}
+		est, err := e.env.EstimateCost(a, sizes{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The estimate must also be finite and usable: each of these is a
+		// match Set accepts.
+		if est.Max > DefaultCostLimit {
+			t.Errorf("%s: estimated worst case %d, over the default limit", c, est.Max)
+		}
+		p, err := e.env.Program(a, cel.CostTracking(nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range flows {
+			_, det, err := p.Eval(newActivation(d))
+			if err != nil {
+				t.Fatalf("%s on %v: %v", c, d, err)
+			}
+			got := *det.ActualCost()
+			if got > est.Max {
+				t.Errorf("%s on %v: cost %d, over the estimate's worst case %d", c, d, got, est.Max)
+			}
+			if d == flows[0] {
+				t.Logf("cost %4d, estimate ≤ %4d: %s", got, est.Max, c)
+			}
+		}
 	}
 }
