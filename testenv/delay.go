@@ -129,13 +129,20 @@ func (e *End) setDelayLocked(delay, jitter time.Duration) error {
 	return nil
 }
 
+// drainTime is how long a line keeps reading after its rule is gone before
+// it stops: packets queued just before are still in the socket, and closing
+// it would drop them.
+const drainTime = 5 * time.Millisecond
+
 // removeDelayLocked takes the rule away first, so no new packet enters the
-// queue, then lets every held packet go and stops the line.
+// queue, reads what was queued before, then lets every held packet go and
+// stops the line.
 func (e *End) removeDelayLocked() error {
 	if e.delay == nil {
 		return nil
 	}
 	err := e.applyDelayRule(0, 0)
+	time.Sleep(drainTime)
 	e.delay.stop()
 	e.delay = nil
 	return err
@@ -143,39 +150,37 @@ func (e *End) removeDelayLocked() error {
 
 func (e *End) delayTableName() string { return NamePrefix + "_delay_" + e.Name }
 
-// applyDelayRule replaces e's delay table by one that queues packets
-// arriving on interface ifindex to queue; ifindex 0 only removes the table.
+// applyDelayRule makes e's delay chain queue the packets arriving on
+// interface ifindex to queue; ifindex 0 leaves the chain empty (see
+// setChainRules for why it stays).
 func (e *End) applyDelayRule(ifindex uint32, queue uint16) error {
-	var build func(*nftables.Conn, *nftables.Table)
-	if ifindex != 0 {
-		build = func(c *nftables.Conn, table *nftables.Table) { addDelayRule(c, table, ifindex, queue) }
-	}
-	if err := e.replaceTable(nftables.TableFamilyINet, e.delayTableName(), build); err != nil {
-		return fmt.Errorf("%s: delay rule: %w", e, err)
-	}
-	return nil
-}
-
-func addDelayRule(c *nftables.Conn, table *nftables.Table, ifindex uint32, queue uint16) {
-	c.AddTable(table)
 	accept := nftables.ChainPolicyAccept
-	chain := c.AddChain(&nftables.Chain{
+	chain := &nftables.Chain{
 		Name:     "prerouting",
-		Table:    table,
+		Table:    &nftables.Table{Family: nftables.TableFamilyINet, Name: e.delayTableName()},
 		Type:     nftables.ChainTypeFilter,
 		Hooknum:  nftables.ChainHookPrerouting,
 		Priority: nftables.ChainPriorityRaw,
 		Policy:   &accept,
+	}
+	err := e.setChainRules(chain, func(c *nftables.Conn) {
+		if ifindex == 0 {
+			return
+		}
+		// struct xt_NFQ_info_v1 { u16 queuenum; u16 queues_total; }, host
+		// byte order; no bypass flag, so without a reader packets are dropped
+		// rather than passed undelayed.
+		info := xt.Unknown(binary.NativeEndian.AppendUint16(binary.NativeEndian.AppendUint16(nil, queue), 1))
+		c.AddRule(&nftables.Rule{Table: chain.Table, Chain: chain, Exprs: []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyIIF, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(ifindex)},
+			&expr.Target{Name: "NFQUEUE", Rev: 1, Info: &info},
+		}})
 	})
-	// struct xt_NFQ_info_v1 { u16 queuenum; u16 queues_total; }, host byte
-	// order; no bypass flag, so without a reader packets are dropped rather
-	// than passed undelayed.
-	info := xt.Unknown(binary.NativeEndian.AppendUint16(binary.NativeEndian.AppendUint16(nil, queue), 1))
-	c.AddRule(&nftables.Rule{Table: table, Chain: chain, Exprs: []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyIIF, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(ifindex)},
-		&expr.Target{Name: "NFQUEUE", Rev: 1, Info: &info},
-	}})
+	if err != nil {
+		return fmt.Errorf("%s: delay rule: %w", e, err)
+	}
+	return nil
 }
 
 // delayLine is the user-space half of a delay: it learns each queued
@@ -225,9 +230,10 @@ func startDelayLine(h *Host, queue uint16, delay, jitter time.Duration) (*delayL
 		conn: conn, queue: queue, delay: delay, jitter: jitter,
 		wake: make(chan struct{}, 1), readerDone: make(chan struct{}), releaserDone: make(chan struct{}),
 	}
-	// A burst of queued packets must not overflow the socket: a lost
-	// message is a packet the kernel holds until the line stops.
-	if err := conn.SetReadBuffer(8 << 20); err != nil {
+	// A burst of queued packets must not overflow the socket: the kernel
+	// drops a packet whose message the socket cannot take. FORCE, because
+	// the plain option is capped by net.core.rmem_max.
+	if err := forceReadBuffer(conn, 8<<20); err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("netfilter queue socket buffer: %w", err)
 	}
@@ -238,6 +244,20 @@ func startDelayLine(h *Host, queue uint16, delay, jitter time.Duration) (*delayL
 	go d.read()
 	go d.releaseLoop()
 	return d, nil
+}
+
+func forceReadBuffer(conn *netlink.Conn, bytes int) error {
+	rc, err := conn.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, bytes)
+	}); err != nil {
+		return err
+	}
+	return serr
 }
 
 func (d *delayLine) message(typ uint8, attrs []byte) netlink.Message {

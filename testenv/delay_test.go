@@ -59,7 +59,8 @@ func echoOn(t *testing.T, h *Host, addr string) {
 	echoServer(t, ln)
 }
 
-func hasDelayTable(t *testing.T, e *End) bool { return hasTable(t, e, e.delayTableName()) }
+// hasDelayRule reports whether packets arriving at e are queued for a delay.
+func hasDelayRule(t *testing.T, e *End) bool { return hasRules(t, e, e.delayTableName()) }
 
 func TestDelayAddsRTT(t *testing.T) {
 	requireRoot(t)
@@ -88,7 +89,7 @@ func TestDelayAddsRTT(t *testing.T) {
 	}
 	wantRTT(t, a, "10.0.0.2:7400", 0, 3*time.Millisecond)
 	for _, e := range []*End{l.A, l.B} {
-		if hasDelayTable(t, e) || e.delay != nil {
+		if hasDelayRule(t, e) || e.delay != nil {
 			t.Fatalf("%s: delay left behind by Delay(0, 0)", e)
 		}
 	}
@@ -189,7 +190,7 @@ func TestDelayWithRateLimit(t *testing.T) {
 	wantRTT(t, a, "10.0.0.2:7402", 0, 3*time.Millisecond)
 	wantRate(160e6, 1e12)
 	for _, e := range []*End{l.A, l.B} {
-		if hasDelayTable(t, e) {
+		if hasDelayRule(t, e) {
 			t.Fatalf("%s: delay table left behind by Heal", e)
 		}
 	}
@@ -199,10 +200,7 @@ func TestDelayWithRateLimit(t *testing.T) {
 func TestDelayComposesWithLoss(t *testing.T) {
 	requireRoot(t)
 	a, b, l := pair(t)
-	u := newUDPCounter(t, b, "10.0.0.2:7404")
-	sendUDP(t, a, "10.0.0.2:7404", 100000, 10, 10) // resolve the neighbour
-	settle()
-	base := u.count()
+	u, base := primedCounter(t, a, b, "10.0.0.2:7404")
 	if err := l.Delay(50*time.Millisecond, 0); err != nil {
 		t.Fatal(err)
 	}
@@ -243,9 +241,21 @@ func TestDelayRejectsBadValues(t *testing.T) {
 	if n := rec.count(); n != 4 {
 		t.Fatalf("%d errors reported through the TB, want 4", n)
 	}
-	if hasDelayTable(t, l.A) || hasDelayTable(t, l.B) {
+	if hasDelayRule(t, l.A) || hasDelayRule(t, l.B) {
 		t.Fatal("a rejected Delay left a delay table")
 	}
+}
+
+// primedCounter starts a UDP counter on to at addr, and sends it a few
+// datagrams from from first, so the neighbour entry exists before a fault
+// or delay (otherwise datagrams wait in the neighbour queue, which
+// overflows); base is how many of those arrived.
+func primedCounter(t *testing.T, from, to *Host, addr string) (u *udpCounter, base int) {
+	t.Helper()
+	u = newUDPCounter(t, to, addr)
+	sendUDP(t, from, addr, 100000, 10, 10)
+	settle()
+	return u, u.count()
 }
 
 // errRecorder counts Errorf calls instead of failing the test, for faults
@@ -304,4 +314,61 @@ func TestMultiLinkEachLinkOwnRTT(t *testing.T) {
 	echoOn(t, m.C, ":7406")
 	wantRTT(t, m.A, "10.100.0.2:7406", 0, 3*time.Millisecond)
 	wantRTT(t, m.A, "[fd00:100::2]:7406", 0, 3*time.Millisecond)
+}
+
+// TestDelayRemovalLosesNothing: removing a delay under traffic lets every
+// held and queued packet through.
+func TestDelayRemovalLosesNothing(t *testing.T) {
+	requireRoot(t)
+	a, b, l := pair(t)
+	u, base := primedCounter(t, a, b, "10.0.0.2:7407")
+	if err := l.Delay(30*time.Millisecond, 5*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	const n = 2000
+	sent := make(chan int, 1)
+	go func() { sent <- sendUDP(t, a, "10.0.0.2:7407", 0, n, 10) }()
+	time.Sleep(100 * time.Millisecond)
+	if err := l.Heal(); err != nil {
+		t.Fatal(err)
+	}
+	if s := <-sent; s != n {
+		t.Fatalf("the kernel took %d of %d datagrams", s, n)
+	}
+	settle()
+	if got := u.count() - base; got != n {
+		t.Fatalf("%d of %d datagrams arrived across a delay removed mid-stream", got, n)
+	}
+}
+
+// TestFaultsOnOneLinkSpareAnothersDelay: faults set and healed on link 1
+// while link 2 delays a stream lose nothing on link 2. (Removing any
+// netfilter hook of a namespace drops every packet its queues hold, so the
+// lab must never remove one while a delay line runs.)
+func TestFaultsOnOneLinkSpareAnothersDelay(t *testing.T) {
+	requireRoot(t)
+	m := NewMultiLink(t, 2)
+	u, base := primedCounter(t, m.A, m.B, "10.2.0.2:7408")
+	if err := m.AB[1].Delay(30*time.Millisecond, 0); err != nil {
+		t.Fatal(err)
+	}
+	const n = 2000
+	sent := make(chan int, 1)
+	go func() { sent <- sendUDP(t, m.A, "10.2.0.2:7408", 0, n, 10) }()
+	for _, fault := range []func() error{
+		m.AB[0].Blackhole, func() error { return m.AB[0].Loss(10) }, m.AB[0].Heal,
+		func() error { return m.AB[0].Delay(time.Millisecond, 0) }, m.AB[0].Heal,
+	} {
+		time.Sleep(20 * time.Millisecond)
+		if err := fault(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s := <-sent; s != n {
+		t.Fatalf("the kernel took %d of %d datagrams", s, n)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if got := u.count() - base; got != n {
+		t.Fatalf("%d of %d datagrams arrived over link 2 while link 1 was faulted and healed", got, n)
+	}
 }

@@ -17,7 +17,8 @@ import (
 
 // faultSet is the nftables part of a link's fault state. It is rendered as
 // one netdev-family table per veth end with a single ingress chain, so every
-// change is an atomic replacement of that table and trivially idempotent.
+// change is an atomic replacement of that chain's rules and trivially
+// idempotent.
 //
 // Ingress on both ends covers both directions of the wire: A→B packets are
 // handled at B's ingress and B→A packets at A's. Rules, in order:
@@ -99,53 +100,53 @@ func (l *LinkPair) applyFaults(f faultSet) error {
 func (e *End) tableName() string { return NamePrefix + "_" + e.Name }
 
 func (e *End) applyFaults(f faultSet) error {
-	var build func(*nftables.Conn, *nftables.Table)
-	if !f.empty() {
-		build = func(c *nftables.Conn, table *nftables.Table) { addFaultRules(c, table, e.Name, f) }
+	accept := nftables.ChainPolicyAccept
+	chain := &nftables.Chain{
+		Name:     "ingress",
+		Table:    &nftables.Table{Family: nftables.TableFamilyNetdev, Name: e.tableName()},
+		Type:     nftables.ChainTypeFilter,
+		Hooknum:  nftables.ChainHookIngress,
+		Priority: nftables.ChainPriorityRef(-500),
+		Device:   e.Name,
+		Policy:   &accept,
 	}
-	if err := e.replaceTable(nftables.TableFamilyNetdev, e.tableName(), build); err != nil {
+	if err := e.setChainRules(chain, func(c *nftables.Conn) { addFaultRules(c, chain, f) }); err != nil {
 		return fmt.Errorf("%s: fault rules: %w", e, err)
 	}
 	return nil
 }
 
-// replaceTable replaces the nftables table name of family in e's host, in
-// one transaction, by what build adds to it (build must add the table
-// itself); a nil build only removes the table.
-func (e *End) replaceTable(family nftables.TableFamily, name string, build func(*nftables.Conn, *nftables.Table)) error {
+// setChainRules makes the rules of the base chain ch (in its table, in e's
+// host) exactly those add adds, in one transaction. The table and chain are
+// created the first time and then kept, empty when there is no fault, until
+// the host goes: removing a base chain unregisters its hook, and when any
+// hook of a namespace goes the kernel drops every packet that any netfilter
+// queue of the namespace holds, which would be every packet the delay lines
+// of the host's links are delaying.
+func (e *End) setChainRules(ch *nftables.Chain, add func(*nftables.Conn)) error {
 	c, err := nftables.New(nftables.WithNetNSFd(int(e.Host.ns)))
 	if err != nil {
 		return fmt.Errorf("nftables: %w", err)
 	}
-	table := &nftables.Table{Family: family, Name: name}
-	existing, err := c.ListTablesOfFamily(family)
+	existing, err := c.ListTablesOfFamily(ch.Table.Family)
 	if err != nil {
 		return fmt.Errorf("list tables: %w", err)
 	}
-	if slices.ContainsFunc(existing, func(t *nftables.Table) bool { return t.Name == table.Name }) {
-		c.DelTable(table)
+	if slices.ContainsFunc(existing, func(t *nftables.Table) bool { return t.Name == ch.Table.Name }) {
+		c.FlushChain(ch)
+	} else {
+		c.AddTable(ch.Table)
+		c.AddChain(ch)
 	}
-	if build != nil {
-		build(c, table)
-	}
+	add(c)
 	if err := c.Flush(); err != nil {
-		return fmt.Errorf("apply table %s: %w", name, err)
+		return fmt.Errorf("apply table %s: %w", ch.Table.Name, err)
 	}
 	return nil
 }
 
-func addFaultRules(c *nftables.Conn, table *nftables.Table, dev string, f faultSet) {
-	c.AddTable(table)
-	accept := nftables.ChainPolicyAccept
-	chain := c.AddChain(&nftables.Chain{
-		Name:     "ingress",
-		Table:    table,
-		Type:     nftables.ChainTypeFilter,
-		Hooknum:  nftables.ChainHookIngress,
-		Priority: nftables.ChainPriorityRef(-500),
-		Device:   dev,
-		Policy:   &accept,
-	})
+func addFaultRules(c *nftables.Conn, chain *nftables.Chain, f faultSet) {
+	table := chain.Table
 	add := func(exprs ...expr.Any) { c.AddRule(&nftables.Rule{Table: table, Chain: chain, Exprs: exprs}) }
 	drop := &expr.Verdict{Kind: expr.VerdictDrop}
 

@@ -84,19 +84,27 @@ func isTimeout(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
-// hasTable reports whether e's host has an nftables table called name.
-func hasTable(t *testing.T, e *End, name string) bool {
+// hasRules reports whether e's host has rules in the nftables table called
+// name (the lab keeps a link's tables, empty, once it made them).
+func hasRules(t *testing.T, e *End, name string) bool {
 	t.Helper()
 	c, err := nftables.New(nftables.WithNetNSFd(int(e.Host.ns)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	tables, err := c.ListTables()
+	chains, err := c.ListChains()
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, tb := range tables {
-		if tb.Name == name {
+	for _, ch := range chains {
+		if ch.Table.Name != name {
+			continue
+		}
+		rules, err := c.GetRules(ch.Table, ch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(rules) > 0 {
 			return true
 		}
 	}

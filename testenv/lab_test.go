@@ -70,8 +70,8 @@ func TestHealRemovesRules(t *testing.T) {
 	if err := l.Blackhole(); err != nil {
 		t.Fatal(err)
 	}
-	if !hasTable(t, l.A, l.A.tableName()) || !hasTable(t, l.B, l.B.tableName()) {
-		t.Fatal("fault table missing")
+	if !hasRules(t, l.A, l.A.tableName()) || !hasRules(t, l.B, l.B.tableName()) {
+		t.Fatal("fault rules missing")
 	}
 	if err := l.Heal(); err != nil {
 		t.Fatal(err)
@@ -79,7 +79,7 @@ func TestHealRemovesRules(t *testing.T) {
 	if err := l.Heal(); err != nil { // idempotent
 		t.Fatal(err)
 	}
-	if hasTable(t, l.A, l.A.tableName()) || hasTable(t, l.B, l.B.tableName()) {
-		t.Fatal("Heal left an nftables table behind")
+	if hasRules(t, l.A, l.A.tableName()) || hasRules(t, l.B, l.B.tableName()) {
+		t.Fatal("Heal left nftables rules behind")
 	}
 }
