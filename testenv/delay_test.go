@@ -109,7 +109,8 @@ func TestDelayJitterSpreads(t *testing.T) {
 	if hi-lo < 8*time.Millisecond {
 		t.Fatalf("RTTs %v..%v: spread %v, want at least 8 ms from ±10 ms jitter", lo, hi, hi-lo)
 	}
-	if lo < 19*time.Millisecond || hi > 65*time.Millisecond {
+	// Above 60 ms only by scheduling delays of a loaded machine.
+	if lo < 19*time.Millisecond || hi > 75*time.Millisecond {
 		t.Fatalf("RTTs %v..%v outside 20..60 ms", lo, hi)
 	}
 	// Heal removes it.
