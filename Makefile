@@ -26,6 +26,7 @@ deps:
 
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }
+	@d="$$($(GO) mod tidy -diff 2>&1)" || { echo "$$d"; echo "go.mod/go.sum are not tidy: run 'go mod tidy'"; exit 1; }
 	$(GO) vet ./...
 
 # The session layer (and the gateway on top of it) and the policy engine
