@@ -5,6 +5,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/usltun/usltun/internal/human"
 	"github.com/usltun/usltun/tools/loadgen"
 )
 
@@ -28,16 +29,16 @@ type progress struct {
 // formatProgress renders the live line. Every field has a fixed width, so
 // successive lines overwrite each other without flicker.
 func formatProgress(p progress) string {
-	rate := fmt.Sprintf("%11s", humanRate(p.BitsPerS))
+	rate := fmt.Sprintf("%11s", human.Rate(p.BitsPerS))
 	if p.Average {
 		rate = "avg " + strings.TrimLeft(rate, " ")
 	}
-	line := fmt.Sprintf("%6.1fs  %10s delivered  %11s", p.Elapsed.Seconds(), humanBytes(p.Delivered), rate)
+	line := fmt.Sprintf("%6.1fs  %10s delivered  %11s", p.Elapsed.Seconds(), human.Bytes(p.Delivered), rate)
 	if p.Session == "" {
 		return line
 	}
 	return line + fmt.Sprintf("  session %-12s  reconnects %-3d  retransmitted %s",
-		p.Session, p.Reconnects, humanBytes(int64(p.Retransmitted)))
+		p.Session, p.Reconnects, human.Bytes(int64(p.Retransmitted)))
 }
 
 // rateMeter turns cumulative byte counts into a rate over a sliding window,
@@ -91,7 +92,7 @@ func formatTunnelSummary(rep *loadgen.Report, s sessionSummary, cutRecovery time
 		if !d.Match {
 			verdict = "DIFFERENT"
 		}
-		row(d.name, "%-10s  %-10s  %s / %s  %s", humanBytes(d.Sent), humanBytes(d.Received),
+		row(d.name, "%-10s  %-10s  %s / %s  %s", human.Bytes(d.Sent), human.Bytes(d.Received),
 			shortHash(d.SentSHA256), shortHash(d.RecvSHA256), verdict)
 	}
 	errorRows(row, rep)
@@ -99,7 +100,7 @@ func formatTunnelSummary(rep *loadgen.Report, s sessionSummary, cutRecovery time
 	if cutRecovery >= 0 {
 		row("back after the cut", "%s from heal to the next byte", seconds(cutRecovery))
 	}
-	row("tunnel", "%d reconnects, %s retransmitted", s.Reconnects, humanBytes(int64(s.Retransmitted)))
+	row("tunnel", "%d reconnects, %s retransmitted", s.Reconnects, human.Bytes(int64(s.Retransmitted)))
 	return b.String()
 }
 
@@ -109,7 +110,7 @@ func formatPlainSummary(rep *loadgen.Report) string {
 	row := func(k, f string, a ...any) { fmt.Fprintf(&b, "  %-20s "+f+"\n", append([]any{k}, a...)...) }
 	row("", "%-10s  %s", "sent", "received")
 	for _, d := range directions(rep) {
-		row(d.name, "%-10s  %s", humanBytes(d.Sent), humanBytes(d.Received))
+		row(d.name, "%-10s  %s", human.Bytes(d.Sent), human.Bytes(d.Received))
 	}
 	errorRows(row, rep)
 	return b.String()
@@ -128,7 +129,7 @@ func describeError(e loadgen.ErrorEvent) string {
 	if e.Side == "server" {
 		host = "C"
 	}
-	return fmt.Sprintf("%s on %s's %s, after %s", e.Errno, host, e.Op, humanBytes(e.Offset))
+	return fmt.Sprintf("%s on %s's %s, after %s", e.Errno, host, e.Op, human.Bytes(e.Offset))
 }
 
 type namedDirection struct {
@@ -168,30 +169,4 @@ func span(d time.Duration) string {
 		return fmt.Sprintf("%d s", d/time.Second)
 	}
 	return fmt.Sprintf("%.1f s", d.Seconds())
-}
-
-// humanBytes keeps at most four digits, so columns stay narrow: 1000 MiB
-// and up are shown in GiB.
-func humanBytes(n int64) string {
-	switch {
-	case n >= 1000<<20:
-		return fmt.Sprintf("%.2f GiB", float64(n)/(1<<30))
-	case n >= 1000<<10:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	case n >= 1000:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d B", n)
-}
-
-func humanRate(bps float64) string {
-	switch {
-	case bps >= 1e9:
-		return fmt.Sprintf("%.2f Gbit/s", bps/1e9)
-	case bps >= 1e6:
-		return fmt.Sprintf("%.0f Mbit/s", bps/1e6)
-	case bps >= 1e3:
-		return fmt.Sprintf("%.0f kbit/s", bps/1e3)
-	}
-	return fmt.Sprintf("%.0f bit/s", bps)
 }

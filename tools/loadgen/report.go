@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/usltun/usltun/internal/human"
 	"golang.org/x/sys/unix"
 )
 
@@ -187,7 +188,7 @@ func (r *Report) MaxRecovery() time.Duration {
 func (r *Report) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%d flows, mode %s, directions %s, %v\n", len(r.Flows), r.Mode, r.Dirs, r.Elapsed.Round(time.Millisecond))
-	fmt.Fprintf(&b, "received: up %s, down %s, %s\n", humanBytes(r.BytesUp), humanBytes(r.BytesDown), humanRate(r.BitsPerSec))
+	fmt.Fprintf(&b, "received: up %s, down %s, %s\n", human.Bytes(r.BytesUp), human.Bytes(r.BytesDown), human.Rate(r.BitsPerSec))
 	var connect time.Duration
 	for _, f := range r.Flows {
 		connect = max(connect, f.Connect)
@@ -227,26 +228,4 @@ func (r *Report) String() string {
 		fmt.Fprintf(&b, "NOT verified: %d flow directions incomplete or different, %d errors\n", mismatched, len(r.Errors))
 	}
 	return b.String()
-}
-
-func humanBytes(n int64) string {
-	switch {
-	case n >= 1<<30:
-		return fmt.Sprintf("%.2f GiB", float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%.2f MiB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.2f KiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d B", n)
-}
-
-func humanRate(bps float64) string {
-	switch {
-	case bps >= 1e9:
-		return fmt.Sprintf("%.2f Gbit/s", bps/1e9)
-	case bps >= 1e6:
-		return fmt.Sprintf("%.2f Mbit/s", bps/1e6)
-	}
-	return fmt.Sprintf("%.0f kbit/s", bps/1e3)
 }
