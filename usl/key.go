@@ -58,7 +58,7 @@ func (k PublicKey) IsZero() bool { return k == PublicKey{} }
 // ParsePrivateKey reads a base64 private key, ignoring surrounding space.
 func ParsePrivateKey(s string) (PrivateKey, error) {
 	var k PrivateKey
-	if err := decodeKey(s, k[:]); err != nil {
+	if err := decodeKey(s, k[:], "usltun genkey"); err != nil {
 		return k, fmt.Errorf("private key: %w", err)
 	}
 	k.clamp()
@@ -68,17 +68,19 @@ func ParsePrivateKey(s string) (PrivateKey, error) {
 // ParsePublicKey reads a base64 public key, ignoring surrounding space.
 func ParsePublicKey(s string) (PublicKey, error) {
 	var k PublicKey
-	if err := decodeKey(s, k[:]); err != nil {
+	if err := decodeKey(s, k[:], "usltun pubkey"); err != nil {
 		return k, fmt.Errorf("public key: %w", err)
 	}
 	return k, nil
 }
 
-func decodeKey(s string, dst []byte) error {
+// decodeKey decodes a base64 key into dst; printedBy names the command that
+// prints this kind of key, for the hint.
+func decodeKey(s string, dst []byte, printedBy string) error {
 	s = strings.TrimSpace(s)
 	b, err := base64.StdEncoding.DecodeString(s)
 	if err != nil {
-		return fmt.Errorf("not base64 (%d characters): want 44 characters as printed by `usltun genkey`", len(s))
+		return fmt.Errorf("not base64 (%d characters): want 44 characters as printed by `%s`", len(s), printedBy)
 	}
 	if len(b) != KeyLen {
 		return fmt.Errorf("decodes to %d bytes, want %d", len(b), KeyLen)
