@@ -10,8 +10,12 @@ export GOFLAGS := -buildvcs=false
 
 all: build
 
+# VERSION is what `usltun version` prints: git describe of the checkout.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+
 build:
-	$(GO) build -o bin/usltun ./cmd/usltun
+	$(GO) build -ldflags '$(LDFLAGS)' -o bin/usltun ./cmd/usltun
 
 # deps installs what the tests and benchmarks need on a fresh Debian machine.
 # Go modules come through `go mod download`; system tools through apt-get.

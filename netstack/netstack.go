@@ -63,15 +63,23 @@ type Config struct {
 	Logger *slog.Logger
 }
 
+// Defaults of Config, exported so that front ends (the CLI's flags) state
+// the same numbers.
+const (
+	DefaultMaxFlows           = 8192
+	DefaultMaxPendingConnects = 1024
+	DefaultConnectTimeout     = 60 * time.Second
+)
+
 func (c *Config) setDefaults() {
 	if c.MaxFlows <= 0 {
-		c.MaxFlows = 8192
+		c.MaxFlows = DefaultMaxFlows
 	}
 	if c.MaxPendingConnects <= 0 {
-		c.MaxPendingConnects = 1024
+		c.MaxPendingConnects = DefaultMaxPendingConnects
 	}
 	if c.ConnectTimeout <= 0 {
-		c.ConnectTimeout = 60 * time.Second
+		c.ConnectTimeout = DefaultConnectTimeout
 	}
 	if c.HalfCloseTimeout <= 0 {
 		c.HalfCloseTimeout = 2 * time.Minute

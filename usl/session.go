@@ -43,6 +43,8 @@ type Session struct {
 	downSince    time.Time
 	timeout      *time.Timer // listener: session timeout while no path
 
+	lastHandshake time.Time // set by attach, reported by Stats
+
 	// Send side.
 	nextSeq     uint64 // next seq to assign
 	acked       uint64 // the peer's cumulative ack
@@ -166,6 +168,7 @@ func (s *Session) Stats() Stats {
 		Streams:       len(s.streams),
 		PeerKey:       s.peer,
 	}
+	st.LastHandshake = s.lastHandshake
 	if len(s.paths) > 0 {
 		st.Remote = s.remote
 	}
@@ -201,6 +204,7 @@ func (s *Session) attach(c *liveConn, inc uint64, peerRecv uint64, window, maxFr
 		s.reconnects++
 	}
 	s.everUp = true
+	s.lastHandshake = time.Now()
 	s.state = Up
 	s.remote = p.remote
 	s.peerWindow = uint64(window)

@@ -40,4 +40,5 @@ type Stats struct {
 	LastError     string        // why the last path died or the last attempt failed
 	Streams       int           // open streams
 	PeerKey       PublicKey
+	LastHandshake time.Time // when the latest path completed its handshake; zero before the first
 }

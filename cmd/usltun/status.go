@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/usltun/usltun/internal/human"
 	"github.com/usltun/usltun/netstack"
 	"github.com/usltun/usltun/usl"
 )
@@ -44,6 +45,11 @@ type sessionReport struct {
 	Fences             uint64  `json:"fences"`
 	Streams            int     `json:"streams"`
 	LastError          string  `json:"last_error"`
+	// LastHandshake is when the latest path completed its handshake (RFC
+	// 3339, UTC), empty before the first; LastHandshakeAgoS is its age in
+	// seconds when the status was taken.
+	LastHandshake     string  `json:"last_handshake,omitempty"`
+	LastHandshakeAgoS float64 `json:"last_handshake_ago_s,omitempty"`
 }
 
 type flowReport struct {
@@ -88,7 +94,7 @@ func (d *daemon) status() any {
 }
 
 func newSessionReport(st usl.Stats) *sessionReport {
-	return &sessionReport{
+	r := &sessionReport{
 		State:              st.State.String(),
 		ID:                 st.SessionID,
 		Path:               st.Remote,
@@ -102,6 +108,11 @@ func newSessionReport(st usl.Stats) *sessionReport {
 		Streams:            st.Streams,
 		LastError:          st.LastError,
 	}
+	if !st.LastHandshake.IsZero() {
+		r.LastHandshake = st.LastHandshake.UTC().Format(time.RFC3339Nano)
+		r.LastHandshakeAgoS = time.Since(st.LastHandshake).Seconds()
+	}
+	return r
 }
 
 func newFlowReport(st netstack.Stats) flowReport {
@@ -120,7 +131,7 @@ type statusCmd struct {
 	Control string `placeholder:"PATH" help:"Status socket (default: @usltun/<tun>)."`
 }
 
-func (c *statusCmd) Run() error {
+func (c *statusCmd) Run(o cmdIO) error {
 	path := c.Control
 	if path == "" {
 		path = defaultControlPath(c.Tun)
@@ -132,19 +143,19 @@ func (c *statusCmd) Run() error {
 		return err
 	}
 	if c.JSON {
-		_, err := os.Stdout.Write(b)
+		_, err := o.stdout.Write(b)
 		return err
 	}
 	var r statusReport
 	if err := json.Unmarshal(b, &r); err != nil {
 		return fmt.Errorf("daemon on %s sent a status this build cannot read (version mismatch?): %w", path, err)
 	}
-	renderStatus(os.Stdout, &r)
+	renderStatus(o.stdout, &r)
 	return nil
 }
 
 func renderStatus(w io.Writer, r *statusReport) {
-	p := func(k, f string, a ...any) { fmt.Fprintf(w, "%-13s "+f+"\n", append([]any{k + ":"}, a...)...) }
+	p := func(k, f string, a ...any) { fmt.Fprintf(w, "%-17s "+f+"\n", append([]any{k + ":"}, a...)...) }
 	p("peer", "%s (%s)", r.Address, r.Mode)
 	p("peer key", "%s", r.PeerKey)
 	if s := r.Session; s == nil {
@@ -154,9 +165,12 @@ func renderStatus(w io.Writer, r *statusReport) {
 		if s.Path != "" {
 			p("path", "%s, rtt %.2f ms", s.Path, s.RTTMs)
 		}
-		p("traffic", "%s in, %s out", humanBytes(s.BytesIn), humanBytes(s.BytesOut))
+		if s.LastHandshake != "" {
+			p("latest handshake", "%s ago", human.Age(time.Duration(s.LastHandshakeAgoS*float64(time.Second))))
+		}
+		p("transfer", "%s received, %s sent", human.Bytes(int64(s.BytesIn)), human.Bytes(int64(s.BytesOut)))
 		p("reliability", "%s unacked, %s retransmitted, %d reconnects, %d fences",
-			humanBytes(uint64(s.UnackedBytes)), humanBytes(s.RetransmittedBytes), s.Reconnects, s.Fences)
+			human.Bytes(int64(s.UnackedBytes)), human.Bytes(int64(s.RetransmittedBytes)), s.Reconnects, s.Fences)
 		if s.LastError != "" {
 			p("last error", "%s", s.LastError)
 		}
@@ -174,17 +188,4 @@ func renderStatus(w io.Writer, r *statusReport) {
 		p("exports", "none")
 	}
 	p("daemon", "pid %d, up %s, usltun %s", r.PID, (time.Duration(r.UptimeS) * time.Second).String(), r.Version)
-}
-
-func humanBytes(n uint64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := uint64(unit), 0
-	for m := n / unit; m >= unit && exp < 4; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTP"[exp])
 }

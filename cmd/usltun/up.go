@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -31,14 +32,20 @@ type upCmd struct {
 	Control        string          `placeholder:"PATH" help:"Status socket (default: abstract socket @usltun/<tun>, private to this network namespace)."`
 	LogLevel       string          `enum:"debug,info,warn,error" default:"info" help:"Log level: ${enum}."`
 	SessionTimeout time.Duration   `default:"0s" help:"Give up and fail every flow after the peer is gone this long (0: never)."`
-	DeadInterval   time.Duration   `default:"2s" help:"A path that hears nothing from the peer for this long is declared dead and reconnected."`
-	MaxFlows       int             `default:"8192" help:"Most concurrent flows; beyond it new connections are refused with a reset."`
-	MaxStreams     int             `default:"16384" help:"Most open streams per session, both directions together."`
-	ReplayBuffer   byteSize        `default:"32MiB" help:"Unacknowledged bytes kept per session for retransmission; writers block when it is full."`
-	HandshakeRate  float64         `default:"10" help:"Handshakes per second accepted from one source address."`
+	DeadInterval   time.Duration   `default:"${default_dead_interval}" help:"A path that hears nothing from the peer for this long is declared dead and reconnected."`
+	MaxFlows       int             `default:"${default_max_flows}" help:"Most concurrent flows; beyond it new connections are refused with a reset."`
+	MaxStreams     int             `default:"${default_max_streams}" help:"Most open streams per session, both directions together."`
+	ReplayBuffer   byteSize        `default:"${default_replay_buffer}" help:"Unacknowledged bytes kept per session for retransmission; writers block when it is full."`
+	HandshakeRate  float64         `default:"${default_handshake_rate}" help:"Handshakes per second accepted from one source address."`
 }
 
-func (c *upCmd) Validate() error {
+// AfterApply checks the command line once kong has parsed it and found every
+// required flag (kong's Validate hooks would run before that check). Its
+// errors are usage errors.
+func (c *upCmd) AfterApply() error {
+	if _, err := usl.ParsePublicKey(c.PeerKey); err != nil {
+		return fmt.Errorf("--peer-key: %w (run 'usltun pubkey < peer.key' on the peer)", err)
+	}
 	if (c.Peer == "") == (c.Listen == "") {
 		return errors.New("give exactly one of --peer HOST[:PORT] (dial the peer) or --listen ADDR[:PORT] (wait for it)")
 	}
@@ -78,10 +85,10 @@ func withDefaultPort(hostport string) string {
 	return net.JoinHostPort(host, strconv.Itoa(defaultPort))
 }
 
-func (c *upCmd) logger() *slog.Logger {
+func (c *upCmd) logger(w io.Writer) *slog.Logger {
 	var level slog.Level
 	level.UnmarshalText([]byte(c.LogLevel)) // kong's enum already checked it
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
 }
 
 func (c *upCmd) sessionConfig(key usl.PrivateKey, peer usl.PublicKey, log *slog.Logger) usl.Config {
@@ -97,13 +104,13 @@ func (c *upCmd) sessionConfig(key usl.PrivateKey, peer usl.PublicKey, log *slog.
 	}
 }
 
-func (c *upCmd) Run() error {
-	log := c.logger()
-	key, err := readPrivateKey(c.Key)
+func (c *upCmd) Run(o cmdIO) error {
+	log := c.logger(o.stderr)
+	key, err := readPrivateKey(c.Key, log)
 	if err != nil {
 		return err
 	}
-	peerKey, err := usl.ParsePublicKey(c.PeerKey)
+	peerKey, err := usl.ParsePublicKey(c.PeerKey) // Validate checked it
 	if err != nil {
 		return fmt.Errorf("--peer-key: %w", err)
 	}
