@@ -1,46 +1,13 @@
 package usl
 
-import (
-	"math/bits"
-	"sync"
-)
+import "github.com/usltun/usltun/internal/bufpool"
 
-// bufPool hands out byte slices in power-of-two size classes, so the data
-// path reuses frame buffers instead of allocating one per frame. Each
-// session has its own pool: no package state, and a closed session's
-// buffers go away with it.
-type bufPool struct {
-	classes [maxClass - minClass + 1]sync.Pool
-}
-
-const (
-	minClass = 9  // 512 B
-	maxClass = 21 // 2 MiB: maxFrameLimit plus a header
-)
-
-func classOf(n int) int {
-	if n <= 1<<minClass {
-		return 0
-	}
-	return bits.Len(uint(n-1)) - minClass
-}
+// bufPool hands out frame buffers from usltun's one size-class pool, so the
+// data path reuses them instead of allocating one per frame. Each session has
+// its own: no package state, and a closed session's buffers go away with it.
+type bufPool struct{ p bufpool.Pool }
 
 // get returns a buffer of length n. The pointer must go back through put.
-func (p *bufPool) get(n int) *[]byte {
-	c := classOf(n)
-	if v := p.classes[c].Get(); v != nil {
-		b := v.(*[]byte)
-		*b = (*b)[:n]
-		return b
-	}
-	b := make([]byte, n, 1<<(c+minClass))
-	return &b
-}
+func (b *bufPool) get(n int) *[]byte { return b.p.Get(n) }
 
-func (p *bufPool) put(b *[]byte) {
-	c := classOf(cap(*b))
-	if cap(*b) != 1<<(c+minClass) {
-		return // not ours
-	}
-	p.classes[c].Put(b)
-}
+func (b *bufPool) put(buf *[]byte) { b.p.Put(buf) }
