@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/usltun/usltun/flow"
+	"github.com/usltun/usltun/internal/bufpool"
 	"github.com/usltun/usltun/usl"
 )
 
@@ -48,10 +49,10 @@ func (c *Config) setDefaults() {
 		c.DialTimeout = 10 * time.Second
 	}
 	if c.UDPIdleTimeout == 0 {
-		c.UDPIdleTimeout = 60 * time.Second
+		c.UDPIdleTimeout = flow.DefaultUDPIdleTimeout
 	}
 	if c.HalfCloseTimeout == 0 {
-		c.HalfCloseTimeout = 2 * time.Minute
+		c.HalfCloseTimeout = flow.DefaultHalfCloseTimeout
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -61,8 +62,9 @@ func (c *Config) setDefaults() {
 // Gateway serves the streams of sessions. One Gateway may serve several
 // sessions (a listener accepts a fresh one after a peer restart).
 type Gateway struct {
-	cfg Config
-	wg  sync.WaitGroup
+	cfg  Config
+	wg   sync.WaitGroup
+	bufs bufpool.Pool // relay buffers, borrowed only while data moves
 }
 
 // New returns a gateway with cfg's defaults filled in.
@@ -135,9 +137,9 @@ func (g *Gateway) handle(ctx context.Context, peer string, st *usl.Stream) {
 	log.Debug("flow open", "peer", peer, "dst", dst.String())
 	switch dst.Proto {
 	case flow.TCP:
-		relayTCP(st, c.(*net.TCPConn), g.cfg.HalfCloseTimeout)
+		relayTCP(&g.bufs, st, c.(*net.TCPConn), g.cfg.HalfCloseTimeout)
 	case flow.UDP:
-		relayUDP(st, c.(*net.UDPConn), g.cfg.UDPIdleTimeout)
+		relayUDP(&g.bufs, st, c.(*net.UDPConn), g.cfg.UDPIdleTimeout)
 	}
 	log.Debug("flow closed", "peer", peer, "dst", dst.String())
 }

@@ -5,23 +5,15 @@ import (
 	"io"
 	"net"
 	"os"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/usltun/usltun/flow"
+	"github.com/usltun/usltun/internal/bufpool"
+	"github.com/usltun/usltun/internal/splice"
 	"github.com/usltun/usltun/usl"
 )
-
-// relayBufSize is the copy chunk. 64 KiB matches the largest USL data frame
-// and a TSO segment, so one read usually fills one frame.
-const relayBufSize = 64 << 10
-
-// bufPool holds relay buffers. A buffer is taken only once data is ready to
-// read (see waitReadable), so idle flows pin no buffer: 10,000 idle flows
-// would otherwise pin 1.25 GiB.
-var bufPool = sync.Pool{New: func() any { b := make([]byte, relayBufSize); return &b }}
 
 // halfCloser is a connection whose write side can be shut down alone.
 type halfCloser interface {
@@ -33,10 +25,13 @@ type halfCloser interface {
 // A FIN on one side becomes CloseWrite on the other; a reset on one side
 // aborts the other with a reset. Once one direction has finished, the other
 // gets halfClose to finish too.
-func relayTCP(st *usl.Stream, c *net.TCPConn, halfClose time.Duration) {
+// Relay buffers come from pool only once data is ready to read (see
+// waitReadable), so idle flows pin no buffer: 10,000 idle flows would
+// otherwise pin 1.25 GiB.
+func relayTCP(pool *bufpool.Pool, st *usl.Stream, c *net.TCPConn, halfClose time.Duration) {
 	done := make(chan error, 2)
-	go func() { done <- copyHalf(c, st, func() error { return waitStream(st) }) }()
-	go func() { done <- copyHalf(st, c, func() error { return waitReadable(c) }) }()
+	go func() { done <- copyHalf(pool, c, st, func() error { return waitStream(st) }) }()
+	go func() { done <- copyHalf(pool, st, c, func() error { return waitReadable(c) }) }()
 	pending := 2
 	err := <-done
 	pending--
@@ -82,31 +77,11 @@ func abortTCP(st *usl.Stream, c *net.TCPConn, cause error) {
 // returns nil; any other error is returned. wait blocks until src has data
 // (or an EOF or error) pending, so a buffer is taken from the pool only for
 // data that is already there.
-func copyHalf(dst halfCloser, src io.Reader, wait func() error) error {
-	for {
-		if err := wait(); err != nil {
-			if err == io.EOF {
-				return dst.CloseWrite()
-			}
-			return err
-		}
-		bp := bufPool.Get().(*[]byte)
-		n, rerr := src.Read(*bp)
-		var werr error
-		if n > 0 {
-			_, werr = dst.Write((*bp)[:n])
-		}
-		bufPool.Put(bp)
-		if werr != nil {
-			return werr
-		}
-		if rerr == io.EOF {
-			return dst.CloseWrite()
-		}
-		if rerr != nil {
-			return rerr
-		}
+func copyHalf(pool *bufpool.Pool, dst halfCloser, src io.Reader, wait func() error) error {
+	if err := splice.Copy(dst, src, pool, wait); err != nil {
+		return err
 	}
+	return dst.CloseWrite()
 }
 
 // waitStream blocks until the stream has data, its FIN or an error pending:
@@ -145,7 +120,7 @@ func waitReadable(c syscall.Conn) error {
 // relayUDP carries datagrams between the stream and a connected UDP socket.
 // On the stream each datagram is a 2-byte big-endian length and the payload.
 // The flow ends after idle with no datagram either way.
-func relayUDP(st *usl.Stream, c *net.UDPConn, idle time.Duration) {
+func relayUDP(pool *bufpool.Pool, st *usl.Stream, c *net.UDPConn, idle time.Duration) {
 	var last atomic.Int64
 	last.Store(time.Now().UnixNano())
 	touch := func() { last.Store(time.Now().UnixNano()) }
@@ -162,8 +137,8 @@ func relayUDP(st *usl.Stream, c *net.UDPConn, idle time.Duration) {
 			if err != nil {
 				return
 			}
-			bp := bufPool.Get().(*[]byte)
-			p := (*bp)[:n]
+			bp := pool.Get(n)
+			p := *bp
 			_, err = io.ReadFull(st, p)
 			if err == nil {
 				touch()
@@ -171,7 +146,7 @@ func relayUDP(st *usl.Stream, c *net.UDPConn, idle time.Duration) {
 				// unreachable) loses one datagram, as UDP does; go on.
 				c.Write(p)
 			}
-			bufPool.Put(bp)
+			pool.Put(bp)
 			if err != nil {
 				return
 			}
@@ -181,13 +156,13 @@ func relayUDP(st *usl.Stream, c *net.UDPConn, idle time.Duration) {
 		defer func() { done <- struct{}{} }()
 		for {
 			c.SetReadDeadline(time.Now().Add(idle))
-			bp := bufPool.Get().(*[]byte)
+			bp := pool.Get(flow.DatagramBuf)
 			n, err := c.Read((*bp)[flow.DatagramHeader:])
 			if err == nil {
 				touch()
 				err = flow.WriteDatagram(st, (*bp)[:flow.DatagramHeader+n])
 			}
-			bufPool.Put(bp)
+			pool.Put(bp)
 			if errors.Is(err, os.ErrDeadlineExceeded) && idleFor() < idle {
 				continue
 			}

@@ -33,6 +33,7 @@ import (
 	"time"
 
 	"github.com/usltun/usltun/flow"
+	"github.com/usltun/usltun/internal/bufpool"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 )
@@ -82,10 +83,10 @@ func (c *Config) setDefaults() {
 		c.ConnectTimeout = DefaultConnectTimeout
 	}
 	if c.HalfCloseTimeout <= 0 {
-		c.HalfCloseTimeout = 2 * time.Minute
+		c.HalfCloseTimeout = flow.DefaultHalfCloseTimeout
 	}
 	if c.UDPIdleTimeout <= 0 {
-		c.UDPIdleTimeout = 60 * time.Second
+		c.UDPIdleTimeout = flow.DefaultUDPIdleTimeout
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -126,7 +127,7 @@ type Stack struct {
 	dialErrors   atomic.Uint64
 	lastLimitLog atomic.Int64 // unix nanos; limit logs at most every 10 s
 
-	bufs sync.Pool // *[]byte of poolBuf bytes, borrowed by busy pumps
+	bufs bufpool.Pool // borrowed by busy TCP pumps and by UDP datagrams in flight
 
 	closeOnce sync.Once
 }
@@ -146,7 +147,6 @@ func New(ep stack.LinkEndpoint, cfg Config) (*Stack, error) {
 	cfg.setDefaults()
 	st := &Stack{cfg: cfg, log: cfg.Logger, flows: make(map[flowCloser]struct{}), nicID: 1}
 	st.ctx, st.cancel = context.WithCancel(context.Background())
-	st.bufs.New = func() any { b := make([]byte, poolBuf); return &b }
 	st.s = newGVisorStack()
 	if err := tune(st.s); err != nil {
 		st.s.Destroy()

@@ -9,25 +9,16 @@ import (
 	"time"
 
 	"github.com/usltun/usltun/flow"
+	"github.com/usltun/usltun/internal/splice"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/waiter"
 )
 
-const (
-	// smallBuf is each direction's own buffer, used for the blocking read
-	// of an idle flow: idle flows must be cheap (thousands of them).
-	smallBuf = 4 << 10
-	// poolBuf-sized buffers are borrowed from the stack's pool while a
-	// direction is busy (a read filled the small buffer, so more is
-	// queued). About 64 KiB, like a GSO segment and a USL frame, and
-	// exactly the largest UDP datagram with its 2-byte length prefix.
-	poolBuf = 2 + 0xffff
-	// shutdownWriteGrace bounds writes still in progress when Close stops
-	// the flows.
-	shutdownWriteGrace = time.Second
-)
+// shutdownWriteGrace bounds writes still in progress when Close stops the
+// flows.
+const shutdownWriteGrace = time.Second
 
 // tcpFlow is one spliced TCP connection: app is the application's
 // connection terminated in gVisor, remote the Dialer's half.
@@ -123,45 +114,20 @@ func (f *tcpFlow) closeWriteApp() error {
 // pump copies src to dst. On EOF (a FIN) it half-closes dst and reports a
 // clean end; on any other error, on either side, it aborts the whole flow:
 // an RST from the app resets the remote stream, and a reset of the remote
-// stream (a *flow.Error: aborted, fenced, ...) is sent to the app as an RST.
+// stream (fenced, for example) is sent to the app as an RST. A read that
+// times out because Close is stopping the flow ends it like a FIN.
 func (f *tcpFlow) pump(dst io.Writer, src io.Reader, closeWrite func() error) bool {
-	var small [smallBuf]byte
-	buf := small[:]
-	var big *[]byte
-	defer func() {
-		if big != nil {
-			f.st.bufs.Put(big)
-		}
-	}()
-	for {
-		n, rerr := src.Read(buf)
-		if n > 0 {
-			if _, werr := dst.Write(buf[:n]); werr != nil {
-				f.abort()
-				return false
-			}
-		}
-		if rerr != nil {
-			if rerr == io.EOF || (f.isStopping() && isTimeout(rerr)) {
-				if err := closeWrite(); err != nil {
-					f.abort()
-					return false
-				}
-				f.halfClosed()
-				return true
-			}
-			f.abort()
-			return false
-		}
-		switch {
-		case big == nil && n == len(buf):
-			big = f.st.bufs.Get().(*[]byte) // busy: read in large chunks
-			buf = *big
-		case big != nil && n < len(buf)/4:
-			f.st.bufs.Put(big) // draining: go back to the idle buffer
-			big, buf = nil, small[:]
-		}
+	err := splice.Copy(dst, src, &f.st.bufs, nil)
+	if err != nil && (splice.IsWrite(err) || !f.isStopping() || !isTimeout(err)) {
+		f.abort()
+		return false
 	}
+	if err := closeWrite(); err != nil {
+		f.abort()
+		return false
+	}
+	f.halfClosed()
+	return true
 }
 
 // watchAppReset runs after the app's FIN, while data still flows to the

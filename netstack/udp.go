@@ -173,8 +173,8 @@ func (f *udpFlow) appToRemote(remote flow.Conn) {
 	defer f.wq.EventUnregister(&entry)
 	var w tcpip.SliceWriter // outside the loop: one escape per flow, not per datagram
 	for {
-		bp := f.st.bufs.Get().(*[]byte)
-		buf := (*bp)[:flow.DatagramBuf]
+		bp := f.st.bufs.Get(flow.DatagramBuf)
+		buf := *bp
 		w = tcpip.SliceWriter(buf[flow.DatagramHeader:])
 		res, err := f.ep.Read(&w, tcpip.ReadOptions{})
 		if err == nil {
@@ -209,8 +209,8 @@ func (f *udpFlow) remoteToApp(remote flow.Conn) {
 		if err != nil {
 			return
 		}
-		bp := f.st.bufs.Get().(*[]byte)
-		buf := (*bp)[:n]
+		bp := f.st.bufs.Get(n)
+		buf := *bp
 		if _, err := io.ReadFull(remote, buf); err != nil {
 			f.st.bufs.Put(bp)
 			return

@@ -1,0 +1,109 @@
+// Package splice copies one direction of a flow: the loop that the netstack
+// (application ↔ session stream) and the gateway (session stream ↔
+// destination socket) share.
+//
+// Buffers come from a bufpool.Pool and are held only while data moves, so
+// thousands of idle flows pin almost nothing: with a wait function a pooled
+// buffer is borrowed for one read of data that is already there; without
+// one, an idle direction blocks in a small buffer of its own and borrows a
+// pooled buffer only while its reads keep filling the small one.
+package splice
+
+import (
+	"errors"
+	"io"
+
+	"github.com/usltun/usltun/internal/bufpool"
+)
+
+const (
+	// ChunkSize is the largest read. 64 KiB matches the largest USL data
+	// frame and a GSO segment, so one read usually fills one frame.
+	ChunkSize = 64 << 10
+	// idleBuf is the buffer a direction without a wait function blocks in
+	// while idle: idle flows must be cheap.
+	idleBuf = 4 << 10
+)
+
+// WriteError is Copy's error when dst failed; any other error came from
+// src or from wait.
+type WriteError struct{ Err error }
+
+func (e *WriteError) Error() string { return "write: " + e.Err.Error() }
+func (e *WriteError) Unwrap() error { return e.Err }
+
+// IsWrite reports whether Copy's err came from the destination.
+func IsWrite(err error) bool {
+	var we *WriteError
+	return errors.As(err, &we)
+}
+
+// Copy copies src to dst until src ends. It returns nil at io.EOF (the
+// caller then half-closes dst), a *WriteError if dst failed, and src's or
+// wait's error otherwise. Bytes read together with an error are written
+// before the error is returned.
+//
+// wait, if not nil, blocks until src has data, its EOF or an error pending,
+// without consuming it; io.EOF from wait ends the copy like EOF from src.
+func Copy(dst io.Writer, src io.Reader, pool *bufpool.Pool, wait func() error) error {
+	if wait != nil {
+		return copyWaiting(dst, src, pool, wait)
+	}
+	var small [idleBuf]byte
+	buf := small[:]
+	var big *[]byte
+	defer func() {
+		if big != nil {
+			pool.Put(big)
+		}
+	}()
+	for {
+		n, rerr := src.Read(buf)
+		if n > 0 {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return &WriteError{werr}
+			}
+		}
+		if rerr == io.EOF {
+			return nil
+		}
+		if rerr != nil {
+			return rerr
+		}
+		switch {
+		case big == nil && n == len(buf):
+			big = pool.Get(ChunkSize) // busy: read in large chunks
+			buf = *big
+		case big != nil && n < len(buf)/4:
+			pool.Put(big) // draining: go back to the idle buffer
+			big, buf = nil, small[:]
+		}
+	}
+}
+
+func copyWaiting(dst io.Writer, src io.Reader, pool *bufpool.Pool, wait func() error) error {
+	for {
+		if err := wait(); err != nil {
+			if err == io.EOF {
+				return nil
+			}
+			return err
+		}
+		bp := pool.Get(ChunkSize)
+		n, rerr := src.Read(*bp)
+		var werr error
+		if n > 0 {
+			_, werr = dst.Write((*bp)[:n])
+		}
+		pool.Put(bp)
+		if werr != nil {
+			return &WriteError{werr}
+		}
+		if rerr == io.EOF {
+			return nil
+		}
+		if rerr != nil {
+			return rerr
+		}
+	}
+}
