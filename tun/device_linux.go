@@ -124,9 +124,20 @@ func openTUN(name string, wantVnet bool) (*os.File, Offload, error) {
 	return os.NewFile(uintptr(fd), tunPath), offload, nil
 }
 
+// miscDevicePresent reports whether the kernel has the tun misc device
+// (built in or loaded), whatever /dev holds.
+func miscDevicePresent() bool {
+	_, err := os.Stat("/sys/class/misc/tun")
+	return err == nil
+}
+
 // openErr explains a failed open of /dev/net/tun.
 func openErr(err error) error {
 	switch {
+	case errors.Is(err, unix.ENOENT) && miscDevicePresent():
+		// The driver is there but the node is not: a container without
+		// the device, or a minimal /dev.
+		return fmt.Errorf("tun: open %s: %w (the tun driver is loaded but the device node is missing: mkdir -p /dev/net && mknod /dev/net/tun c 10 200; in a container pass --device /dev/net/tun)", tunPath, err)
 	case errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENODEV) || errors.Is(err, unix.ENXIO):
 		return fmt.Errorf("tun: open %s: %w (load the tun module: modprobe tun)", tunPath, err)
 	case errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM):

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"path/filepath"
 	"syscall"
 	"time"
 )
@@ -33,6 +34,9 @@ func listenControl(path string, status func() any, log *slog.Logger) (*controlSe
 	if err != nil {
 		if errors.Is(err, syscall.EADDRINUSE) {
 			return nil, fmt.Errorf("control socket %s is in use: another usltun runs for this device; stop it or pass --control", path)
+		}
+		if errors.Is(err, syscall.EROFS) {
+			return nil, fmt.Errorf("control socket %s: the file system is read-only: pass --control with a writable path, or an abstract name like @usltun/%s", path, filepath.Base(path))
 		}
 		return nil, fmt.Errorf("control socket %s: %w", path, err)
 	}

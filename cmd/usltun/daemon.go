@@ -63,6 +63,9 @@ func (c *upCmd) start(parent context.Context, key usl.PrivateKey, peerKey usl.Pu
 			if errors.Is(err, syscall.EADDRINUSE) {
 				return d, fmt.Errorf("listen %s: the port is in use (another usltun?); pick a free one with --listen ADDR:PORT", addr)
 			}
+			if hint := loopbackDown(addr); hint != "" {
+				return d, fmt.Errorf("listen %s: %w: %s", addr, err, hint)
+			}
 			return d, fmt.Errorf("listen %s: %w", addr, err)
 		}
 		log.Info("listening for peer", "addr", d.ln.Addr().String(), "peer_key", peerKey.String())
@@ -84,7 +87,7 @@ func (c *upCmd) start(parent context.Context, key usl.PrivateKey, peerKey usl.Pu
 	if len(c.Route) == 0 {
 		return d, nil
 	}
-	d.dev, err = tun.Create(tun.Config{Name: c.Tun, MTU: c.MTU, Addrs: c.Address, Routes: c.Route})
+	d.dev, err = tun.Create(tun.Config{Name: c.Tun, MTU: c.MTU, Addrs: c.devAddrs, Routes: c.Route})
 	if err != nil {
 		return d, err
 	}

@@ -41,12 +41,17 @@ type e2eLab struct {
 	bPub    string
 	DA, DB  *testenv.Proc // the daemons on A and B (nil until started)
 	peer    string        // B's session address as A dials it
+	noIPv6  bool          // the hosts have IPv6 disabled: IPv4 only
 }
 
 // labOpts adds daemon flags; the product's defaults apply otherwise.
 type labOpts struct {
 	aFlags, bFlags []string
 	ipv6Path       bool // the session itself runs over IPv6 between A and B
+	// noIPv6 disables IPv6 on all three hosts before their links exist
+	// (net.ipv6.conf.{all,default}.disable_ipv6=1), as on many servers
+	// and containers; addresses, routes and daemon flags are IPv4 only.
+	noIPv6 bool
 }
 
 // newLab builds A—B—C, starts both daemons and waits until A's session is
@@ -54,12 +59,27 @@ type labOpts struct {
 func newLab(t *testing.T, opts labOpts) *e2eLab {
 	t.Helper()
 	requireE2E(t)
-	l := &e2eLab{t: t, dir: t.TempDir()}
+	l := &e2eLab{t: t, dir: t.TempDir(), noIPv6: opts.noIPv6}
 	l.A, l.B, l.C = testenv.NewHost(t, "a"), testenv.NewHost(t, "b"), testenv.NewHost(t, "c")
-	l.AB = testenv.Link(t, l.A, l.B, addrA4+"/24,"+addrA6+"/64", addrB4+"/24,"+addrB6+"/64")
-	l.BC = testenv.Link(t, l.B, l.C, addrBC4+"/24,"+addrBC6+"/64", addrC4+"/24,"+addrC6+"/64")
-	l.C.AddRoute("default", addrBC4)
-	l.C.AddRoute("default", addrBC6)
+	exports := []string{"--export", netC4, "--export", netC6}
+	if opts.noIPv6 {
+		for _, h := range []*testenv.Host{l.A, l.B, l.C} {
+			for _, conf := range []string{"all", "default"} {
+				if err := h.Sysctl("net.ipv6.conf."+conf+".disable_ipv6", "1"); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		l.AB = testenv.Link(t, l.A, l.B, addrA4+"/24", addrB4+"/24")
+		l.BC = testenv.Link(t, l.B, l.C, addrBC4+"/24", addrC4+"/24")
+		l.C.AddRoute("default", addrBC4)
+		exports = []string{"--export", netC4}
+	} else {
+		l.AB = testenv.Link(t, l.A, l.B, addrA4+"/24,"+addrA6+"/64", addrB4+"/24,"+addrB6+"/64")
+		l.BC = testenv.Link(t, l.B, l.C, addrBC4+"/24,"+addrBC6+"/64", addrC4+"/24,"+addrC6+"/64")
+		l.C.AddRoute("default", addrBC4)
+		l.C.AddRoute("default", addrBC6)
+	}
 
 	l.aKey, l.aPub = l.genKey("a")
 	l.bKey, l.bPub = l.genKey("b")
@@ -69,8 +89,7 @@ func newLab(t *testing.T, opts labOpts) *e2eLab {
 		l.peer = "[" + addrB6 + "]"
 	}
 	l.DB = l.B.Start(t, "usltun", append([]string{e2eBinary, "up",
-		"--listen", l.peer, "--key", l.bKey, "--peer-key", l.aPub,
-		"--export", netC4, "--export", netC6}, opts.bFlags...)...)
+		"--listen", l.peer, "--key", l.bKey, "--peer-key", l.aPub}, append(exports, opts.bFlags...)...)...)
 	l.DA = l.A.Start(t, "usltun", l.aArgs(opts.aFlags...)...)
 	// Registered after the daemons, so it runs before their cleanup kills
 	// them and can still ask for their status.
@@ -82,9 +101,12 @@ func newLab(t *testing.T, opts labOpts) *e2eLab {
 // aArgs is A's command line: dial B, route C's subnets and the unexported
 // one.
 func (l *e2eLab) aArgs(extra ...string) []string {
-	return append([]string{e2eBinary, "up",
-		"--peer", l.peer, "--key", l.aKey, "--peer-key", l.bPub,
-		"--route", netC4, "--route", netC6, "--route", unexportedNet}, extra...)
+	routes := []string{"--route", netC4, "--route", netC6, "--route", unexportedNet}
+	if l.noIPv6 {
+		routes = []string{"--route", netC4, "--route", unexportedNet}
+	}
+	return append(append([]string{e2eBinary, "up",
+		"--peer", l.peer, "--key", l.aKey, "--peer-key", l.bPub}, routes...), extra...)
 }
 
 // genKey makes a key pair with the binary's own genkey and pubkey.

@@ -57,6 +57,8 @@ func defaultVars() kong.Vars {
 		"default_dead_interval":  usl.DefaultDeadInterval.String(),
 		"default_handshake_rate": fmt.Sprint(usl.DefaultHandshakeRate),
 		"default_max_flows":      fmt.Sprint(netstack.DefaultMaxFlows),
+		"default_address4":       defaultAddress4.String(),
+		"default_address6":       defaultAddress6.String(),
 	}
 }
 

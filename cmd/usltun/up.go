@@ -27,7 +27,7 @@ type upCmd struct {
 	Route          []netip.Prefix  `placeholder:"PREFIX" help:"Route this subnet through the tunnel device (repeatable)."`
 	Export         []netip.Prefix  `placeholder:"PREFIX" help:"Let the peer reach this subnet through this host (repeatable; default: nothing)."`
 	Tun            string          `default:"usl0" help:"Name of the TUN device, created only when there is something to --route."`
-	Address        []netip.Prefix  `default:"169.254.117.1/32,fd75:736c::1/128" placeholder:"PREFIX" help:"Addresses of the TUN device. Tunnelled flows use them as their source, so they survive a change of this host's own address."`
+	Address        []netip.Prefix  `placeholder:"PREFIX" help:"Addresses of the TUN device (default ${default_address4} and ${default_address6}; the IPv4 one only where IPv6 is disabled). Tunnelled flows use them as their source, so they survive a change of this host's own address."`
 	MTU            int             `name:"mtu" default:"1500" help:"MTU of the TUN device and of the netstack NIC."`
 	Control        string          `placeholder:"PATH" help:"Status socket (default: abstract socket @usltun/<tun>, private to this network namespace)."`
 	LogLevel       string          `enum:"debug,info,warn,error" default:"info" help:"Log level: ${enum}."`
@@ -37,12 +37,18 @@ type upCmd struct {
 	MaxStreams     int             `default:"${default_max_streams}" help:"Most open streams per session, both directions together."`
 	ReplayBuffer   byteSize        `default:"${default_replay_buffer}" help:"Unacknowledged bytes kept per session for retransmission; writers block when it is full."`
 	HandshakeRate  float64         `default:"${default_handshake_rate}" help:"Handshakes per second accepted from one source address."`
+
+	addressDefaulted bool           // no --address was given: Address holds the defaults
+	devAddrs         []netip.Prefix // what the device gets on this host (see deviceAddrs)
 }
 
 // AfterApply checks the command line once kong has parsed it and found every
 // required flag (kong's Validate hooks would run before that check). Its
 // errors are usage errors.
 func (c *upCmd) AfterApply() error {
+	if len(c.Address) == 0 {
+		c.Address, c.addressDefaulted = []netip.Prefix{defaultAddress4, defaultAddress6}, true
+	}
 	if _, err := usl.ParsePublicKey(c.PeerKey); err != nil {
 		return fmt.Errorf("--peer-key: %w (run 'usltun pubkey < peer.key' on the peer)", err)
 	}
@@ -119,6 +125,9 @@ func (c *upCmd) Run(o cmdIO) error {
 	}
 	if len(c.Route) > 0 {
 		if err := checkNetAdmin(); err != nil {
+			return err
+		}
+		if c.devAddrs, err = c.deviceAddrs(procSys, log); err != nil {
 			return err
 		}
 	}
