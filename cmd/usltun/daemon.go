@@ -33,6 +33,7 @@ type daemon struct {
 	dev      *tun.Device
 	stack    *netstack.Stack
 	ctl      *controlServer
+	metrics  *metricsServer
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -55,6 +56,11 @@ func (c *upCmd) start(parent context.Context, key usl.PrivateKey, peerKey usl.Pu
 	}
 	if d.ctl, err = listenControl(ctlPath, d.status, log); err != nil {
 		return d, err
+	}
+	if c.Metrics != "" {
+		if d.metrics, err = listenMetrics(c.Metrics, d, log); err != nil {
+			return d, err
+		}
 	}
 
 	if c.Listen != "" {
@@ -154,6 +160,9 @@ func (d *daemon) shutdown() error {
 	}
 	if d.ctl != nil {
 		d.ctl.Close()
+	}
+	if d.metrics != nil {
+		d.metrics.Close()
 	}
 	d.log.Info("stopped")
 	return errors.Join(errs...)

@@ -29,6 +29,8 @@ type upCmd struct {
 	Tun            string          `default:"usl0" help:"Name of the TUN device, created only when there is something to --route."`
 	Address        []netip.Prefix  `placeholder:"PREFIX" help:"Addresses of the TUN device (default ${default_address4} and ${default_address6}; the IPv4 one only where IPv6 is disabled). Tunnelled flows use them as their source, so they survive a change of this host's own address."`
 	MTU            int             `name:"mtu" default:"1500" help:"MTU of the TUN device and of the netstack NIC."`
+	PeerName       string          `placeholder:"NAME" help:"A name for the peer: the name label of its metrics."`
+	Metrics        string          `placeholder:"ADDR:PORT" help:"Serve Prometheus metrics at http://ADDR:PORT/metrics (default: off). Use a loopback address unless the network is trusted."`
 	Control        string          `placeholder:"PATH" help:"Status socket (default: abstract socket @usltun/<tun>, private to this network namespace)."`
 	LogLevel       string          `enum:"debug,info,warn,error" default:"info" help:"Log level: ${enum}."`
 	SessionTimeout time.Duration   `default:"0s" help:"Give up and fail every flow after the peer is gone this long (0: never)."`
