@@ -110,6 +110,21 @@ func (c *upCmd) start(parent context.Context, key usl.PrivateKey, peerKey usl.Pu
 	return d, nil
 }
 
+// readyStatus is the one-line STATUS= the service manager shows.
+func (d *daemon) readyStatus() string {
+	c := d.cmd
+	var s string
+	if c.Listen != "" {
+		s = "listening on " + withDefaultPort(c.Listen)
+	} else {
+		s = "dialing " + withDefaultPort(c.Peer)
+	}
+	if d.dev != nil {
+		s += fmt.Sprintf("; %s routes %s", d.dev.Name(), prefixes(c.Route))
+	}
+	return s
+}
+
 // acceptLoop takes each session the listener hands out. A second session from
 // the peer means it restarted: the listener has fenced the old one already.
 func (d *daemon) acceptLoop(ctx context.Context) {

@@ -52,6 +52,8 @@ type labOpts struct {
 	// (net.ipv6.conf.{all,default}.disable_ipv6=1), as on many servers
 	// and containers; addresses, routes and daemon flags are IPv4 only.
 	noIPv6 bool
+	aEnv   []string // extra environment of A's daemon
+	noWait bool     // return once the daemons are started, before A's session is up
 }
 
 // newLab builds A—B—C, starts both daemons and waits until A's session is
@@ -90,10 +92,13 @@ func newLab(t *testing.T, opts labOpts) *e2eLab {
 	}
 	l.DB = l.B.Start(t, "usltun", append([]string{e2eBinary, "up",
 		"--listen", l.peer, "--key", l.bKey, "--peer-key", l.aPub}, append(exports, opts.bFlags...)...)...)
-	l.DA = l.A.Start(t, "usltun", l.aArgs(opts.aFlags...)...)
+	l.DA = l.A.StartEnv(t, "usltun", opts.aEnv, l.aArgs(opts.aFlags...)...)
 	// Registered after the daemons, so it runs before their cleanup kills
 	// them and can still ask for their status.
 	t.Cleanup(l.dumpOnFailure)
+	if opts.noWait {
+		return l
+	}
 	l.waitUp(l.A, upTimeout)
 	return l
 }

@@ -140,7 +140,15 @@ func (c *upCmd) Run(o cmdIO) error {
 	if err != nil {
 		return err
 	}
+	// start returns once the device has its addresses and routes: now the
+	// service manager may start what depends on the tunnel.
+	if err := sdNotify("READY=1\nSTATUS=" + d.readyStatus()); err != nil {
+		log.Warn(err.Error())
+	}
 	<-ctx.Done()
+	if err := sdNotify("STOPPING=1"); err != nil {
+		log.Warn(err.Error())
+	}
 	log.Info("shutting down: closing flows, then the session, then the device")
 	return d.shutdown()
 }
