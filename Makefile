@@ -6,7 +6,7 @@ GO      ?= go
 PKGS_RACE := ./usl/... ./flow/... ./gateway/... ./policy/...
 export GOFLAGS := -buildvcs=false
 
-.PHONY: all build test test-long vet deps bench fuzz demo clean
+.PHONY: all build test test-long vet deps bench fuzz demo clean deb
 
 all: build
 
@@ -16,6 +16,11 @@ LDFLAGS := -X main.version=$(VERSION)
 
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o bin/usltun ./cmd/usltun
+
+# deb builds bin/usltun_<version>_<arch>.deb with nfpm (tools/mkdeb): the
+# binary, the systemd unit, completions, the man page and /etc/usltun/.
+deb: build
+	$(GO) run ./tools/mkdeb --binary bin/usltun --version '$(VERSION)' --out bin
 
 # deps installs what the tests and benchmarks need on a fresh Debian machine.
 # Go modules come through `go mod download`; system tools through apt-get.

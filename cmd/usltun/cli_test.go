@@ -270,3 +270,37 @@ func TestCompletionZshFish(t *testing.T) {
 		}
 	}
 }
+
+// The manual page is written from the kong model: every visible flag of
+// every command is in it, and the hidden man command is not.
+func TestManPage(t *testing.T) {
+	code, page, stderr := runCLI("man")
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	var c cli
+	p, err := newParser(&c, io.Discard, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cmd := range completionModel(p.Model) {
+		if !strings.Contains(page, ".SS \""+cmd.name) {
+			t.Errorf("no section for %s", cmd.name)
+		}
+		for _, f := range cmd.flags {
+			if f.name != "help" && !strings.Contains(page, ".B \\-\\-"+strings.ReplaceAll(f.name, "-", `\-`)) {
+				t.Errorf("%s --%s missing", cmd.name, f.name)
+			}
+		}
+	}
+	if strings.Contains(page, ".SS \"man") {
+		t.Error("the hidden man command has a section")
+	}
+	if _, err := exec.LookPath("groff"); err == nil {
+		cmd := exec.Command("groff", "-man", "-Tutf8", "-ww", "-z")
+		cmd.Stdin = strings.NewReader(page)
+		if out, err := cmd.CombinedOutput(); err != nil || len(out) > 0 {
+			t.Errorf("groff warnings: %v\n%s", err, out)
+		}
+	}
+}

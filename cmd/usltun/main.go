@@ -43,6 +43,7 @@ type cli struct {
 	Status     statusCmd     `cmd:"" help:"Show the state of the running daemon."`
 	Version    versionCmd    `cmd:"" help:"Print the version."`
 	Completion completionCmd `cmd:"" help:"Print a shell completion script: bash, zsh or fish."`
+	Man        manCmd        `cmd:"" hidden:"" help:"Print the manual page (roff)."`
 }
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
