@@ -120,6 +120,10 @@ func (g *Gateway) handle(ctx context.Context, peer string, st *usl.Stream) {
 		st.Reject(usl.ResetForbidden)
 		return
 	}
+	if dst.Proto == flow.ICMP {
+		g.handleEcho(peer, st, dst)
+		return
+	}
 	dctx, cancel := context.WithTimeout(ctx, g.cfg.DialTimeout)
 	d := net.Dialer{Control: g.cfg.Control}
 	c, err := d.DialContext(dctx, dst.Proto.String(), dst.Addr.String())
@@ -142,6 +146,29 @@ func (g *Gateway) handle(ctx context.Context, peer string, st *usl.Stream) {
 		relayUDP(&g.bufs, st, c.(*net.UDPConn), g.cfg.UDPIdleTimeout)
 	}
 	log.Debug("flow closed", "peer", peer, "dst", dst.String())
+}
+
+// handleEcho serves an ICMP flow (ping) to an exported address.
+func (g *Gateway) handleEcho(peer string, st *usl.Stream, dst flow.Dest) {
+	log := g.cfg.Logger
+	addr := dst.Addr.Addr().Unmap()
+	if dst.Name != "" || !addr.IsValid() {
+		st.Reject(usl.ResetUnreachable)
+		return
+	}
+	e, err := openEcho(addr)
+	if err != nil {
+		log.Warn("echo flow refused", "peer", peer, "dst", dst.String(), "err", err)
+		st.Reject(usl.ResetUnreachable)
+		return
+	}
+	if err := st.Accept(); err != nil {
+		e.c.Close()
+		return
+	}
+	log.Debug("echo flow open", "peer", peer, "dst", dst.String(), "raw_socket", e.raw)
+	relayEcho(&g.bufs, st, e, addr.Is4(), g.cfg.UDPIdleTimeout)
+	log.Debug("echo flow closed", "peer", peer, "dst", dst.String())
 }
 
 // resetCodeFor maps a dial error to the reason the client side turns into

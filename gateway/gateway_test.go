@@ -260,3 +260,51 @@ func TestEmptyReadWaits(t *testing.T) {
 		t.Fatalf("read after wait: %q, %v", buf[:n], err)
 	}
 }
+
+// TestEcho: an ICMP flow to an exported address sends real echo requests
+// from this host and returns the replies with their sequence and data; an
+// unexported address is forbidden like any flow.
+func TestEcho(t *testing.T) {
+	if e, err := openEcho(netip.MustParseAddr("127.0.0.1")); err != nil {
+		t.Skipf("no ICMP socket here: %v", err)
+	} else {
+		e.c.Close()
+	}
+	s := sessionPair(t, "127.0.0.1/32", "::1/128")
+	if _, err := open(t, s, flow.ICMP, "127.0.0.2:0"); !errors.Is(err, usl.ErrForbidden) {
+		t.Fatalf("echo to an unexported address: %v, want forbidden", err)
+	}
+	for _, c := range []struct {
+		addr     string
+		req, rep byte
+	}{{"127.0.0.1:0", echoRequest4, echoReply4}, {"[::1]:0", echoRequest6, echoReply6}} {
+		st, err := open(t, s, flow.ICMP, c.addr)
+		if err != nil {
+			t.Fatalf("%s: %v", c.addr, err)
+		}
+		for seq := 1; seq <= 3; seq++ {
+			payload := []byte("usltun gateway echo")
+			buf := make([]byte, flow.DatagramHeader+8+len(payload))
+			m := buf[flow.DatagramHeader:]
+			m[0] = c.req
+			binary.BigEndian.PutUint16(m[4:], 4242)
+			binary.BigEndian.PutUint16(m[6:], uint16(seq))
+			copy(m[8:], payload)
+			if c.req == echoRequest4 {
+				binary.BigEndian.PutUint16(m[2:], ^onesSum(m))
+			}
+			if err := flow.WriteDatagram(st, buf); err != nil {
+				t.Fatal(err)
+			}
+			st.SetReadDeadline(time.Now().Add(3 * time.Second))
+			reply, err := flow.ReadDatagram(st, make([]byte, flow.MaxDatagram))
+			if err != nil {
+				t.Fatalf("%s seq %d: no reply: %v", c.addr, seq, err)
+			}
+			if reply[0] != c.rep || binary.BigEndian.Uint16(reply[6:]) != uint16(seq) || !bytes.Equal(reply[8:], payload) {
+				t.Fatalf("%s seq %d: reply % x", c.addr, seq, reply)
+			}
+		}
+		st.Close()
+	}
+}

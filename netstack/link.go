@@ -3,7 +3,6 @@ package netstack
 import (
 	"net/netip"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/buffer"
@@ -14,9 +13,12 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 )
 
-// linkFilter sits between the link endpoint and the stack. It answers ICMP
-// echo requests itself, because gVisor does not answer echo for addresses
-// it only accepts promiscuously (gvisor#8657), and it remembers the start
+// linkFilter sits between the link endpoint and the stack. It takes ICMP
+// echo requests out of the packet path and hands them to onEcho, which
+// carries them to the far side (see icmp.go): gVisor would not answer echo
+// for addresses it only accepts promiscuously (gvisor#8657), and answering
+// here would tell the application that a destination is up without asking
+// it. It also remembers the start
 // of each pending SYN so that a failed dial can be answered with an ICMP
 // destination-unreachable that quotes it (the forwarder does not expose
 // the SYN's sequence number, which the kernel checks).
@@ -29,7 +31,9 @@ type linkFilter struct {
 	maxSyns int
 	maxAge  time.Duration // older entries belong to SYNs no handler will take
 
-	echoReplies atomic.Uint64
+	// onEcho receives each valid unicast echo request: source, destination
+	// and the ICMP message (a copy). Set before the NIC exists.
+	onEcho func(src, dst netip.Addr, msg []byte)
 }
 
 var _ stack.LinkEndpoint = (*linkFilter)(nil)
@@ -186,76 +190,52 @@ func addrOf(a tcpip.Address) netip.Addr {
 	return ip
 }
 
-// echo4 answers an IPv4 echo request addressed to a unicast address.
+// echo4 passes an IPv4 echo request to a unicast address to onEcho. It
+// returns false for packets the stack should see (multicast, broadcast,
+// not valid IP) and consumes the rest; a corrupt request is dropped, as a
+// host would drop it.
 func (f *linkFilter) echo4(pkt *stack.PacketBuffer) bool {
 	v := pkt.ToView()
+	defer v.Release()
 	b := v.AsSlice()
 	ip := header.IPv4(b)
 	if !ip.IsValid(len(b)) || !ip.IsChecksumValid() {
-		v.Release()
 		return false
 	}
-	b = b[:ip.TotalLength()]
-	ip = header.IPv4(b)
+	ip = header.IPv4(b[:ip.TotalLength()])
 	dst := addrOf(ip.DestinationAddress())
 	if dst.IsMulticast() || dst == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
-		v.Release()
 		return false
 	}
 	icmp := header.ICMPv4(ip.Payload())
 	if len(icmp) < header.ICMPv4MinimumSize || icmp.Code() != 0 || checksum.Checksum(icmp, 0) != 0xffff {
-		v.Release()
-		return true // a corrupt echo request: drop it, as a host would
+		return true
 	}
-	src := ip.SourceAddress()
-	ip.SetSourceAddress(ip.DestinationAddress())
-	ip.SetDestinationAddress(src)
-	ip.SetTTL(64)
-	ip.SetChecksum(0)
-	ip.SetChecksum(^ip.CalculateChecksum())
-	icmp.SetType(header.ICMPv4EchoReply)
-	icmp.SetChecksum(0)
-	icmp.SetChecksum(^checksum.Checksum(icmp, 0))
-	v.CapLength(len(b))
-	if f.send(header.IPv4ProtocolNumber, v) {
-		f.echoReplies.Add(1)
-	}
+	f.onEcho(addrOf(ip.SourceAddress()), dst, append([]byte(nil), icmp...))
 	return true
 }
 
-// echo6 answers an IPv6 echo request addressed to a unicast address.
+// echo6 is echo4 for ICMPv6.
 func (f *linkFilter) echo6(pkt *stack.PacketBuffer) bool {
 	v := pkt.ToView()
+	defer v.Release()
 	b := v.AsSlice()
 	ip := header.IPv6(b)
 	if !ip.IsValid(len(b)) {
-		v.Release()
 		return false
 	}
-	b = b[:header.IPv6MinimumSize+int(ip.PayloadLength())]
-	ip = header.IPv6(b)
-	if addrOf(ip.DestinationAddress()).IsMulticast() {
-		v.Release()
+	ip = header.IPv6(b[:header.IPv6MinimumSize+int(ip.PayloadLength())])
+	dst := addrOf(ip.DestinationAddress())
+	if dst.IsMulticast() {
 		return false // let the stack ignore echo to multicast
 	}
 	icmp := header.ICMPv6(ip.Payload())
 	if len(icmp) < header.ICMPv6EchoMinimumSize || icmp.Code() != 0 ||
 		icmp.Checksum() != header.ICMPv6Checksum(header.ICMPv6ChecksumParams{
 			Header: icmp, Src: ip.SourceAddress(), Dst: ip.DestinationAddress()}) {
-		v.Release()
 		return true
 	}
-	src := ip.SourceAddress()
-	ip.SetSourceAddress(ip.DestinationAddress())
-	ip.SetDestinationAddress(src)
-	ip.SetHopLimit(64)
-	icmp.SetType(header.ICMPv6EchoReply)
-	icmp.SetChecksum(header.ICMPv6Checksum(header.ICMPv6ChecksumParams{
-		Header: icmp, Src: ip.SourceAddress(), Dst: ip.DestinationAddress()}))
-	v.CapLength(len(b))
-	if f.send(header.IPv6ProtocolNumber, v) {
-		f.echoReplies.Add(1)
-	}
+	f.onEcho(addrOf(ip.SourceAddress()), dst, append([]byte(nil), icmp...))
 	return true
 }
 

@@ -17,6 +17,10 @@
 // retransmits it; gVisor swallows duplicates of an in-flight 4-tuple), bounded
 // by Config.ConnectTimeout.
 //
+// ICMP echo is not answered here: each (source, destination, identifier)
+// becomes a flow.ICMP flow, answered by the far side or not at all (see
+// icmp.go).
+//
 // Once spliced, a FIN from either side becomes CloseWrite on the other, an
 // RST becomes an abort, and the wait for the second FIN is bounded by
 // Config.HalfCloseTimeout. There are no per-flow keepalives: the session
@@ -99,8 +103,8 @@ type Stats struct {
 	PendingConnects int    // SYNs waiting for DialFlow
 	UDPFlows        int    // open UDP flows
 	RefusedByLimit  uint64 // flows refused because MaxFlows was reached
-	DialErrors      uint64 // DialFlow failures (refused, unreachable, ...)
-	EchoReplies     uint64 // ICMP echo requests answered
+	DialErrors      uint64 // DialFlow failures (refused, unreachable, forbidden, ...)
+	ICMPFlows       int    // open echo (ping) flows
 }
 
 // Stack is a gVisor stack serving one link endpoint.
@@ -123,9 +127,13 @@ type Stack struct {
 	tcpFlows     atomic.Int64
 	pending      atomic.Int64
 	udpFlows     atomic.Int64
+	icmpFlows    atomic.Int64
 	refused      atomic.Uint64
 	dialErrors   atomic.Uint64
 	lastLimitLog atomic.Int64 // unix nanos; limit logs at most every 10 s
+
+	echoMu sync.Mutex
+	echoes map[echoKey]*echoFlow // open ICMP flows, found by the packet path
 
 	bufs bufpool.Pool // borrowed by busy TCP pumps and by UDP datagrams in flight
 
@@ -154,6 +162,8 @@ func New(ep stack.LinkEndpoint, cfg Config) (*Stack, error) {
 	}
 	st.installHandlers()
 	st.link = newLinkFilter(ep, cfg.MaxPendingConnects, cfg.ConnectTimeout+10*time.Second)
+	st.echoes = make(map[echoKey]*echoFlow)
+	st.link.onEcho = st.handleEcho
 	if err := st.createNIC(); err != nil {
 		st.link.detach() // before Destroy, for the reason given in Close
 		st.s.Destroy()
@@ -170,7 +180,7 @@ func (st *Stack) Stats() Stats {
 		UDPFlows:        int(st.udpFlows.Load()),
 		RefusedByLimit:  st.refused.Load(),
 		DialErrors:      st.dialErrors.Load(),
-		EchoReplies:     st.link.echoReplies.Load(),
+		ICMPFlows:       int(st.icmpFlows.Load()),
 	}
 }
 

@@ -528,56 +528,132 @@ func waitFor(t *testing.T, d time.Duration, cond func() bool) {
 	t.Fatalf("condition not met within %v", d)
 }
 
-// TestICMPEcho pings routed addresses with raw ICMP sockets.
-func TestICMPEcho(t *testing.T) {
-	h := newHarness(t, Config{Dialer: dialFunc(func(context.Context, flow.Dest) (flow.Conn, error) {
+// pipeConn is one end of an in-memory flow.Conn pair.
+type pipeConn struct{ net.Conn }
+
+func (c pipeConn) CloseWrite() error { return c.Close() }
+func (c pipeConn) Abort() error      { return c.Close() }
+
+// echoFarSide is a Dialer whose ICMP flows are answered in memory, as the
+// gateway answers them: each echo request datagram gets a reply datagram
+// with the far side's own identifier (the stack must put the app's back),
+// after delay. Destinations in forbidden are refused.
+type echoFarSide struct {
+	delay     atomic.Int64 // time.Duration
+	forbidden netip.Addr
+	mu        sync.Mutex
+	dests     []flow.Dest
+}
+
+func (e *echoFarSide) DialFlow(ctx context.Context, dest flow.Dest) (flow.Conn, error) {
+	e.mu.Lock()
+	e.dests = append(e.dests, dest)
+	e.mu.Unlock()
+	if dest.Proto != flow.ICMP {
 		return nil, errUnexpectedDial
-	})}, false)
-	for _, tc := range []struct {
-		network, listen, target string
-		typ, reply              icmp.Type
-		proto                   int
-	}{
-		{"ip4:icmp", "0.0.0.0", "10.66.1.77", ipv4.ICMPTypeEcho, ipv4.ICMPTypeEchoReply, 1},
-		{"ip6:ipv6-icmp", "::", "fd66:1::77", ipv6.ICMPTypeEchoRequest, ipv6.ICMPTypeEchoReply, 58},
-	} {
-		var pc *icmp.PacketConn
-		if err := h.ns.Do(func() (err error) { pc, err = icmp.ListenPacket(tc.network, tc.listen); return err }); err != nil {
-			t.Fatal(err)
-		}
-		defer pc.Close()
-		body := &icmp.Echo{ID: 4242, Seq: 7, Data: []byte("usltun echo payload")}
-		wb, err := (&icmp.Message{Type: tc.typ, Body: body}).Marshal(nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		dst := &net.IPAddr{IP: net.ParseIP(tc.target)}
-		if _, err := pc.WriteTo(wb, dst); err != nil {
-			t.Fatal(err)
-		}
-		rb := make([]byte, 1500)
+	}
+	if dest.Addr.Addr() == e.forbidden {
+		return nil, flow.ErrForbidden
+	}
+	near, far := net.Pipe()
+	go func() {
+		defer far.Close()
+		buf := make([]byte, flow.MaxDatagram)
 		for {
-			pc.SetReadDeadline(time.Now().Add(3 * time.Second))
-			n, from, err := pc.ReadFrom(rb)
+			msg, err := flow.ReadDatagram(far, buf)
 			if err != nil {
-				t.Fatalf("%s: no echo reply: %v", tc.target, err)
+				return
 			}
-			m, err := icmp.ParseMessage(tc.proto, rb[:n])
-			if err != nil || m.Type != tc.reply {
-				continue // our own request, or neighbour discovery
+			reply := make([]byte, flow.DatagramHeader+len(msg))
+			copy(reply[flow.DatagramHeader:], msg)
+			m := reply[flow.DatagramHeader:]
+			if dest.Addr.Addr().Is4() {
+				m[0] = byte(ipv4.ICMPTypeEchoReply)
+			} else {
+				m[0] = byte(ipv6.ICMPTypeEchoReply)
 			}
-			e, ok := m.Body.(*icmp.Echo)
-			if !ok || e.ID != body.ID || e.Seq != body.Seq || !bytes.Equal(e.Data, body.Data) {
-				t.Fatalf("%s: reply %+v", tc.target, m.Body)
+			m[4], m[5] = 0x03, 0xe7 // identifier 999
+			time.Sleep(time.Duration(e.delay.Load()))
+			if flow.WriteDatagram(far, reply) != nil {
+				return
 			}
-			if from.String() != dst.String() {
-				t.Fatalf("reply from %v, want %v", from, dst)
-			}
-			break
+		}
+	}()
+	return pipeConn{near}, nil
+}
+
+// ping sends one echo request from a raw socket in the namespace and
+// returns the matching reply's body, or an error after wait.
+func (h *harness) ping(target string, seq int, wait time.Duration) (*icmp.Echo, error) {
+	network, listen, typ, reply, proto := "ip4:icmp", "0.0.0.0", icmp.Type(ipv4.ICMPTypeEcho), icmp.Type(ipv4.ICMPTypeEchoReply), 1
+	if strings.Contains(target, ":") {
+		network, listen, typ, reply, proto = "ip6:ipv6-icmp", "::", ipv6.ICMPTypeEchoRequest, ipv6.ICMPTypeEchoReply, 58
+	}
+	var pc *icmp.PacketConn
+	if err := h.ns.Do(func() (err error) { pc, err = icmp.ListenPacket(network, listen); return err }); err != nil {
+		return nil, err
+	}
+	defer pc.Close()
+	body := &icmp.Echo{ID: 4242, Seq: seq, Data: []byte("usltun echo payload")}
+	wb, err := (&icmp.Message{Type: typ, Body: body}).Marshal(nil)
+	if err != nil {
+		return nil, err
+	}
+	dst := &net.IPAddr{IP: net.ParseIP(target)}
+	if _, err := pc.WriteTo(wb, dst); err != nil {
+		return nil, err
+	}
+	rb := make([]byte, 1500)
+	deadline := time.Now().Add(wait)
+	for {
+		pc.SetReadDeadline(deadline)
+		n, from, err := pc.ReadFrom(rb)
+		if err != nil {
+			return nil, err
+		}
+		m, err := icmp.ParseMessage(proto, rb[:n])
+		if err != nil || m.Type != reply {
+			continue // our own request, or neighbour discovery
+		}
+		e, ok := m.Body.(*icmp.Echo)
+		if !ok || from.String() != dst.String() {
+			return nil, fmt.Errorf("reply %+v from %v", m.Body, from)
+		}
+		return e, nil
+	}
+}
+
+// TestICMPEcho: the stack does not answer echo itself; each request goes to
+// the Dialer as an ICMP flow, and the far side's reply reaches the app with
+// its own identifier, sequence and data; a refused (unexported) destination
+// and a reply later than echoTimeout give no reply.
+func TestICMPEcho(t *testing.T) {
+	far := &echoFarSide{forbidden: netip.MustParseAddr("10.66.1.99")}
+	h := newHarness(t, Config{Dialer: far}, false)
+	for _, target := range []string{"10.66.1.77", "fd66:1::77"} {
+		e, err := h.ping(target, 7, 3*time.Second)
+		if err != nil {
+			t.Fatalf("%s: no echo reply: %v", target, err)
+		}
+		if e.ID != 4242 || e.Seq != 7 || string(e.Data) != "usltun echo payload" {
+			t.Fatalf("%s: reply %+v", target, e)
 		}
 	}
-	// The counter moves just after the reply was written: wait for it.
-	waitFor(t, time.Second, func() bool { return h.st.Stats().EchoReplies == 2 })
+	far.mu.Lock()
+	if len(far.dests) != 2 || far.dests[0].String() != (flow.Dest{Proto: flow.ICMP, Addr: netip.MustParseAddrPort("10.66.1.77:0")}).String() {
+		t.Errorf("dials: %v, want one ICMP flow per destination", far.dests)
+	}
+	far.mu.Unlock()
+	if n := h.st.Stats().ICMPFlows; n != 2 {
+		t.Errorf("ICMPFlows = %d, want 2", n)
+	}
+	if _, err := h.ping("10.66.1.99", 1, time.Second); err == nil {
+		t.Errorf("a forbidden destination replied")
+	}
+	far.delay.Store(int64(echoTimeout + 500*time.Millisecond))
+	if e, err := h.ping("10.66.1.78", 1, echoTimeout+2*time.Second); err == nil {
+		t.Errorf("a reply later than echoTimeout reached the app: %+v", e)
+	}
 }
 
 // TestCloseSendsFIN: closing the stack ends a live flow with a FIN to the

@@ -86,6 +86,38 @@ func (f *udpFlow) shutdown() {
 	})
 }
 
+// dialDatagram dials the far half of a UDP or ICMP flow, waiting at most
+// ConnectTimeout; a failure is counted and logged.
+func (st *Stack) dialDatagram(dest flow.Dest) (flow.Conn, error) {
+	ctx, cancel := context.WithTimeout(st.ctx, st.cfg.ConnectTimeout)
+	remote, err := st.cfg.Dialer.DialFlow(ctx, dest)
+	cancel()
+	if err == nil && remote == nil {
+		err = errNilConn
+	}
+	if err != nil {
+		st.dialErrors.Add(1)
+		st.log.Debug("flow dial failed", "dest", dest.String(), "err", err)
+	}
+	return remote, err
+}
+
+// publishRemote stores a datagram flow's dialed far half where shutdown
+// finds it, under mu, unless the flow was shut down while dialing: then it
+// closes remote and returns false.
+func publishRemote(mu *sync.Mutex, slot *flow.Conn, done <-chan struct{}, remote flow.Conn) bool {
+	mu.Lock()
+	defer mu.Unlock()
+	select {
+	case <-done:
+		_ = remote.Close()
+		return false
+	default:
+		*slot = remote
+		return true
+	}
+}
+
 func (f *udpFlow) run() {
 	st := f.st
 	defer func() {
@@ -94,26 +126,13 @@ func (f *udpFlow) run() {
 		st.releaseFlow()
 		st.untrack(f)
 	}()
-	ctx, cancel := context.WithTimeout(st.ctx, st.cfg.ConnectTimeout)
-	remote, err := st.cfg.Dialer.DialFlow(ctx, f.dest)
-	cancel()
-	if err == nil && remote == nil {
-		err = errNilConn
-	}
+	remote, err := st.dialDatagram(f.dest)
 	if err != nil {
-		st.dialErrors.Add(1)
-		st.log.Debug("udp flow dial failed", "dest", f.dest.String(), "err", err)
 		f.discardFor(udpDialFailHold)
 		return
 	}
-	f.mu.Lock()
-	f.remote = remote
-	f.mu.Unlock()
-	select {
-	case <-f.done: // shut down while dialing
-		_ = remote.Close()
+	if !publishRemote(&f.mu, &f.remote, f.done, remote) {
 		return
-	default:
 	}
 	idle := time.AfterFunc(f.idle, f.checkIdle)
 	defer idle.Stop()

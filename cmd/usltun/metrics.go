@@ -101,6 +101,7 @@ func (c daemonCollector) Collect(ch chan<- prometheus.Metric) {
 		fs := d.stack.Stats()
 		ch <- prometheus.MustNewConstMetric(mFlows, prometheus.GaugeValue, float64(fs.TCPFlows), dev, "tcp")
 		ch <- prometheus.MustNewConstMetric(mFlows, prometheus.GaugeValue, float64(fs.UDPFlows), dev, "udp")
+		ch <- prometheus.MustNewConstMetric(mFlows, prometheus.GaugeValue, float64(fs.ICMPFlows), dev, "icmp")
 		ch <- prometheus.MustNewConstMetric(mPending, prometheus.GaugeValue, float64(fs.PendingConnects), dev)
 		ch <- prometheus.MustNewConstMetric(mRefused, prometheus.CounterValue, float64(fs.RefusedByLimit), dev)
 		ch <- prometheus.MustNewConstMetric(mDialErrors, prometheus.CounterValue, float64(fs.DialErrors), dev)

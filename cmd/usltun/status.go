@@ -55,6 +55,7 @@ type sessionReport struct {
 type flowReport struct {
 	TCP             int    `json:"tcp"`
 	UDP             int    `json:"udp"`
+	ICMP            int    `json:"icmp"`
 	PendingConnects int    `json:"pending_connects"`
 	RefusedByLimit  uint64 `json:"refused_by_limit"`
 	DialErrors      uint64 `json:"dial_errors"`
@@ -119,6 +120,7 @@ func newFlowReport(st netstack.Stats) flowReport {
 	return flowReport{
 		TCP:             st.TCPFlows,
 		UDP:             st.UDPFlows,
+		ICMP:            st.ICMPFlows,
 		PendingConnects: st.PendingConnects,
 		RefusedByLimit:  st.RefusedByLimit,
 		DialErrors:      st.DialErrors,
@@ -179,8 +181,8 @@ func renderStatus(w io.Writer, r *statusReport) {
 	if r.Device != "" {
 		p("device", "%s, mtu %d, offloads %s", r.Device, r.MTU, r.Offloads)
 		p("routes", "%s", strings.Join(r.Routes, ", "))
-		p("flows", "%d tcp, %d udp, %d connecting, %d refused at --max-flows, %d dial errors",
-			r.Flows.TCP, r.Flows.UDP, r.Flows.PendingConnects, r.Flows.RefusedByLimit, r.Flows.DialErrors)
+		p("flows", "%d tcp, %d udp, %d icmp, %d connecting, %d refused at --max-flows, %d dial errors",
+			r.Flows.TCP, r.Flows.UDP, r.Flows.ICMP, r.Flows.PendingConnects, r.Flows.RefusedByLimit, r.Flows.DialErrors)
 	}
 	if len(r.Exports) > 0 {
 		p("exports", "%s", strings.Join(r.Exports, ", "))
