@@ -88,6 +88,14 @@ func TestE2EMetrics(t *testing.T) {
 		t.Errorf("last_handshake_seconds %v is not recent", v)
 	}
 
+	var ours []string
+	for _, line := range strings.Split(after, "\n") {
+		if strings.HasPrefix(line, "usltun_") {
+			ours = append(ours, line)
+		}
+	}
+	t.Logf("usltun's own samples after the transfer:\n%s", strings.Join(ours, "\n"))
+
 	promtool, err := exec.LookPath("promtool")
 	if err != nil {
 		t.Fatal("promtool not installed (make deps installs Debian's prometheus package)")
