@@ -383,6 +383,12 @@ func (l *Listener) commit(sh *serverHello) (s *Session, fenced, replaced []*Sess
 		slices.SortFunc(same, func(a, b *Session) int { return cmp.Compare(a.created, b.created) })
 		replaced = same[:n]
 	}
+	// Out of the table at once, so the bound holds at every moment; the
+	// caller ends them.
+	for _, o := range append(fenced, replaced...) {
+		delete(l.sessions, o.id)
+		l.acceptQ.removeLocked(o)
+	}
 	s = newSession(l.cfg, false, sh.peer, h.id)
 	s.peerEpoch = h.epoch
 	s.onEnd = l.forget

@@ -1,0 +1,334 @@
+package usl
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"testing"
+	"time"
+)
+
+// rawPeer is a hostile peer built from the library's own handshake and
+// record layer, which writes whatever frames a test makes: wrong acks,
+// data before ACCEPT, floods. What the victim sends it is read and thrown
+// away undecrypted, so the victim's writer never blocks on it.
+type rawPeer struct {
+	t    testing.TB
+	c    net.Conn
+	rc   *recordConn
+	seq  uint64
+	sseq map[uint32]uint32
+	buf  []byte
+}
+
+func dialRaw(t testing.TB, addr string, priv PrivateKey, server PublicKey, id sessionID) *rawPeer {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := hello{id: id, epoch: processEpoch(), timestamp: nextTimestamp(), window: 1 << 20, maxFrame: DefaultMaxFrame, pathID: 1}
+	res, _, err := clientHandshake(c, priv, server, h)
+	if err != nil {
+		c.Close()
+		t.Fatalf("raw handshake: %v", err)
+	}
+	rc, err := newRecordConn(c, res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc.in = nil // it never opens a record: keep the heap the victim's
+	go io.Copy(io.Discard, res.br)
+	p := &rawPeer{t: t, c: c, rc: rc, sseq: map[uint32]uint32{}}
+	p.add(frameAck, 0, nil) // key confirmation
+	p.flush()
+	return p
+}
+
+// add queues a frame; sequenced frames get the next seq and their
+// stream's next sseq. The ack field is always 0: this peer never acks.
+func (p *rawPeer) add(t frameType, stream uint32, payload []byte) {
+	h := frameHeader{typ: t, stream: stream, length: uint32(len(payload))}
+	if t.sequenced() {
+		p.seq++
+		h.seq = p.seq
+	}
+	if t.streamFrame() {
+		h.sseq = p.sseq[stream]
+		p.sseq[stream]++
+	}
+	var hb [headerLen]byte
+	h.put(hb[:])
+	p.buf = append(append(p.buf, hb[:]...), payload...)
+}
+
+// flush sends what was queued; false once the victim hung up.
+func (p *rawPeer) flush() bool {
+	err := p.rc.writeSegments([][]byte{p.buf})
+	p.buf = p.buf[:0]
+	return err == nil
+}
+
+func (p *rawPeer) close() { p.c.Close() }
+
+// hostileListener is a victim listener with a logRecorder and a session
+// acceptor that accepts every stream it is offered (accept=true) or none.
+func hostileListener(t *testing.T, mod func(*Config)) (*Listener, keypair, keypair, *logRecorder) {
+	ck, sk := newKeypair(t), newKeypair(t)
+	rec := &logRecorder{}
+	cfg := fastCfg(t, sk, ck.pub)
+	cfg.Logger = slog.New(rec)
+	if mod != nil {
+		mod(&cfg)
+	}
+	l, err := Listen("tcp", "127.0.0.1:0", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l, ck, sk, rec
+}
+
+func acceptSession(t *testing.T, l *Listener) *Session {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s, err := l.Accept(ctx)
+	if err != nil {
+		t.Fatalf("accept: %v", err)
+	}
+	return s
+}
+
+const mib = 1 << 20
+
+// TestHostileTinyFrames: a peer may not ask for tiny frames (the MaxFrame
+// floor refuses the config and the hello), and a peer that sends a whole
+// window in 1-byte DATA frames costs about a byte per byte, not a buffer
+// per frame: before v2, 4 streams × 64 Ki frames cost 128 MiB.
+func TestHostileTinyFrames(t *testing.T) {
+	if _, err := Dial(context.Background(), "127.0.0.1:1", Config{PrivateKey: fixedKey(1), PeerKeys: []PublicKey{{1}}, MaxFrame: 1}); err == nil ||
+		!strings.Contains(err.Error(), "MaxFrame 1 outside [4096,") {
+		t.Fatalf("MaxFrame 1: %v", err)
+	}
+	const window, streams = 64 << 10, 4
+	l, ck, sk, rec := hostileListener(t, func(c *Config) { c.StreamWindow = window })
+
+	c, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = clientHandshake(c, ck.priv, sk.pub, hello{id: newSessionID(), epoch: 1, timestamp: nextTimestamp(), window: window, maxFrame: 1})
+	c.Close()
+	if err != ErrHandshake {
+		t.Fatalf("hello with max frame 1: %v, want silence", err)
+	}
+	rec.wait(t, "rejected ", "bad hello: 1")
+
+	p := dialRaw(t, l.Addr().String(), ck.priv, sk.pub, newSessionID())
+	defer p.close()
+	for i := range streams {
+		p.add(frameOpen, uint32(2*i+1), nil)
+	}
+	p.flush()
+	s := acceptSession(t, l)
+	for range streams {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		st, err := s.AcceptStream(ctx)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		st.Accept() // and never read
+	}
+	before := heapInUse()
+	one := []byte{'x'}
+	for i := range streams {
+		for j := range window {
+			p.add(frameData, uint32(2*i+1), one)
+			if j%4096 == 4095 {
+				p.flush()
+			}
+		}
+	}
+	p.flush()
+	waitFor(t, "all tiny frames received", func() bool { return s.Stats().BytesIn == streams*window })
+	s.mu.Lock()
+	mem := s.recvMem
+	s.mu.Unlock()
+	grew := int64(heapInUse()) - int64(before)
+	bound := streams * (2*window + coalesceBuf)
+	t.Logf("%d 1-byte frames: receive buffers %d KiB (bound %d KiB), heap grew %d KiB", streams*window, mem>>10, bound>>10, grew>>10)
+	if mem > bound || grew > int64(bound)+8*mib {
+		t.Fatalf("receive memory %d, heap growth %d; bound %d + 8 MiB", mem, grew, bound)
+	}
+}
+
+// TestHostileAcksWithheld: a peer that never acks while it makes the
+// victim send credit (it sends data the victim reads) fills the control
+// budget, and then the path fails with a protocol error naming the
+// cause; the control frames held never exceed the budget by more than
+// one frame.
+func TestHostileAcksWithheld(t *testing.T) {
+	const budget = 64 << 10
+	l, ck, sk, _ := hostileListener(t, func(c *Config) { c.StreamWindow = 16 << 10; c.ControlBuffer = budget })
+	p := dialRaw(t, l.Addr().String(), ck.priv, sk.pub, newSessionID())
+	defer p.close()
+	p.add(frameOpen, 1, nil)
+	p.flush()
+	s := acceptSession(t, l)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := s.AcceptStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Accept()
+	go io.Copy(io.Discard, st)
+	chunk := make([]byte, 4<<10)
+	peak := 0
+	for i := 0; i < 100000; i++ {
+		p.add(frameData, 1, chunk)
+		if !p.flush() {
+			break
+		}
+		// Stay inside the credit the victim keeps granting (it reads at
+		// once), so only the withheld acks are wrong.
+		waitFor(t, "victim read", func() bool { return s.Stats().BytesIn == uint64(i+1)*4096 || s.Stats().State != Up })
+		s.mu.Lock()
+		peak = max(peak, s.ctlBytes)
+		up := len(s.paths) > 0
+		s.mu.Unlock()
+		if !up {
+			break
+		}
+	}
+	waitFor(t, "path dropped", func() bool { return strings.Contains(s.Stats().LastError, "peer withholds acks") })
+	t.Logf("peak control frames %d bytes (budget %d); %s", peak, budget, s.Stats().LastError)
+	if peak > budget+512 {
+		t.Fatalf("control frames reached %d, budget %d", peak, budget)
+	}
+}
+
+// TestHostileDataBeforeAccept: DATA on a stream the victim has not
+// accepted yet resets that stream instead of being buffered while the
+// victim's gateway would dial: 500 streams each sending a full window
+// before ACCEPT leave no receive buffer behind.
+func TestHostileDataBeforeAccept(t *testing.T) {
+	const window, streams = 64 << 10, 500
+	l, ck, sk, _ := hostileListener(t, func(c *Config) { c.StreamWindow = window })
+	p := dialRaw(t, l.Addr().String(), ck.priv, sk.pub, newSessionID())
+	defer p.close()
+	p.add(frameOpen, 1, nil)
+	p.flush()
+	s := acceptSession(t, l)
+	before := heapInUse()
+	chunk := make([]byte, 16<<10)
+	for i := range streams {
+		id := uint32(2*i + 3)
+		p.add(frameOpen, id, nil)
+		for range window / len(chunk) {
+			p.add(frameData, id, chunk)
+		}
+		p.flush()
+	}
+	waitFor(t, "all data received", func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.recvSeq == p.seq
+	})
+	s.mu.Lock()
+	mem := s.recvMem
+	s.mu.Unlock()
+	grew := int64(heapInUse()) - int64(before)
+	t.Logf("%d streams × %d KiB before ACCEPT: receive buffers %d bytes, heap grew %d KiB", streams, window>>10, mem, grew>>10)
+	if mem != 0 || grew > 8*mib {
+		t.Fatalf("data before ACCEPT held: %d bytes buffered, heap grew %d", mem, grew)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if _, err := s.AcceptStream(ctx); err != nil { // stream 1, which sent nothing
+		t.Fatal(err)
+	}
+	st, err := s.AcceptStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Read(make([]byte, 1)); err == nil {
+		t.Fatal("a stream that got data before ACCEPT still reads")
+	}
+}
+
+// TestHostileManySessions: 1,000 sessions opened with one key leave at
+// most MaxSessionsPerKey alive; each new one replaces the oldest only
+// after its key confirmation.
+func TestHostileManySessions(t *testing.T) {
+	n := 1000
+	l, ck, sk, _ := hostileListener(t, nil)
+	before := heapInUse()
+	var peers []*rawPeer
+	defer func() {
+		for _, p := range peers {
+			p.close()
+		}
+	}()
+	most := 0
+	for i := range n {
+		peers = append(peers, dialRaw(t, l.Addr().String(), ck.priv, sk.pub, newSessionID()))
+		if i%50 == 49 || i == n-1 {
+			waitFor(t, "sessions settle", func() bool {
+				l.mu.Lock()
+				defer l.mu.Unlock()
+				most = max(most, len(l.sessions))
+				return len(l.sessions) <= DefaultMaxSessionsPerKey && l.created == uint64(i+1)
+			})
+		}
+	}
+	grew := int64(heapInUse()) - int64(before)
+	t.Logf("%d sessions with one key: at most %d alive, heap grew %d KiB", n, most, grew>>10)
+	if most > DefaultMaxSessionsPerKey {
+		t.Fatalf("%d sessions alive, limit %d", most, DefaultMaxSessionsPerKey)
+	}
+	if grew > 16*mib {
+		t.Fatalf("heap grew %d for %d replaced sessions", grew, n)
+	}
+}
+
+// TestHostileRejectedOpens: a peer that opens streams past MaxStreams and
+// never acks the RESETs it gets back fails on the control budget, with
+// one log line about the refusals per 1,024, not one per OPEN.
+func TestHostileRejectedOpens(t *testing.T) {
+	l, ck, sk, rec := hostileListener(t, func(c *Config) { c.MaxStreams = 16 })
+	p := dialRaw(t, l.Addr().String(), ck.priv, sk.pub, newSessionID())
+	defer p.close()
+	p.add(frameOpen, 1, nil)
+	p.flush()
+	s := acceptSession(t, l)
+	before := heapInUse()
+	sent := 0
+	for i := range 100000 {
+		p.add(frameOpen, uint32(2*i+3), nil)
+		sent++
+		if i%256 == 255 && !p.flush() {
+			break
+		}
+	}
+	p.flush()
+	waitFor(t, "path dropped", func() bool { return strings.Contains(s.Stats().LastError, "peer withholds acks") })
+	grew := int64(heapInUse()) - int64(before)
+	lines := 0
+	rec.mu.Lock()
+	for _, m := range rec.msgs {
+		if strings.HasPrefix(m, "refused streams") {
+			lines++
+		}
+	}
+	rec.mu.Unlock()
+	t.Logf("%d OPENs sent; %s; heap grew %d KiB; %d log lines", sent, s.Stats().LastError, grew>>10, lines)
+	if grew > int64(DefaultControlBuffer)+8*mib || lines > 3 {
+		t.Fatalf("heap grew %d, %d log lines", grew, lines)
+	}
+}
+
