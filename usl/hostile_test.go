@@ -331,4 +331,3 @@ func TestHostileRejectedOpens(t *testing.T) {
 		t.Fatalf("heap grew %d, %d log lines", grew, lines)
 	}
 }
-
