@@ -24,7 +24,7 @@ type Config struct {
 	MaxStreams         int           // open streams per session; default 4096
 	MaxFrame           int           // largest data payload per frame; default 65519 (one record), at least 4096
 	RecvBuffer         int           // bytes of receive buffers per session, counted as allocated; default 64 MiB
-	ControlBuffer      int           // bytes of unacked control frames the peer's input made us queue; default 1 MiB
+	ControlBuffer      int           // bytes of unacked control frames the peer's input made us queue; default 2 MiB
 	MaxSessionsPerKey  int           // listener: live sessions per peer key; a new one replaces the oldest; default 4
 	MaxPathsPerSession int           // listener: paths one session may join; default 8
 	AckDelay           time.Duration // longest an ack waits for a frame to ride on; default 10 ms
@@ -83,8 +83,11 @@ const (
 	DefaultRecvBuffer = 64 << 20
 	// DefaultControlBuffer bounds the control frames (WINDOW, RESET) that
 	// the peer's own input makes us queue while it withholds acks; past
-	// it the path fails with a protocol error.
-	DefaultControlBuffer = 1 << 20
+	// it the path fails with a protocol error. An honest peer acks within
+	// a round trip, in which each stream sends at most 4 WINDOWs (one per
+	// quarter window consumed) of 64 B: MaxStreams streams all reading at
+	// once need 1 MiB; twice that leaves room.
+	DefaultControlBuffer = 2 << 20
 	// DefaultMaxSessionsPerKey: one daemon normally has one session per
 	// peer; a few more cover restarts racing their fence.
 	DefaultMaxSessionsPerKey  = 4

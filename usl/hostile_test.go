@@ -80,6 +80,9 @@ func hostileListener(t *testing.T, mod func(*Config)) (*Listener, keypair, keypa
 	rec := &logRecorder{}
 	cfg := fastCfg(t, sk, ck.pub)
 	cfg.Logger = slog.New(rec)
+	// The raw peer never answers PINGs: only its floods keep the path
+	// alive, so a scheduling hiccup must not pass for a dead path.
+	cfg.DeadInterval = 10 * time.Second
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -172,7 +175,7 @@ func TestHostileTinyFrames(t *testing.T) {
 // cause; the control frames held never exceed the budget by more than
 // one frame.
 func TestHostileAcksWithheld(t *testing.T) {
-	const budget = 64 << 10
+	const budget = 8 << 10
 	l, ck, sk, _ := hostileListener(t, func(c *Config) { c.StreamWindow = 16 << 10; c.ControlBuffer = budget })
 	p := dialRaw(t, l.Addr().String(), ck.priv, sk.pub, newSessionID())
 	defer p.close()
@@ -207,7 +210,7 @@ func TestHostileAcksWithheld(t *testing.T) {
 	}
 	waitFor(t, "path dropped", func() bool { return strings.Contains(s.Stats().LastError, "peer withholds acks") })
 	t.Logf("peak control frames %d bytes (budget %d); %s", peak, budget, s.Stats().LastError)
-	if peak > budget+512 {
+	if peak > budget+64 {
 		t.Fatalf("control frames reached %d, budget %d", peak, budget)
 	}
 }
@@ -298,7 +301,8 @@ func TestHostileManySessions(t *testing.T) {
 
 // TestHostileRejectedOpens: a peer that opens streams past MaxStreams and
 // never acks the RESETs it gets back fails on the control budget, with
-// one log line about the refusals per 1,024, not one per OPEN.
+// a handful of log lines about the refusals (at 1 and each power of two
+// from 1,024), not one per OPEN.
 func TestHostileRejectedOpens(t *testing.T) {
 	l, ck, sk, rec := hostileListener(t, func(c *Config) { c.MaxStreams = 16 })
 	p := dialRaw(t, l.Addr().String(), ck.priv, sk.pub, newSessionID())
@@ -327,7 +331,7 @@ func TestHostileRejectedOpens(t *testing.T) {
 	}
 	rec.mu.Unlock()
 	t.Logf("%d OPENs sent; %s; heap grew %d KiB; %d log lines", sent, s.Stats().LastError, grew>>10, lines)
-	if grew > int64(DefaultControlBuffer)+8*mib || lines > 3 {
+	if grew > int64(DefaultControlBuffer)+8*mib || lines > 8 {
 		t.Fatalf("heap grew %d, %d log lines", grew, lines)
 	}
 }

@@ -13,8 +13,11 @@ type bufPool struct {
 	classes [maxClass - minClass + 1]sync.Pool
 }
 
+// The smallest class is 64 B, so that a control frame (a 40-byte WINDOW,
+// a 33-byte RESET) costs 64 B of replay memory, not 512: those frames are
+// what Config.ControlBuffer charges.
 const (
-	minClass = 9  // 512 B
+	minClass = 6  // 64 B
 	maxClass = 21 // 2 MiB: maxFrameLimit plus a header
 )
 

@@ -139,7 +139,9 @@ func (s *Session) openedByPeerLocked(id uint32, desc []byte) error {
 	}
 	if len(s.streams) >= s.cfg.MaxStreams || s.closing || s.peerClosed {
 		s.rejectedOpens++
-		if s.rejectedOpens == 1 || s.rejectedOpens%1024 == 0 {
+		// Logged at the first refusal and at each power of two from 1,024:
+		// a flood of OPENs makes a handful of lines, not one each.
+		if n := s.rejectedOpens; n == 1 || n >= 1024 && n&(n-1) == 0 {
 			s.logLocked(slog.LevelWarn, "refused streams the peer opened past the limit", "max_streams", s.cfg.MaxStreams, "refused", s.rejectedOpens)
 		}
 		s.pushCtlLocked(frameReset, id, 1)[0] = byte(ResetLimit)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -13,8 +14,12 @@ import (
 // TestRekey runs a transfer across many in-band rekeys, triggered both by
 // key age (RekeyInterval, shortened the way a user would set it) and by
 // record count (RekeyRecords): every flow's SHA-256 matches, no path is
-// replaced, and no read waits longer than the path RTT plus 50 ms. At
-// 50 ms instead of 120 s, each second is 20 rekeys, 40 minutes of the
+// replaced, and no read waits longer than 50 ms above the path RTT. A
+// second session without rekeys runs the same flows at the same time:
+// on two cores shared with the race detector and other builds, a pause
+// of the whole process (GC, scheduling) hits both, so the bound is 50 ms
+// above the larger of the RTT and that control session's longest wait.
+// At 50 ms instead of 120 s, each second is 20 rekeys, 40 minutes of the
 // default, where the issue asks for ten minutes (5 rekeys).
 func TestRekey(t *testing.T) {
 	for _, tc := range []struct {
@@ -23,8 +28,7 @@ func TestRekey(t *testing.T) {
 		records  uint64
 	}{
 		{"interval", 50 * time.Millisecond, 0},
-		{"records", 0, 100},
-		{"control-no-rekey", time.Hour, 1 << 40},
+		{"records", 0, 40},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ck, sk := newKeypair(t), newKeypair(t)
@@ -33,75 +37,86 @@ func TestRekey(t *testing.T) {
 			ccfg.RekeyRecords, scfg.RekeyRecords = tc.records, tc.records
 			p := newTCPPair(t, ccfg, scfg)
 			defer p.close()
-			// Paced flows (4 MB/s each) rather than saturating ones: a stall
-			// then measures the protocol, not two busy cores' scheduler
-			// under the race detector (the control case shows that floor).
-			const flows, dur = 2, 2 * time.Second
+			ck2, sk2 := newKeypair(t), newKeypair(t)
+			control := newTCPPair(t, fastCfg(t, ck2, sk2.pub), fastCfg(t, sk2, ck2.pub))
+			defer control.close()
+
 			var wg sync.WaitGroup
-			stalls := make([]time.Duration, flows)
-			errs := make(chan error, 3*flows)
-			for i := range flows {
-				a, b := openPair(t, p.client, p.server, fmt.Sprint("flow-", i))
-				// Alternate directions, so both sides' send keys turn over
-				// under load.
-				w, r := a, b
-				if i%2 == 1 {
-					w, r = b, a
-				}
-				wg.Add(2)
-				type result struct {
-					sum [32]byte
-					n   int64
-				}
-				sent := make(chan result, 1)
-				go func() {
-					defer wg.Done()
-					sum, n, err := writePaced(w, uint64(i), 16<<10, 4*time.Millisecond, dur)
-					if err != nil {
-						errs <- fmt.Errorf("flow %d write: %w", i, err)
-					}
-					w.CloseWrite()
-					sent <- result{sum, n}
-				}()
-				go func() {
-					defer wg.Done()
-					got, n, longest, err := readTimed(r)
-					want := <-sent
-					if err != nil || n != want.n {
-						errs <- fmt.Errorf("flow %d read %d of %d bytes: %v", i, n, want.n, err)
-						return
-					}
-					if got != want.sum {
-						errs <- fmt.Errorf("flow %d: SHA-256 mismatch", i)
-					}
-					stalls[i] = longest
-				}()
-			}
+			var stalls, floor []time.Duration
+			wg.Add(2)
+			go func() { defer wg.Done(); stalls = pacedFlows(t, p) }()
+			go func() { defer wg.Done(); floor = pacedFlows(t, control) }()
 			wg.Wait()
-			close(errs)
-			for err := range errs {
-				t.Error(err)
-			}
+
 			cs, ss := p.client.Stats(), p.server.Stats()
 			rtt := max(cs.RTT, ss.RTT)
-			t.Logf("rekeys: dialer %d, listener %d; rtt %v; longest stall per flow %v", cs.Rekeys, ss.Rekeys, rtt, stalls)
-			if want := uint64(5); tc.interval == time.Hour {
-				if cs.Rekeys != 0 || ss.Rekeys != 0 {
-					t.Errorf("%d/%d rekeys with rekeying off", cs.Rekeys, ss.Rekeys)
-				}
-			} else if cs.Rekeys < want || ss.Rekeys < want {
+			ctl := slices.Max(floor)
+			t.Logf("rekeys: dialer %d, listener %d; rtt %v; longest stall per flow %v; without rekeys, same time: %v",
+				cs.Rekeys, ss.Rekeys, rtt, stalls, floor)
+			if cs.Rekeys < 5 || ss.Rekeys < 5 {
 				t.Errorf("only %d/%d rekeys", cs.Rekeys, ss.Rekeys)
+			}
+			if n := control.client.Stats().Rekeys; n != 0 {
+				t.Errorf("%d rekeys with the default interval", n)
 			}
 			if cs.Reconnects != 0 || ss.Reconnects != 0 {
 				t.Errorf("paths were replaced: %d/%d reconnects (%s)", cs.Reconnects, ss.Reconnects, cs.LastError+ss.LastError)
 			}
 			for i, d := range stalls {
-				if d > rtt+50*time.Millisecond {
-					t.Errorf("flow %d stalled %v, more than rtt %v + 50 ms", i, d, rtt)
+				if d > max(rtt, ctl)+50*time.Millisecond {
+					t.Errorf("flow %d stalled %v, more than max(rtt %v, control %v) + 50 ms", i, d, rtt, ctl)
 				}
 			}
 		})
 	}
+}
+
+// pacedFlows runs two paced flows over p for 2 s, one each way (so both
+// sides' send keys turn over under load), checks their SHA-256 and
+// returns each flow's longest wait between reads. The pacing (4 MB/s a
+// flow) keeps the cores from saturating, so a stall measures the
+// protocol rather than the scheduler.
+func pacedFlows(t *testing.T, p *pair) []time.Duration {
+	const flows, dur = 2, 2 * time.Second
+	var wg sync.WaitGroup
+	stalls := make([]time.Duration, flows)
+	for i := range flows {
+		a, b := openPair(t, p.client, p.server, fmt.Sprint("flow-", i))
+		w, r := a, b
+		if i%2 == 1 {
+			w, r = b, a
+		}
+		type result struct {
+			sum [32]byte
+			n   int64
+		}
+		sent := make(chan result, 1)
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			sum, n, err := writePaced(w, uint64(i), 16<<10, 4*time.Millisecond, dur)
+			if err != nil {
+				t.Errorf("flow %d write: %v", i, err)
+			}
+			w.CloseWrite()
+			sent <- result{sum, n}
+		}()
+		go func() {
+			defer wg.Done()
+			got, n, longest, err := readTimed(r)
+			want := <-sent
+			if err != nil || n != want.n {
+				t.Errorf("flow %d read %d of %d bytes: %v", i, n, want.n, err)
+				return
+			}
+			if got != want.sum {
+				t.Errorf("flow %d: SHA-256 mismatch", i)
+			}
+			stalls[i] = longest
+		}()
+	}
+	wg.Wait()
+	return stalls
 }
 
 // writePaced writes pseudo-random chunks every period for dur and returns
