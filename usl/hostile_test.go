@@ -3,6 +3,7 @@ package usl
 import (
 	"context"
 	"io"
+	"fmt"
 	"log/slog"
 	"net"
 	"strings"
@@ -304,7 +305,8 @@ func TestHostileManySessions(t *testing.T) {
 // a handful of log lines about the refusals (at 1 and each power of two
 // from 1,024), not one per OPEN.
 func TestHostileRejectedOpens(t *testing.T) {
-	l, ck, sk, rec := hostileListener(t, func(c *Config) { c.MaxStreams = 16 })
+	const budget = 256 << 10 // 4,096 refusals; the default 2 MiB takes 32,768
+	l, ck, sk, rec := hostileListener(t, func(c *Config) { c.MaxStreams = 16; c.ControlBuffer = budget })
 	p := dialRaw(t, l.Addr().String(), ck.priv, sk.pub, newSessionID())
 	defer p.close()
 	p.add(frameOpen, 1, nil)
@@ -320,7 +322,15 @@ func TestHostileRejectedOpens(t *testing.T) {
 		}
 	}
 	p.flush()
-	waitFor(t, "path dropped", func() bool { return strings.Contains(s.Stats().LastError, "peer withholds acks") })
+	for start := time.Now(); !strings.Contains(s.Stats().LastError, "peer withholds acks"); time.Sleep(5 * time.Millisecond) {
+		if time.Since(start) > 20*time.Second {
+			s.mu.Lock()
+			why := fmt.Sprintf("last error %q, control %d bytes, recv seq %d of %d sent, paths %d",
+				s.lastErr, s.ctlBytes, s.recvSeq, p.seq, len(s.paths))
+			s.mu.Unlock()
+			t.Fatalf("path not dropped: %s", why)
+		}
+	}
 	grew := int64(heapInUse()) - int64(before)
 	lines := 0
 	rec.mu.Lock()
@@ -331,7 +341,7 @@ func TestHostileRejectedOpens(t *testing.T) {
 	}
 	rec.mu.Unlock()
 	t.Logf("%d OPENs sent; %s; heap grew %d KiB; %d log lines", sent, s.Stats().LastError, grew>>10, lines)
-	if grew > int64(DefaultControlBuffer)+8*mib || lines > 8 {
+	if grew > budget+8*mib || lines > 8 {
 		t.Fatalf("heap grew %d, %d log lines", grew, lines)
 	}
 }
