@@ -2,8 +2,8 @@ package usl
 
 import (
 	"context"
-	"io"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"strings"
