@@ -26,11 +26,18 @@ type rawPeer struct {
 
 func dialRaw(t testing.TB, addr string, priv PrivateKey, server PublicKey, id sessionID) *rawPeer {
 	t.Helper()
+	return dialRawHello(t, addr, priv, server, hello{id: id, epoch: processEpoch(), pathID: 1})
+}
+
+// dialRawHello is dialRaw with a hello of the test's making; timestamp,
+// window and max frame are filled in.
+func dialRawHello(t testing.TB, addr string, priv PrivateKey, server PublicKey, h hello) *rawPeer {
+	t.Helper()
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := hello{id: id, epoch: processEpoch(), timestamp: nextTimestamp(), window: 1 << 20, maxFrame: DefaultMaxFrame, pathID: 1}
+	h.timestamp, h.window, h.maxFrame = nextTimestamp(), 1<<20, DefaultMaxFrame
 	res, _, err := clientHandshake(c, priv, server, h)
 	if err != nil {
 		c.Close()
@@ -343,5 +350,70 @@ func TestHostileRejectedOpens(t *testing.T) {
 	t.Logf("%d OPENs sent; %s; heap grew %d KiB; %d log lines", sent, s.Stats().LastError, grew>>10, lines)
 	if grew > budget+8*mib || lines > 8 {
 		t.Fatalf("heap grew %d, %d log lines", grew, lines)
+	}
+}
+
+// TestJoin: a resumed path with the JOIN flag is added next to the
+// session's other paths (up to MaxPathsPerSession); one without it
+// replaces them all, as single-path failover does.
+func TestJoin(t *testing.T) {
+	l, ck, sk, _ := hostileListener(t, func(c *Config) { c.MaxPathsPerSession = 2 })
+	id := newSessionID()
+	first := dialRaw(t, l.Addr().String(), ck.priv, sk.pub, id)
+	defer first.close()
+	s := acceptSession(t, l)
+	paths := func() int {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return len(s.paths)
+	}
+	resume := func(path uint32, flags uint8) *rawPeer {
+		return dialRawHello(t, l.Addr().String(), ck.priv, sk.pub,
+			hello{id: id, epoch: processEpoch(), peerEpoch: l.cfg.epoch, pathID: path, flags: flags})
+	}
+	second := resume(2, helloJoin)
+	defer second.close()
+	waitFor(t, "two paths", func() bool { return paths() == 2 })
+	third := resume(3, helloJoin) // over MaxPathsPerSession: refused
+	defer third.close()
+	time.Sleep(100 * time.Millisecond)
+	if n := paths(); n != 2 {
+		t.Fatalf("%d paths after a join past the limit of 2", n)
+	}
+	fourth := resume(4, 0)
+	defer fourth.close()
+	waitFor(t, "failover to one path", func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return len(s.paths) == 1 && s.paths[0].id == 4
+	})
+}
+
+// TestStreamSeqChecked: a stream frame whose sseq is not the next one of
+// its stream kills the path with a protocol error.
+func TestStreamSeqChecked(t *testing.T) {
+	l, ck, sk, _ := hostileListener(t, nil)
+	p := dialRaw(t, l.Addr().String(), ck.priv, sk.pub, newSessionID())
+	defer p.close()
+	p.add(frameOpen, 1, nil)
+	p.flush()
+	s := acceptSession(t, l)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := s.AcceptStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Accept()
+	p.add(frameData, 1, []byte("in order")) // sseq 1
+	p.sseq[1] = 7
+	p.add(frameData, 1, []byte("skips ahead"))
+	p.flush()
+	waitFor(t, "protocol error", func() bool {
+		return strings.Contains(s.Stats().LastError, "protocol: DATA on stream 1 with stream seq 7, want 2")
+	})
+	buf := make([]byte, 8)
+	if _, err := io.ReadFull(st, buf); err != nil || string(buf) != "in order" {
+		t.Fatalf("the in-order frame: %q %v", buf, err)
 	}
 }
