@@ -163,47 +163,49 @@ func FuzzHandshake(f *testing.F) {
 	for _, seed := range handshakeSeeds() {
 		f.Add(seed)
 	}
-	f.Fuzz(func(t *testing.T, in []byte) {
-		server, c1, c2 := fixedKey(1), fixedKey(2), fixedKey(3)
-		ml := &memListener{ch: make(chan net.Conn), done: make(chan struct{})}
-		cfg := Config{PrivateKey: server, PeerKeys: []PublicKey{c1.Public(), c2.Public()},
-			HandshakeTimeout: time.Second, FirstMessageTimeout: time.Second, MaxSessionsPerKey: 2,
-			SessionTimeout: 50 * time.Millisecond}
-		l, err := NewListener(ml, cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		for i := 0; i < 4 && len(in) > 0; i++ {
-			n := int(in[0])
+	f.Fuzz(fuzzHandshake)
+}
+
+func fuzzHandshake(t *testing.T, in []byte) {
+	server, c1, c2 := fixedKey(1), fixedKey(2), fixedKey(3)
+	ml := &memListener{ch: make(chan net.Conn), done: make(chan struct{})}
+	cfg := Config{PrivateKey: server, PeerKeys: []PublicKey{c1.Public(), c2.Public()},
+		HandshakeTimeout: time.Second, FirstMessageTimeout: time.Second, MaxSessionsPerKey: 2,
+		SessionTimeout: 5 * time.Millisecond}
+	l, err := NewListener(ml, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	for i := 0; i < 4 && len(in) > 0; i++ {
+		n := int(in[0])
+		in = in[1:]
+		payload := in[:min(n, len(in))]
+		in = in[len(payload):]
+		var record []byte
+		if len(in) > 0 {
+			m := int(in[0])
 			in = in[1:]
-			payload := in[:min(n, len(in))]
-			in = in[len(payload):]
-			var record []byte
-			if len(in) > 0 {
-				m := int(in[0])
-				in = in[1:]
-				record = in[:min(m, len(in))]
-				in = in[len(record):]
-			}
-			key := c1
-			if i%2 == 1 {
-				key = c2
-			}
-			fuzzOneHandshake(t, ml, key, server.Public(), payload, record)
+			record = in[:min(m, len(in))]
+			in = in[len(record):]
 		}
-		l.mu.Lock()
-		perKey := map[PublicKey]int{}
-		for _, s := range l.sessions {
-			perKey[s.peer]++
+		key := c1
+		if i%2 == 1 {
+			key = c2
 		}
-		l.mu.Unlock()
-		for k, n := range perKey {
-			if n > 2 {
-				t.Fatalf("%d sessions of key %s, limit 2", n, k)
-			}
+		fuzzOneHandshake(t, ml, key, server.Public(), payload, record)
+	}
+	l.mu.Lock()
+	perKey := map[PublicKey]int{}
+	for _, s := range l.sessions {
+		perKey[s.peer]++
+	}
+	l.mu.Unlock()
+	for k, n := range perKey {
+		if n > 2 {
+			t.Fatalf("%d sessions of key %s, limit 2", n, k)
 		}
-	})
+	}
 }
 
 // FuzzFirstMessage feeds arbitrary bytes to the handshake parsers that
@@ -286,7 +288,7 @@ func fuzzOneHandshake(t *testing.T, ml *memListener, key PrivateKey, server Publ
 		return
 	}
 	// Whatever the record held, the listener now runs a path or drops it.
-	a.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	a.SetReadDeadline(time.Now().Add(5 * time.Millisecond))
 	io.Copy(io.Discard, a)
 }
 
