@@ -113,6 +113,26 @@ func acceptSession(t *testing.T, l *Listener) *Session {
 	return s
 }
 
+// rawWithStream is a victim listener, a raw peer with a session on it, and
+// stream 1, which the raw peer opened and the victim accepted.
+func rawWithStream(t *testing.T, mod func(*Config)) (*rawPeer, *Session, *Stream) {
+	t.Helper()
+	l, ck, sk, _ := hostileListener(t, mod)
+	p := dialRaw(t, l.Addr().String(), ck.priv, sk.pub, newSessionID())
+	t.Cleanup(p.close)
+	p.add(frameOpen, 1, nil)
+	p.flush()
+	s := acceptSession(t, l)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := s.AcceptStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Accept()
+	return p, s, st
+}
+
 const mib = 1 << 20
 
 // TestHostileTinyFrames: a peer may not ask for tiny frames (the MaxFrame
@@ -184,19 +204,7 @@ func TestHostileTinyFrames(t *testing.T) {
 // one frame.
 func TestHostileAcksWithheld(t *testing.T) {
 	const budget = 8 << 10
-	l, ck, sk, _ := hostileListener(t, func(c *Config) { c.StreamWindow = 16 << 10; c.ControlBuffer = budget })
-	p := dialRaw(t, l.Addr().String(), ck.priv, sk.pub, newSessionID())
-	defer p.close()
-	p.add(frameOpen, 1, nil)
-	p.flush()
-	s := acceptSession(t, l)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	st, err := s.AcceptStream(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st.Accept()
+	p, s, st := rawWithStream(t, func(c *Config) { c.StreamWindow = 16 << 10; c.ControlBuffer = budget })
 	go io.Copy(io.Discard, st)
 	chunk := make([]byte, 4<<10)
 	peak := 0
@@ -392,19 +400,7 @@ func TestJoin(t *testing.T) {
 // TestStreamSeqChecked: a stream frame whose sseq is not the next one of
 // its stream kills the path with a protocol error.
 func TestStreamSeqChecked(t *testing.T) {
-	l, ck, sk, _ := hostileListener(t, nil)
-	p := dialRaw(t, l.Addr().String(), ck.priv, sk.pub, newSessionID())
-	defer p.close()
-	p.add(frameOpen, 1, nil)
-	p.flush()
-	s := acceptSession(t, l)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	st, err := s.AcceptStream(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st.Accept()
+	p, s, st := rawWithStream(t, nil)
 	p.add(frameData, 1, []byte("in order")) // sseq 1
 	p.sseq[1] = 7
 	p.add(frameData, 1, []byte("skips ahead"))
