@@ -25,6 +25,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 
 	"github.com/flynn/noise"
 	"golang.org/x/crypto/blake2s"
@@ -411,7 +412,7 @@ func readFirstMessage(c net.Conn, macKey *[32]byte) ([]byte, error) {
 				cw.CloseWrite()
 				io.CopyN(io.Discard, c, 4<<10)
 			}
-			return nil, &rejectError{ve.Error(), ""}
+			return nil, &rejectError{strings.TrimPrefix(ve.Error(), "usl: "), ""}
 		}
 		return nil, &rejectError{rejGarbage, ""}
 	}
