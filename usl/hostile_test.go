@@ -2,6 +2,7 @@ package usl
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -412,4 +413,56 @@ func TestStreamSeqChecked(t *testing.T) {
 	if _, err := io.ReadFull(st, buf); err != nil || string(buf) != "in order" {
 		t.Fatalf("the in-order frame: %q %v", buf, err)
 	}
+}
+
+// TestRecvBufferBound: a session's receive buffers, counted by
+// allocation, never pass RecvBuffer; a stream whose data would is reset
+// with ResetLimit, which its writer sees as ErrLimit, and the other
+// streams keep their data.
+func TestRecvBufferBound(t *testing.T) {
+	ck, sk := newKeypair(t), newKeypair(t)
+	ccfg, scfg := fastCfg(t, ck, sk.pub), fastCfg(t, sk, ck.pub)
+	ccfg.StreamWindow, scfg.StreamWindow = 64<<10, 64<<10
+	scfg.RecvBuffer = 128 << 10
+	p := newTCPPair(t, ccfg, scfg)
+	defer p.close()
+	var writers []*Stream
+	var readers []*Stream
+	for i := range 4 {
+		a, b := openPair(t, p.client, p.server, fmt.Sprint("s", i))
+		writers, readers = append(writers, a), append(readers, b)
+	}
+	chunk := make([]byte, 32<<10)
+	for i, w := range writers[:2] {
+		for range 2 {
+			if _, err := w.Write(chunk); err != nil {
+				t.Fatalf("stream %d: %v", i, err)
+			}
+		}
+	}
+	waitFor(t, "two windows buffered", func() bool { return p.server.Stats().BytesIn == 128<<10 })
+	for i, w := range writers[2:] {
+		w.Write(chunk)
+		w.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		var err error
+		for err == nil {
+			_, err = w.Write(chunk) // until the reset arrives
+		}
+		if !errors.Is(err, ErrLimit) {
+			t.Fatalf("stream %d over the session's receive bound: %v, want ErrLimit", i+2, err)
+		}
+	}
+	p.server.mu.Lock()
+	mem := p.server.recvMem
+	p.server.mu.Unlock()
+	if mem > scfg.RecvBuffer {
+		t.Fatalf("receive buffers %d, bound %d", mem, scfg.RecvBuffer)
+	}
+	got := make([]byte, 64<<10)
+	for i, r := range readers[:2] {
+		if _, err := io.ReadFull(r, got); err != nil {
+			t.Fatalf("stream %d lost its data: %v", i, err)
+		}
+	}
+	t.Logf("receive buffers held at %d KiB (bound %d KiB); streams past it reset with limit", mem>>10, scfg.RecvBuffer>>10)
 }
