@@ -119,7 +119,7 @@ func benchSession(b *testing.B, streams int) {
 // plaintexts into records, written nowhere, on one core. The session does
 // this on the sender and the inverse on the receiver for every byte.
 func BenchmarkRecordSeal(b *testing.B) {
-	rc, err := newRecordConn(fuzzConn{}, nil, [32]byte{1}, [32]byte{2})
+	rc, err := newRecordConn(fuzzConn{}, &handshakeResult{send: [32]byte{1}, recv: [32]byte{2}})
 	if err != nil {
 		b.Fatal(err)
 	}

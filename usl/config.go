@@ -19,18 +19,36 @@ type Config struct {
 	// it before the first byte is sent).
 	PeerKeys []PublicKey
 
-	ReplayBuffer      int           // bytes of unacked stream data per session; default 32 MiB
-	StreamWindow      int           // per-stream credit window; default 256 KiB
-	MaxStreams        int           // open streams per session; default 4096
-	MaxFrame          int           // largest data payload per frame; default 64 KiB
-	AckDelay          time.Duration // longest an ack waits for a frame to ride on; default 10 ms
-	KeepaliveInterval time.Duration // ping period per path; default 500 ms
-	DeadInterval      time.Duration // a path silent this long is dead; default 2 s
-	ReconnectMin      time.Duration // first redial delay; default 50 ms
-	ReconnectMax      time.Duration // redial delay cap; default 1 s
-	SessionTimeout    time.Duration // give up after this long without a path; 0: never
-	HandshakeTimeout  time.Duration // default 5 s
-	HandshakeRate     float64       // handshakes per second per source IP (listener); default 10, burst 2x
+	ReplayBuffer       int           // bytes of unacked stream data per session; default 32 MiB
+	StreamWindow       int           // per-stream credit window; default 256 KiB
+	MaxStreams         int           // open streams per session; default 4096
+	MaxFrame           int           // largest data payload per frame; default 65519 (one record), at least 4096
+	RecvBuffer         int           // bytes of receive buffers per session, counted as allocated; default 64 MiB
+	ControlBuffer      int           // bytes of unacked control frames the peer's input made us queue; default 2 MiB
+	MaxSessionsPerKey  int           // listener: live sessions per peer key; a new one replaces the oldest; default 4
+	MaxPathsPerSession int           // listener: paths one session may join; default 8
+	AckDelay           time.Duration // longest an ack waits for a frame to ride on; default 10 ms
+	KeepaliveInterval  time.Duration // ping period per path; default 500 ms
+	DeadInterval       time.Duration // a path silent this long is dead; default 2 s
+	ReconnectMin       time.Duration // first redial delay; default 50 ms
+	ReconnectMax       time.Duration // redial delay cap; default 1 s
+	SessionTimeout     time.Duration // give up after this long without a path; 0: never
+	HandshakeTimeout   time.Duration // default 5 s
+	HandshakeRate      float64       // listener: connections per second per source /32 (IPv4) or /64 (IPv6); default 10, burst 2x
+	// FirstMessageTimeout is how long a new connection may take to send
+	// its first handshake message (listener); default 1 s.
+	FirstMessageTimeout time.Duration
+	// PendingHandshakes bounds connections that have not sent a first
+	// message yet (listener); the newest evicts the oldest; default 512.
+	PendingHandshakes int
+	// RejectLogInterval is the period of the aggregated log line about
+	// refused handshakes (listener); default 10 s.
+	RejectLogInterval time.Duration
+	// RekeyInterval and RekeyRecords start an in-band rekey of a path once
+	// its send key is that old or has sealed that many records; defaults
+	// 120 s and 2^30.
+	RekeyInterval time.Duration
+	RekeyRecords  uint64
 
 	// Dial opens a path. nil: a net.Dialer with Control and TCP_NODELAY.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
@@ -47,17 +65,58 @@ type Config struct {
 
 // Defaults. Each one is a trade-off explained where it is used.
 const (
-	DefaultReplayBuffer      = 32 << 20
-	DefaultStreamWindow      = 256 << 10
-	DefaultMaxStreams        = 4096
-	DefaultMaxFrame          = 64 << 10
-	DefaultAckDelay          = 10 * time.Millisecond
-	DefaultKeepaliveInterval = 500 * time.Millisecond
-	DefaultDeadInterval      = 2 * time.Second
-	DefaultReconnectMin      = 50 * time.Millisecond
-	DefaultReconnectMax      = time.Second
-	DefaultHandshakeTimeout  = 5 * time.Second
-	DefaultHandshakeRate     = 10
+	DefaultReplayBuffer = 32 << 20
+	DefaultStreamWindow = 256 << 10
+	DefaultMaxStreams   = 4096
+	// DefaultMaxFrame is the largest payload one record carries
+	// (maxRecordPlain): a full DATA frame's payload is sealed and opened
+	// as exactly one record, straight from and into its buffer, and its
+	// header rides in the record of the small frames before it.
+	DefaultMaxFrame = maxRecordPlain
+	// MinMaxFrame is the floor of MaxFrame and of the max frame a peer
+	// announces: a peer asking for tiny frames would make every byte cost
+	// a header, a record and a buffer.
+	MinMaxFrame = 4096
+	// DefaultRecvBuffer bounds one session's receive buffers, charged by
+	// allocation: 256 full stream windows. A stream that would pass it is
+	// reset with ResetLimit.
+	DefaultRecvBuffer = 64 << 20
+	// DefaultControlBuffer bounds the control frames (WINDOW, RESET) that
+	// the peer's own input makes us queue while it withholds acks; past
+	// it the path fails with a protocol error. An honest peer acks within
+	// a round trip, in which each stream sends at most 4 WINDOWs (one per
+	// quarter window consumed) of 64 B: MaxStreams streams all reading at
+	// once need 1 MiB; twice that leaves room.
+	DefaultControlBuffer = 2 << 20
+	// DefaultMaxSessionsPerKey: one daemon normally has one session per
+	// peer; a few more cover restarts racing their fence.
+	DefaultMaxSessionsPerKey  = 4
+	DefaultMaxPathsPerSession = 8
+	DefaultAckDelay           = 10 * time.Millisecond
+	DefaultKeepaliveInterval  = 500 * time.Millisecond
+	DefaultDeadInterval       = 2 * time.Second
+	DefaultReconnectMin       = 50 * time.Millisecond
+	DefaultReconnectMax       = time.Second
+	DefaultHandshakeTimeout   = 5 * time.Second
+	DefaultHandshakeRate      = 10
+	// DefaultFirstMessageTimeout: a dialer sends its first message right
+	// after the TCP handshake, so a connection silent for 1 s is not one.
+	DefaultFirstMessageTimeout = time.Second
+	// DefaultPendingHandshakes: at 2,000 silent connections per second each
+	// still has 250 ms to speak before it is evicted, far more than a real
+	// dialer needs.
+	DefaultPendingHandshakes = 512
+	DefaultRejectLogInterval = 10 * time.Second
+	// DefaultRekeyInterval and DefaultRekeyRecords follow WireGuard's
+	// 2-minute rekey; the record bound is far below GCM's 2^32 safe limit
+	// for random-looking plaintexts under one key.
+	DefaultRekeyInterval = 120 * time.Second
+	DefaultRekeyRecords  = 1 << 30
+	// maxConcurrentHandshakes bounds handshakes past mac1 (a Noise
+	// responder's DH operations and the wait for key confirmation).
+	maxConcurrentHandshakes = 128
+	// maxSources is the size of the listener's rate-limit table.
+	maxSources = 4096
 
 	// maxFrameLimit bounds MaxFrame: the length field could say 4 GiB, but
 	// a receiver allocates a payload buffer before it can authenticate the
@@ -85,6 +144,17 @@ func (c Config) withDefaults() (Config, error) {
 	def(&c.StreamWindow, DefaultStreamWindow)
 	def(&c.MaxStreams, DefaultMaxStreams)
 	def(&c.MaxFrame, DefaultMaxFrame)
+	def(&c.RecvBuffer, DefaultRecvBuffer)
+	def(&c.ControlBuffer, DefaultControlBuffer)
+	def(&c.MaxSessionsPerKey, DefaultMaxSessionsPerKey)
+	def(&c.MaxPathsPerSession, DefaultMaxPathsPerSession)
+	def(&c.PendingHandshakes, DefaultPendingHandshakes)
+	defd(&c.FirstMessageTimeout, DefaultFirstMessageTimeout)
+	defd(&c.RejectLogInterval, DefaultRejectLogInterval)
+	defd(&c.RekeyInterval, DefaultRekeyInterval)
+	if c.RekeyRecords == 0 {
+		c.RekeyRecords = DefaultRekeyRecords
+	}
 	defd(&c.AckDelay, DefaultAckDelay)
 	defd(&c.KeepaliveInterval, DefaultKeepaliveInterval)
 	defd(&c.DeadInterval, DefaultDeadInterval)
@@ -97,8 +167,8 @@ func (c Config) withDefaults() (Config, error) {
 	if c.ReconnectMax < c.ReconnectMin {
 		c.ReconnectMax = c.ReconnectMin
 	}
-	if c.MaxFrame > maxFrameLimit {
-		return c, fmt.Errorf("usl: MaxFrame %d above the limit %d", c.MaxFrame, maxFrameLimit)
+	if c.MaxFrame > maxFrameLimit || c.MaxFrame < MinMaxFrame {
+		return c, fmt.Errorf("usl: MaxFrame %d outside [%d, %d]", c.MaxFrame, MinMaxFrame, maxFrameLimit)
 	}
 	if c.StreamWindow > 1<<30 || c.ReplayBuffer > 1<<40 {
 		return c, errors.New("usl: StreamWindow or ReplayBuffer unreasonably large")

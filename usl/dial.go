@@ -139,8 +139,10 @@ func (s *Session) connect(addr string) (*path, error) {
 
 	s.mu.Lock()
 	inc := s.inc
+	s.nextPathID++
 	h := hello{id: s.id, epoch: s.cfg.epoch, peerEpoch: s.peerEpoch, recvSeq: s.recvSeq,
-		window: uint32(s.cfg.StreamWindow), maxFrame: uint32(s.cfg.MaxFrame)}
+		timestamp: nextTimestamp(), window: uint32(s.cfg.StreamWindow), maxFrame: uint32(s.cfg.MaxFrame),
+		pathID: s.nextPathID}
 	s.unlock()
 
 	res, rep, err := clientHandshake(c, s.cfg.PrivateKey, s.peer, h)
@@ -169,17 +171,24 @@ func (s *Session) connect(addr string) (*path, error) {
 		s.peerEpoch = rep.epoch
 	}
 	s.unlock()
-	p, _, err := s.attach(c, inc, rep.recvSeq, rep.window, rep.maxFrame)
+	p, err := s.attach(c, inc, attachInfo{peerRecv: rep.recvSeq, told: h.recvSeq,
+		window: rep.window, maxFrame: rep.maxFrame, pathID: h.pathID})
 	if err != nil {
 		c.Close()
 		return nil, fmt.Errorf("attach path to %s: %w", addr, err)
 	}
-	rc, err := newRecordConn(c, res.br, res.send, res.recv)
+	rc, err := newRecordConn(c, res)
 	if err != nil {
 		p.abandon(err)
 		return nil, err
 	}
 	p.rc = rc
+	p.rk.chain = res.chain
+	// Key confirmation: the listener acts on this path only once a record
+	// from us authenticates, so the first write goes out at once.
+	s.mu.Lock()
+	p.ackDue = true
+	s.unlock()
 	p.run()
 	return p, nil
 }

@@ -4,6 +4,8 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"sync"
+	"sync/atomic"
+	"time"
 )
 
 // processEpoch is this process's incarnation number. It is chosen once, at
@@ -22,3 +24,24 @@ var processEpoch = sync.OnceValue(func() uint64 {
 		}
 	}
 })
+
+// lastTimestamp is the last handshake timestamp this process sent. The
+// listener keeps the greatest timestamp it accepted per static key and
+// drops a first message that is not newer, so timestamps must increase
+// strictly across every session of the process that may share a key:
+// that makes this the second piece of package state, a clock.
+var lastTimestamp atomic.Uint64
+
+// nextTimestamp is max(now, last+1) in ns since the Unix epoch. A clock
+// stepped backwards still yields increasing values; a process restarted
+// after such a step is behind its predecessor's timestamps until the clock
+// catches up, exactly as with WireGuard's TAI64N.
+func nextTimestamp() uint64 {
+	for {
+		last := lastTimestamp.Load()
+		ts := max(uint64(time.Now().UnixNano()), last+1)
+		if lastTimestamp.CompareAndSwap(last, ts) {
+			return ts
+		}
+	}
+}

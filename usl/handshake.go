@@ -1,15 +1,34 @@
 package usl
 
+// The path handshake, v2 (docs/protocol.md §2 is the byte-level statement):
+//
+//	initiator → responder: "USL" 2 | u16 n | Noise IK message 1 (n bytes) | mac1 [16]
+//	responder → initiator: "USL" 2 | u16 n | Noise IK message 2 (n bytes)
+//	initiator → responder: its first record (key confirmation)
+//
+// The responder answers only a message 1 whose mac1 is valid, that
+// authenticates an allowed static key, and whose timestamp is newer than
+// the last one it accepted from that key. Everything else gets silence:
+// the connection is closed without a byte. The one exception is a
+// well-formed preamble of another version: that peer already spoke USL,
+// so it gets the responder's preamble back and both sides can say which
+// versions met. Nothing the responder keeps per session changes until the
+// initiator's first record authenticates (key confirmation), so a replayed
+// message 1 can cost a reply at most, never a path, a session or a fence.
+
 import (
 	"bufio"
+	"crypto/hmac"
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"strings"
 
 	"github.com/flynn/noise"
+	"golang.org/x/crypto/blake2s"
 )
 
 // readBufSize is the path reader's buffer. Small, on purpose: bufio reads
@@ -18,11 +37,8 @@ import (
 const readBufSize = 4 << 10
 
 // ProtocolVersion is the USL wire version this build speaks.
-const ProtocolVersion = 1
+const ProtocolVersion = 2
 
-// The initiator opens with a cleartext preamble "USL" + version byte, so a
-// version mismatch is reported on both sides instead of surfacing as an
-// opaque decryption failure. The responder answers with its own preamble.
 var preambleMagic = [3]byte{'U', 'S', 'L'}
 
 const preambleLen = 4
@@ -44,24 +60,34 @@ func newSessionID() sessionID {
 	return id
 }
 
+// helloJoin is hello flag bit 0: add this path to the session and keep its
+// other paths. Without it, attaching a path closes the older ones.
+const helloJoin = 1
+
 // hello is the payload of the initiator's Noise message.
 //
-//	0  session id     [16]
+//	0  session id      [16]
 //	16 initiator epoch u64
 //	24 responder epoch u64 (as the initiator knows it; 0 = first contact)
-//	32 recv seq       u64 (last in-order seq the initiator received)
-//	40 stream window  u32
-//	44 max frame      u32
+//	32 recv seq        u64 (last in-order seq the initiator received)
+//	40 timestamp       u64 (ns since the Unix epoch, strictly increasing per process)
+//	48 stream window   u32
+//	52 max frame       u32
+//	56 path id         u32
+//	60 flags           u8  (bit 0 JOIN; the others zero)
 type hello struct {
 	id        sessionID
 	epoch     uint64
 	peerEpoch uint64
 	recvSeq   uint64
+	timestamp uint64
 	window    uint32
 	maxFrame  uint32
+	pathID    uint32
+	flags     uint8
 }
 
-const helloLen = 48
+const helloLen = 61
 
 func (h *hello) marshal() []byte {
 	b := make([]byte, helloLen)
@@ -69,8 +95,11 @@ func (h *hello) marshal() []byte {
 	binary.BigEndian.PutUint64(b[16:], h.epoch)
 	binary.BigEndian.PutUint64(b[24:], h.peerEpoch)
 	binary.BigEndian.PutUint64(b[32:], h.recvSeq)
-	binary.BigEndian.PutUint32(b[40:], h.window)
-	binary.BigEndian.PutUint32(b[44:], h.maxFrame)
+	binary.BigEndian.PutUint64(b[40:], h.timestamp)
+	binary.BigEndian.PutUint32(b[48:], h.window)
+	binary.BigEndian.PutUint32(b[52:], h.maxFrame)
+	binary.BigEndian.PutUint32(b[56:], h.pathID)
+	b[60] = h.flags
 	return b
 }
 
@@ -83,15 +112,22 @@ func parseHello(b []byte) (hello, error) {
 	h.epoch = binary.BigEndian.Uint64(b[16:])
 	h.peerEpoch = binary.BigEndian.Uint64(b[24:])
 	h.recvSeq = binary.BigEndian.Uint64(b[32:])
-	h.window = binary.BigEndian.Uint32(b[40:])
-	h.maxFrame = binary.BigEndian.Uint32(b[44:])
+	h.timestamp = binary.BigEndian.Uint64(b[40:])
+	h.window = binary.BigEndian.Uint32(b[48:])
+	h.maxFrame = binary.BigEndian.Uint32(b[52:])
+	h.pathID = binary.BigEndian.Uint32(b[56:])
+	h.flags = b[60]
 	switch {
 	case h.id == sessionID{}:
 		return h, errors.New("hello: zero session id")
 	case h.epoch == 0:
 		return h, errors.New("hello: zero epoch")
-	case h.window == 0 || h.maxFrame == 0 || h.maxFrame > maxFrameLimit:
-		return h, fmt.Errorf("hello: bad window %d or max frame %d", h.window, h.maxFrame)
+	case h.timestamp == 0:
+		return h, errors.New("hello: zero timestamp")
+	case h.flags&^helloJoin != 0:
+		return h, fmt.Errorf("hello: unknown flags %#x", h.flags)
+	case h.window == 0 || h.maxFrame < MinMaxFrame || h.maxFrame > maxFrameLimit:
+		return h, fmt.Errorf("hello: bad window %d or max frame %d (allowed %d..%d)", h.window, h.maxFrame, MinMaxFrame, maxFrameLimit)
 	}
 	return h, nil
 }
@@ -99,7 +135,6 @@ func parseHello(b []byte) (hello, error) {
 // Response status codes.
 const (
 	statusOK             = 0
-	statusKeyNotAllowed  = 1 // the initiator's static key is not in the allowlist
 	statusNotOwner       = 2 // the session exists but belongs to another key
 	statusUnknownSession = 3 // the responder has no such session: fence
 )
@@ -141,10 +176,10 @@ func parseReply(b []byte) (reply, error) {
 	r.recvSeq = binary.BigEndian.Uint64(b[9:])
 	r.window = binary.BigEndian.Uint32(b[17:])
 	r.maxFrame = binary.BigEndian.Uint32(b[21:])
-	if r.status > statusUnknownSession {
+	if r.status != statusOK && r.status != statusNotOwner && r.status != statusUnknownSession {
 		return r, fmt.Errorf("reply: unknown status %d", r.status)
 	}
-	if r.status == statusOK && (r.epoch == 0 || r.window == 0 || r.maxFrame == 0 || r.maxFrame > maxFrameLimit) {
+	if r.status == statusOK && (r.epoch == 0 || r.window == 0 || r.maxFrame < MinMaxFrame || r.maxFrame > maxFrameLimit) {
 		return r, errors.New("reply: bad epoch, window or max frame")
 	}
 	return r, nil
@@ -152,10 +187,14 @@ func parseReply(b []byte) (reply, error) {
 
 // Handshake errors the initiator reports.
 var (
-	ErrKeyNotAllowed  = errors.New("usl: peer rejected our public key: not in its allowlist")
 	ErrNotOwner       = errors.New("usl: peer refused resume: the session belongs to another key")
 	errUnknownSession = errors.New("usl: peer does not know the session (it restarted or timed out)")
-	ErrHandshake      = errors.New("usl: peer could not decrypt our handshake (is its public key right?)")
+	// ErrHandshake is a responder that hung up without answering. A v2
+	// responder answers nobody it cannot authenticate, so this is what a
+	// wrong peer public key, our key missing from its allowlist, and a
+	// clock far behind our last handshake all look like.
+	ErrHandshake = errors.New("usl: peer closed the connection without answering the handshake " +
+		"(is its public key right, and is ours in its allowlist?)")
 )
 
 // VersionError reports a peer that speaks another protocol version.
@@ -182,10 +221,36 @@ func noiseConfig(priv PrivateKey, initiator bool, peer *PublicKey) noise.Config 
 	return c
 }
 
-// handshakeResult is a completed handshake: the keys for the record layer
-// and what the peer said.
+// mac1 binds a message 1 to the responder's public key, as WireGuard's
+// mac1 does: only a party that knows the key can make the responder spend
+// a Diffie-Hellman operation or a handshake slot.
+const mac1Len = 16
+
+// mac1Key is BLAKE2s-256("usl-mac1" || responder's static public key).
+func mac1Key(responder PublicKey) [32]byte {
+	return blake2s.Sum256(append([]byte("usl-mac1"), responder[:]...))
+}
+
+// mac1 is keyed BLAKE2s-128 over everything of message 1 before it.
+func mac1(key *[32]byte, msg []byte) [mac1Len]byte {
+	h, err := blake2s.New128(key[:])
+	if err != nil {
+		panic("usl: blake2s-128 with a 32-byte key: " + err.Error()) // cannot happen
+	}
+	h.Write(msg)
+	var m [mac1Len]byte
+	copy(m[:], h.Sum(nil))
+	return m
+}
+
+// Noise IK message 1 is e (32) + encrypted s (48) + encrypted hello.
+const msg1Len = 32 + 48 + helloLen + 16
+
+// handshakeResult is a completed handshake: the keys for the record layer,
+// the channel binding they are rooted in, and what the peer said.
 type handshakeResult struct {
 	send, recv [32]byte
+	chain      [32]byte // the first chaining secret of the path's rekeys
 	peer       PublicKey
 	br         *bufio.Reader
 }
@@ -208,14 +273,12 @@ func appendMsg(dst, msg []byte) []byte {
 	return append(dst, msg...)
 }
 
-// checkPreamble reads the peer's preamble.
-func checkPreamble(r io.Reader) error {
-	var p [preambleLen]byte
-	if _, err := io.ReadFull(r, p[:]); err != nil {
-		return err
-	}
+var errBadMagic = errors.New("not a USL peer (bad magic)")
+
+// checkPreamble validates a peer's preamble.
+func checkPreamble(p [preambleLen]byte) error {
 	if [3]byte(p[:3]) != preambleMagic {
-		return errors.New("not a USL peer (bad magic)")
+		return errBadMagic
 	}
 	if p[3] != ProtocolVersion {
 		return &VersionError{Peer: int(p[3]), Local: ProtocolVersion}
@@ -223,36 +286,54 @@ func checkPreamble(r io.Reader) error {
 	return nil
 }
 
-// clientHandshake runs the initiator side on c, whose deadline the caller
-// set. rep is the responder's reply; a non-OK status is also an error.
 func newNoiseInitiator(priv PrivateKey, peer PublicKey) (*noise.HandshakeState, error) {
 	return noise.NewHandshakeState(noiseConfig(priv, true, &peer))
 }
 
+// firstMessage builds the initiator's first flight for h.
+func firstMessage(hs *noise.HandshakeState, peer PublicKey, h hello) ([]byte, error) {
+	msg1, _, _, err := hs.WriteMessage(nil, h.marshal())
+	if err != nil {
+		return nil, fmt.Errorf("noise write: %w", err)
+	}
+	pre := preamble()
+	out := appendMsg(pre[:], msg1)
+	key := mac1Key(peer)
+	m := mac1(&key, out)
+	return append(out, m[:]...), nil
+}
+
+// clientHandshake runs the initiator side on c, whose deadline the caller
+// set. rep is the responder's reply; a non-OK status is also an error. On
+// success the caller must send a record at once: the responder acts on
+// the handshake only once one authenticates.
 func clientHandshake(c net.Conn, priv PrivateKey, peer PublicKey, h hello) (*handshakeResult, reply, error) {
 	var rep reply
 	hs, err := newNoiseInitiator(priv, peer)
 	if err != nil {
 		return nil, rep, fmt.Errorf("noise: %w", err)
 	}
-	msg1, _, _, err := hs.WriteMessage(nil, h.marshal())
+	first, err := firstMessage(hs, peer, h)
 	if err != nil {
-		return nil, rep, fmt.Errorf("noise write: %w", err)
+		return nil, rep, err
 	}
-	pre := preamble()
-	if _, err := c.Write(appendMsg(pre[:], msg1)); err != nil {
+	if _, err := c.Write(first); err != nil {
 		return nil, rep, fmt.Errorf("send handshake: %w", err)
 	}
 	br := bufio.NewReaderSize(c, readBufSize)
-	if err := checkPreamble(br); err != nil {
+	var p [preambleLen]byte
+	if _, err := io.ReadFull(br, p[:]); err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || isReset(err) {
+			return nil, rep, ErrHandshake
+		}
+		return nil, rep, fmt.Errorf("read handshake reply: %w", err)
+	}
+	if err := checkPreamble(p); err != nil {
 		return nil, rep, fmt.Errorf("handshake: %w", err)
 	}
 	msg2, err := readMsg(br)
 	if err != nil {
 		return nil, rep, fmt.Errorf("read handshake reply: %w", err)
-	}
-	if len(msg2) == 0 {
-		return nil, rep, ErrHandshake
 	}
 	payload, cs1, cs2, err := hs.ReadMessage(nil, msg2)
 	if err != nil {
@@ -262,69 +343,141 @@ func clientHandshake(c net.Conn, priv PrivateKey, peer PublicKey, h hello) (*han
 		return nil, rep, err
 	}
 	switch rep.status {
-	case statusKeyNotAllowed:
-		return nil, rep, ErrKeyNotAllowed
 	case statusNotOwner:
 		return nil, rep, ErrNotOwner
 	case statusUnknownSession:
 		return nil, rep, errUnknownSession
 	}
-	return &handshakeResult{send: cs1.UnsafeKey(), recv: cs2.UnsafeKey(), peer: peer, br: br}, rep, nil
+	i2r, r2i := cs1.UnsafeKey(), cs2.UnsafeKey()
+	return &handshakeResult{send: i2r, recv: r2i, chain: chainStart(hs.ChannelBinding(), i2r, r2i), peer: peer, br: br}, rep, nil
+}
+
+func isReset(err error) bool {
+	var ne *net.OpError
+	return errors.As(err, &ne) && !ne.Timeout()
+}
+
+// Why a responder refused a connection. Each is one counter of the
+// aggregated rejection log line, so the set is small and fixed.
+const (
+	rejGarbage     = "garbage"
+	rejMac1        = "bad mac1"
+	rejUnknownKey  = "unknown key"
+	rejReplay      = "replayed first message"
+	rejBadHello    = "bad hello"
+	rejSilent      = "no first message in time"
+	rejEvicted     = "evicted while silent"
+	rejRate        = "rate limit"
+	rejBusy        = "handshake slots busy"
+	rejUnconfirmed = "no key confirmation"
+	rejNotOwner    = "resume by another key"
+	rejUnknownSess = "unknown session (told to start afresh)"
+	rejLimit       = "session limit"
+)
+
+// rejectError is a handshake the responder refused: reason is its counter,
+// detail the specifics for the log line.
+type rejectError struct{ reason, detail string }
+
+func (e *rejectError) Error() string {
+	if e.detail == "" {
+		return e.reason
+	}
+	return e.reason + ": " + e.detail
+}
+
+// readFirstMessage reads message 1 and checks its mac1. It allocates
+// nothing but the message and does no public-key operation: this is all a
+// party that does not know our public key can make the responder do. The
+// caller set the connection's first-message deadline.
+func readFirstMessage(c net.Conn, macKey *[32]byte) ([]byte, error) {
+	var buf [preambleLen + 2 + msg1Len + mac1Len]byte
+	pre := buf[:preambleLen]
+	if _, err := io.ReadFull(c, pre); err != nil {
+		if isTimeout(err) {
+			return nil, &rejectError{rejSilent, ""}
+		}
+		return nil, &rejectError{rejGarbage, "closed before a preamble"}
+	}
+	if err := checkPreamble([preambleLen]byte(pre)); err != nil {
+		var ve *VersionError
+		if errors.As(err, &ve) {
+			p := preamble()
+			c.Write(p[:]) // so the initiator can report the mismatch too
+			// Closing with its message unread would reset the connection
+			// and could discard our preamble at the peer: send FIN, then
+			// drain a bounded amount until the peer closes or the
+			// deadline passes.
+			if cw, ok := c.(interface{ CloseWrite() error }); ok {
+				cw.CloseWrite()
+				io.CopyN(io.Discard, c, 4<<10)
+			}
+			return nil, &rejectError{strings.TrimPrefix(ve.Error(), "usl: "), ""}
+		}
+		return nil, &rejectError{rejGarbage, ""}
+	}
+	if _, err := io.ReadFull(c, buf[preambleLen:preambleLen+2]); err != nil {
+		return nil, &rejectError{rejGarbage, "truncated"}
+	}
+	if n := binary.BigEndian.Uint16(buf[preambleLen:]); n != msg1Len {
+		return nil, &rejectError{rejGarbage, fmt.Sprintf("message 1 of %d bytes, want %d", n, msg1Len)}
+	}
+	if _, err := io.ReadFull(c, buf[preambleLen+2:]); err != nil {
+		if isTimeout(err) {
+			return nil, &rejectError{rejSilent, "truncated"}
+		}
+		return nil, &rejectError{rejGarbage, "truncated"}
+	}
+	body := buf[:len(buf)-mac1Len]
+	want := mac1(macKey, body)
+	if !hmac.Equal(want[:], buf[len(body):]) {
+		return nil, &rejectError{rejMac1, ""}
+	}
+	return append([]byte(nil), buf[preambleLen+2:len(body)]...), nil
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // serverHello is the responder's state between reading the initiator's
 // message and answering it. It holds no session state: the caller decides,
-// from peer and hello, whether to answer with finish or reject.
+// from peer and hello, whether to answer.
 type serverHello struct {
 	hs    *noise.HandshakeState
 	peer  PublicKey
 	hello hello
-	br    *bufio.Reader
 }
 
-// rejectError is a handshake the responder refused. Its text is the log line.
-type rejectError struct{ reason string }
-
-func (e *rejectError) Error() string { return e.reason }
-
-// readClientHello reads and authenticates the initiator's message. On
-// failure it has already written whatever the initiator should see.
-func readClientHello(c net.Conn, priv PrivateKey) (*serverHello, error) {
-	br := bufio.NewReaderSize(c, readBufSize)
-	if err := checkPreamble(br); err != nil {
-		var ve *VersionError
-		if errors.As(err, &ve) {
-			pre := preamble()
-			c.Write(pre[:]) // so the initiator can report the mismatch too
-		}
-		return nil, &rejectError{err.Error()}
-	}
-	msg1, err := readMsg(br)
-	if err != nil {
-		return nil, &rejectError{fmt.Sprintf("reading handshake: %v", err)}
-	}
+// openFirstMessage runs the Noise responder over a mac1-checked message 1.
+// allowed is the allowlist.
+func openFirstMessage(msg1 []byte, priv PrivateKey, allowed func(PublicKey) bool) (*serverHello, error) {
 	hs, err := noise.NewHandshakeState(noiseConfig(priv, false, nil))
 	if err != nil {
 		return nil, fmt.Errorf("noise: %w", err)
 	}
 	payload, _, _, err := hs.ReadMessage(nil, msg1)
 	if err != nil {
-		pre := preamble()
-		c.Write(appendMsg(pre[:], nil)) // empty reply: "could not decrypt"
-		return nil, &rejectError{"bad handshake: not encrypted to this server's key, or garbage"}
+		// mac1 was right, so the sender knows our public key, yet the
+		// message does not decrypt: garbage made by someone who knows it.
+		return nil, &rejectError{rejGarbage, "message 1 does not decrypt"}
 	}
 	var peer PublicKey
 	copy(peer[:], hs.PeerStatic())
+	if !allowed(peer) {
+		return nil, &rejectError{rejUnknownKey, peer.String()}
+	}
 	h, err := parseHello(payload)
 	if err != nil {
-		return nil, &rejectError{fmt.Sprintf("bad handshake payload: %v", err)}
+		return nil, &rejectError{rejBadHello, fmt.Sprintf("%v (key %s)", err, peer)}
 	}
-	return &serverHello{hs: hs, peer: peer, hello: h, br: br}, nil
+	return &serverHello{hs: hs, peer: peer, hello: h}, nil
 }
 
 // answer writes the responder's message. With status OK it returns the
-// record keys.
-func (sh *serverHello) answer(c net.Conn, rep reply) (*handshakeResult, error) {
+// record keys; br is the reader for the records that follow.
+func (sh *serverHello) answer(c net.Conn, br *bufio.Reader, rep reply) (*handshakeResult, error) {
 	msg2, cs1, cs2, err := sh.hs.WriteMessage(nil, rep.marshal())
 	if err != nil {
 		return nil, fmt.Errorf("noise write: %w", err)
@@ -336,5 +489,6 @@ func (sh *serverHello) answer(c net.Conn, rep reply) (*handshakeResult, error) {
 	if rep.status != statusOK {
 		return nil, nil
 	}
-	return &handshakeResult{send: cs2.UnsafeKey(), recv: cs1.UnsafeKey(), peer: sh.peer, br: sh.br}, nil
+	i2r, r2i := cs1.UnsafeKey(), cs2.UnsafeKey()
+	return &handshakeResult{send: r2i, recv: i2r, chain: chainStart(sh.hs.ChannelBinding(), i2r, r2i), peer: sh.peer, br: br}, nil
 }

@@ -46,6 +46,7 @@ func fastCfg(t testing.TB, self keypair, peers ...PublicKey) Config {
 		ReconnectMax:      100 * time.Millisecond,
 		HandshakeTimeout:  2 * time.Second,
 		HandshakeRate:     1000,
+		RejectLogInterval: 200 * time.Millisecond,
 		Logger:            testLogger(t),
 	}
 }

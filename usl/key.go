@@ -52,9 +52,6 @@ func (k PrivateKey) Public() PublicKey {
 func (k PrivateKey) String() string { return base64.StdEncoding.EncodeToString(k[:]) }
 func (k PublicKey) String() string  { return base64.StdEncoding.EncodeToString(k[:]) }
 
-// IsZero reports whether the key was never set.
-func (k PublicKey) IsZero() bool { return k == PublicKey{} }
-
 // ParsePrivateKey reads a base64 private key, ignoring surrounding space.
 func ParsePrivateKey(s string) (PrivateKey, error) {
 	var k PrivateKey

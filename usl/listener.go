@@ -1,43 +1,50 @@
 package usl
 
 import (
+	"bufio"
+	"cmp"
+	"container/list"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/netip"
+	"slices"
 	"sync"
 	"time"
-
-	"golang.org/x/time/rate"
 )
 
 // Listener accepts paths. A new session (or a session whose peer
 // restarted, which fences the old one) is returned by Accept; a resumed
 // path silently re-attaches to its existing session.
+//
+// What an unauthenticated connection can cost, in order (docs/protocol.md
+// §8): a token of its source prefix's rate limit; a place in the pool of
+// pending connections, where the newest evicts the oldest and none waits
+// longer than FirstMessageTimeout; reading at most 179 bytes and one
+// BLAKE2s. Only a message 1 with a valid mac1 takes one of the handshake
+// slots and costs Diffie-Hellman operations; only a fresh timestamp from
+// an allowed key gets an answer; only a key-confirming first record
+// changes a session.
 type Listener struct {
-	ln   net.Listener
-	cfg  Config
-	log  *slog.Logger
-	done chan struct{}
-	wg   sync.WaitGroup // accept loop and handshakes
-	// hsSlots bounds concurrent handshakes, so a flood of half-open
-	// connections costs a fixed number of goroutines.
-	hsSlots chan struct{}
+	ln      net.Listener
+	cfg     Config
+	log     *slog.Logger
+	macKey  [32]byte
+	done    chan struct{}
+	wg      sync.WaitGroup // accept loop and handshakes
+	hsSlots chan struct{}  // handshakes past mac1
+	rate    *prefixLimiter
+	rejects *rejectLog
+	pending pendingPool
 
 	mu         sync.Mutex
 	closed     bool
 	sessions   map[sessionID]*Session
-	acceptQ    []*Session
-	acceptWake chan struct{}
-	limiters   map[netip.Addr]*rate.Limiter
+	created    uint64               // sessions created so far: their age order
+	timestamps map[PublicKey]uint64 // greatest hello timestamp accepted per key
+	acceptQ    acceptQueue[*Session]
 }
-
-const (
-	maxConcurrentHandshakes = 128
-	maxLimiters             = 4096
-)
 
 // Listen accepts paths on a TCP address.
 func Listen(network, addr string, cfg Config) (*Listener, error) {
@@ -61,15 +68,20 @@ func NewListener(ln net.Listener, cfg Config) (*Listener, error) {
 	if err != nil {
 		return nil, err
 	}
+	log := cfg.Logger.With("listener", ln.Addr().String())
 	l := &Listener{
 		ln:         ln,
 		cfg:        cfg,
-		log:        cfg.Logger.With("listener", ln.Addr().String()),
+		log:        log,
+		macKey:     mac1Key(cfg.PrivateKey.Public()),
 		done:       make(chan struct{}),
 		hsSlots:    make(chan struct{}, maxConcurrentHandshakes),
+		rate:       newPrefixLimiter(cfg.HandshakeRate, max(2*int(cfg.HandshakeRate), 1), maxSources),
+		rejects:    newRejectLog(log, cfg.RejectLogInterval),
+		pending:    pendingPool{max: cfg.PendingHandshakes},
 		sessions:   make(map[sessionID]*Session),
-		acceptWake: make(chan struct{}, 1),
-		limiters:   make(map[netip.Addr]*rate.Limiter),
+		timestamps: make(map[PublicKey]uint64),
+		acceptQ:    newAcceptQueue[*Session](),
 	}
 	l.wg.Add(1)
 	go l.acceptLoop()
@@ -79,36 +91,15 @@ func NewListener(ln net.Listener, cfg Config) (*Listener, error) {
 // Addr is the listening address.
 func (l *Listener) Addr() net.Addr { return l.ln.Addr() }
 
-// Accept returns the next new session.
+// Accept returns the next new session. After Close it returns
+// net.ErrClosed.
 func (l *Listener) Accept(ctx context.Context) (*Session, error) {
-	for {
-		l.mu.Lock()
-		if len(l.acceptQ) > 0 {
-			s := l.acceptQ[0]
-			l.acceptQ[0] = nil
-			l.acceptQ = l.acceptQ[1:]
-			if len(l.acceptQ) > 0 {
-				// Pass the wake-up on to a concurrent Accept.
-				select {
-				case l.acceptWake <- struct{}{}:
-				default:
-				}
-			}
-			l.mu.Unlock()
-			return s, nil
+	return l.acceptQ.next(ctx, &l.mu, l.done, func() error {
+		if l.closed {
+			return net.ErrClosed
 		}
-		closed := l.closed
-		l.mu.Unlock()
-		if closed {
-			return nil, net.ErrClosed
-		}
-		select {
-		case <-l.acceptWake:
-		case <-l.done:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-	}
+		return nil
+	})
 }
 
 // Close stops listening and ends every session of the listener: sessions
@@ -124,13 +115,14 @@ func (l *Listener) Close() error {
 	close(l.done)
 	l.mu.Unlock()
 	err := l.ln.Close()
+	l.pending.closeAll()
 	l.wg.Wait()
 	l.mu.Lock()
 	var all []*Session
 	for _, s := range l.sessions {
 		all = append(all, s)
 	}
-	l.acceptQ = nil
+	l.acceptQ.drainLocked()
 	l.mu.Unlock()
 	var wg sync.WaitGroup
 	for _, s := range all {
@@ -147,6 +139,7 @@ func (l *Listener) Close() error {
 		}()
 	}
 	wg.Wait()
+	l.rejects.close()
 	return err
 }
 
@@ -177,126 +170,127 @@ func (l *Listener) acceptLoop() {
 			continue
 		}
 		delay = 5 * time.Millisecond
-		if !l.allow(c.RemoteAddr()) {
-			l.reject(c.RemoteAddr(), "handshake rate limit exceeded")
+		if key, ok := sourcePrefix(c.RemoteAddr()); ok && !l.rate.allow(key, time.Now()) {
+			l.rejects.add(c.RemoteAddr(), rejRate, "")
 			c.Close()
 			continue
 		}
-		select {
-		case l.hsSlots <- struct{}{}:
-		default:
-			l.reject(c.RemoteAddr(), "too many concurrent handshakes")
-			c.Close()
-			continue
+		pc := &pendingConn{Conn: c}
+		if old := l.pending.admit(pc); old != nil {
+			l.rejects.add(old.RemoteAddr(), rejEvicted, "")
+			old.Close()
 		}
 		l.wg.Add(1)
 		go func() {
 			defer l.wg.Done()
-			defer func() { <-l.hsSlots }()
-			l.serve(c)
+			l.serve(pc)
 		}()
 	}
 }
 
-// allow applies the per-source-IP handshake rate limit.
-func (l *Listener) allow(a net.Addr) bool {
-	ap, err := netip.ParseAddrPort(a.String())
-	if err != nil {
-		return true // not an IP transport (tests): nothing to key on
-	}
-	ip := ap.Addr().Unmap()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	lim := l.limiters[ip]
-	if lim == nil {
-		if len(l.limiters) >= maxLimiters {
-			// Forget sources whose bucket refilled: they are idle, and a
-			// fresh bucket for them is the same as the old one.
-			for k, v := range l.limiters {
-				if v.Tokens() >= float64(v.Burst()) {
-					delete(l.limiters, k)
-				}
-			}
-			if len(l.limiters) >= maxLimiters {
-				return false
-			}
+// serve runs the responder handshake on c and, once the dialer confirmed
+// its key, attaches the path.
+func (l *Listener) serve(pc *pendingConn) {
+	start := time.Now()
+	remote := pc.RemoteAddr()
+	reject := func(err error) {
+		pc.Close()
+		var re *rejectError
+		if errors.As(err, &re) {
+			l.rejects.add(remote, re.reason, re.detail)
+		} else {
+			l.log.Warn("handshake failed", "remote", remote.String(), "err", err)
 		}
-		lim = rate.NewLimiter(rate.Limit(l.cfg.HandshakeRate), max(2*int(l.cfg.HandshakeRate), 1))
-		l.limiters[ip] = lim
 	}
-	return lim.Allow()
-}
-
-func (l *Listener) reject(a net.Addr, reason string) {
-	l.log.Warn(fmt.Sprintf("rejected peer %s: %s", a, reason))
-}
-
-// serve runs the responder handshake on c and attaches the path. Nothing
-// per-session exists until the peer proved an allowed key.
-func (l *Listener) serve(raw net.Conn) {
-	remote := raw.RemoteAddr()
-	setNoDelay(raw)
-	c := newLiveConn(raw)
-	c.SetDeadline(time.Now().Add(l.cfg.HandshakeTimeout))
-	sh, err := readClientHello(c, l.cfg.PrivateKey)
+	pc.SetDeadline(start.Add(l.cfg.FirstMessageTimeout))
+	msg1, err := readFirstMessage(pc.Conn, &l.macKey)
+	if !l.pending.leave(pc) {
+		return // evicted, and counted as such, while it read
+	}
 	if err != nil {
-		l.reject(remote, err.Error())
-		c.Close()
+		reject(err)
 		return
 	}
-	if !l.cfg.allowed(sh.peer) {
-		sh.answer(c, reply{status: statusKeyNotAllowed, epoch: l.cfg.epoch})
-		l.reject(remote, fmt.Sprintf("public key %s not allowed", sh.peer))
-		c.Close()
+	select {
+	case l.hsSlots <- struct{}{}:
+		defer func() { <-l.hsSlots }()
+	default:
+		reject(&rejectError{rejBusy, ""})
 		return
 	}
-	s, status, fenced := l.lookup(sh)
+	setNoDelay(pc.Conn)
+	c := newLiveConn(pc.Conn)
+	c.SetDeadline(start.Add(l.cfg.HandshakeTimeout))
+	sh, err := openFirstMessage(msg1, l.cfg.PrivateKey, l.cfg.allowed)
+	if err != nil {
+		reject(err)
+		return
+	}
+	if !l.fresh(sh) {
+		reject(&rejectError{rejReplay, "key " + sh.peer.String()})
+		return
+	}
+	status, told := l.preview(sh)
+	br := bufio.NewReaderSize(c, readBufSize)
+	rep := reply{status: status, epoch: l.cfg.epoch}
+	if status != statusOK {
+		sh.answer(c, br, rep)
+		if status == statusNotOwner {
+			reject(&rejectError{rejNotOwner, fmt.Sprintf("session %s, key %s", sh.hello.id, sh.peer)})
+		} else {
+			reject(&rejectError{rejUnknownSess, "session " + sh.hello.id.String()})
+		}
+		return
+	}
+	rep.recvSeq, rep.window, rep.maxFrame = told, uint32(l.cfg.StreamWindow), uint32(l.cfg.MaxFrame)
+	res, err := sh.answer(c, br, rep)
+	if err != nil {
+		reject(err)
+		return
+	}
+	rc, err := newRecordConn(c, res)
+	if err != nil {
+		reject(err)
+		return
+	}
+	// Key confirmation: nothing below happens for a replayed message 1,
+	// whose sender cannot make this record.
+	if err := rc.fill(); err != nil {
+		reject(&rejectError{rejUnconfirmed, err.Error()})
+		return
+	}
+	if err := c.SetDeadline(time.Time{}); err != nil {
+		reject(err)
+		return
+	}
+	s, fenced, replaced, err := l.commit(sh)
 	for _, f := range fenced {
 		f.end(ErrPeerRestarted, Fenced)
 	}
-	if status != statusOK {
-		sh.answer(c, reply{status: status, epoch: l.cfg.epoch})
-		switch status {
-		case statusNotOwner:
-			l.reject(remote, fmt.Sprintf("resume of session %s refused: it belongs to another key than %s", sh.hello.id, sh.peer))
-		case statusUnknownSession:
-			l.log.Info("peer resumed an unknown session; told it to start afresh", "remote", remote.String(), "session", sh.hello.id.String())
-		}
+	for _, o := range replaced {
+		o.end(errReplaced, Closed)
+	}
+	if err != nil {
+		// The session changed between the reply and the confirmation
+		// (fenced or ended meanwhile): the dialer retries and learns.
 		c.Close()
 		return
 	}
-	p, ourRecv, err := s.attach(c, 0, sh.hello.recvSeq, sh.hello.window, sh.hello.maxFrame)
+	h := sh.hello
+	p, err := s.attach(c, 0, attachInfo{peerRecv: h.recvSeq, told: told, window: h.window, maxFrame: h.maxFrame,
+		pathID: h.pathID, join: h.flags&helloJoin != 0, maxPaths: l.cfg.MaxPathsPerSession})
 	if err != nil {
-		sh.answer(c, reply{status: statusUnknownSession, epoch: l.cfg.epoch})
-		l.reject(remote, fmt.Sprintf("attach to session %s: %v", sh.hello.id, err))
 		c.Close()
-		return
-	}
-	res, err := sh.answer(c, reply{status: statusOK, epoch: l.cfg.epoch, recvSeq: ourRecv,
-		window: uint32(l.cfg.StreamWindow), maxFrame: uint32(l.cfg.MaxFrame)})
-	if err == nil {
-		err = c.SetDeadline(time.Time{})
-	}
-	var rc *recordConn
-	if err == nil {
-		rc, err = newRecordConn(c, res.br, res.send, res.recv)
-	}
-	if err != nil {
-		err = fmt.Errorf("handshake with %s: %w", remote, err)
-		p.abandon(err)
 		s.mu.Lock()
 		orphan := !s.announced && len(s.paths) == 0
 		s.unlock()
 		if orphan {
-			// Nobody ever saw this session and its only path failed
-			// before the reply: drop it rather than keep it forever.
-			// The dialer never learnt our epoch, so it simply retries
-			// as a new session.
 			s.end(err, Closed)
 		}
 		return
 	}
 	p.rc = rc
+	p.rk.chain = res.chain
 	p.run()
 	s.mu.Lock()
 	announce := !s.announced
@@ -305,51 +299,103 @@ func (l *Listener) serve(raw net.Conn) {
 	if announce {
 		l.mu.Lock()
 		if !l.closed {
-			l.acceptQ = append(l.acceptQ, s)
+			l.acceptQ.pushLocked(s)
 		}
 		l.mu.Unlock()
-		select {
-		case l.acceptWake <- struct{}{}:
-		default:
-		}
 	}
 }
 
-// lookup finds or creates the session a hello names. A new session from a
-// key whose other sessions carry another epoch means that peer restarted:
-// those are returned to be fenced.
-func (l *Listener) lookup(sh *serverHello) (*Session, uint8, []*Session) {
+// errReplaced ends the oldest session of a key that opened more than
+// MaxSessionsPerKey.
+var errReplaced = fmt.Errorf("usl: session replaced by a newer one of the same key (%w)", ErrLimit)
+
+// fresh records h's timestamp if it is newer than every one accepted from
+// that key before, and reports whether it was. The map is bounded by the
+// allowlist. Message 1 authenticates the static key, so only its owner can
+// make a newer timestamp; a replay of any recorded message 1 fails here.
+func (l *Listener) fresh(sh *serverHello) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if sh.hello.timestamp <= l.timestamps[sh.peer] {
+		return false
+	}
+	l.timestamps[sh.peer] = sh.hello.timestamp
+	return true
+}
+
+// preview says how the listener would answer a hello, without changing
+// anything: the status, and the recv seq to tell the dialer.
+func (l *Listener) preview(sh *serverHello) (status uint8, recvSeq uint64) {
+	h := sh.hello
+	l.mu.Lock()
+	s, closed := l.sessions[h.id], l.closed
+	l.mu.Unlock()
+	switch {
+	case closed:
+		return statusUnknownSession, 0
+	case s == nil && h.peerEpoch != 0:
+		// The initiator had this session with us, but we do not know it:
+		// we restarted, or it timed out. Its streams must fail.
+		return statusUnknownSession, 0
+	case s == nil:
+		return statusOK, 0
+	case s.peer != sh.peer:
+		return statusNotOwner, 0
+	case s.peerEpoch != h.epoch:
+		return statusUnknownSession, 0
+	}
+	s.mu.Lock()
+	defer s.unlock()
+	return statusOK, s.recvSeq
+}
+
+// commit finds or creates the session of a key-confirmed hello. A new
+// session from a key whose other sessions carry another epoch means that
+// peer restarted: those are returned to be fenced. Past MaxSessionsPerKey
+// the oldest sessions of the key are returned to be replaced.
+func (l *Listener) commit(sh *serverHello) (s *Session, fenced, replaced []*Session, err error) {
 	h := sh.hello
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed {
-		return nil, statusUnknownSession, nil
+		return nil, nil, nil, net.ErrClosed
 	}
 	if s := l.sessions[h.id]; s != nil {
-		switch {
-		case s.peer != sh.peer:
-			return nil, statusNotOwner, nil
-		case s.peerEpoch != h.epoch:
-			return nil, statusUnknownSession, nil
+		if s.peer != sh.peer || s.peerEpoch != h.epoch {
+			return nil, nil, nil, errors.New("session changed during the handshake")
 		}
-		return s, statusOK, nil
+		return s, nil, nil, nil
 	}
 	if h.peerEpoch != 0 {
-		// The initiator had this session with us, but we do not know it:
-		// we restarted, or it timed out. Its streams must fail.
-		return nil, statusUnknownSession, nil
+		return nil, nil, nil, errors.New("session ended during the handshake")
 	}
-	var fenced []*Session
+	var same []*Session
 	for _, o := range l.sessions {
-		if o.peer == sh.peer && o.peerEpoch != h.epoch {
+		switch {
+		case o.peer != sh.peer:
+		case o.peerEpoch != h.epoch:
 			fenced = append(fenced, o)
+		default:
+			same = append(same, o)
 		}
 	}
-	s := newSession(l.cfg, false, sh.peer, h.id)
+	if n := len(same) + 1 - l.cfg.MaxSessionsPerKey; n > 0 {
+		slices.SortFunc(same, func(a, b *Session) int { return cmp.Compare(a.created, b.created) })
+		replaced = same[:n]
+	}
+	// Out of the table at once, so the bound holds at every moment; the
+	// caller ends them.
+	for _, o := range append(fenced, replaced...) {
+		delete(l.sessions, o.id)
+		l.acceptQ.removeLocked(o)
+	}
+	s = newSession(l.cfg, false, sh.peer, h.id)
 	s.peerEpoch = h.epoch
 	s.onEnd = l.forget
+	l.created++
+	s.created = l.created
 	l.sessions[h.id] = s
-	return s, statusOK, fenced
+	return s, fenced, replaced, nil
 }
 
 func (l *Listener) forget(s *Session) {
@@ -358,10 +404,62 @@ func (l *Listener) forget(s *Session) {
 	if l.sessions[s.id] == s {
 		delete(l.sessions, s.id)
 	}
-	for i, q := range l.acceptQ {
-		if q == s {
-			l.acceptQ = append(l.acceptQ[:i], l.acceptQ[i+1:]...)
-			break
-		}
+	l.acceptQ.removeLocked(s)
+}
+
+// pendingPool holds connections that have not yet sent a first message.
+// It is bounded, and the newest connection evicts the oldest: a flood of
+// silent connections only shortens how long each of them may stay silent,
+// and a real dialer, which speaks at once, still gets through.
+type pendingPool struct {
+	max int
+
+	mu     sync.Mutex
+	conns  list.List // of *pendingConn, oldest first
+	closed bool
+}
+
+type pendingConn struct {
+	net.Conn
+	elem    *list.Element // nil once it left or was evicted
+	evicted bool
+}
+
+// admit adds pc and returns the connection it evicts, if any.
+func (pp *pendingPool) admit(pc *pendingConn) *pendingConn {
+	pp.mu.Lock()
+	defer pp.mu.Unlock()
+	if pp.closed {
+		pc.evicted = true
+		return pc
+	}
+	var old *pendingConn
+	if pp.conns.Len() >= pp.max {
+		old = pp.conns.Remove(pp.conns.Front()).(*pendingConn)
+		old.elem, old.evicted = nil, true
+	}
+	pc.elem = pp.conns.PushBack(pc)
+	return old
+}
+
+// leave takes pc out of the pool; false means it was evicted meanwhile.
+func (pp *pendingPool) leave(pc *pendingConn) bool {
+	pp.mu.Lock()
+	defer pp.mu.Unlock()
+	if pc.evicted {
+		return false
+	}
+	pp.conns.Remove(pc.elem)
+	pc.elem = nil
+	return true
+}
+
+// closeAll closes every pending connection (Listener.Close).
+func (pp *pendingPool) closeAll() {
+	pp.mu.Lock()
+	defer pp.mu.Unlock()
+	pp.closed = true
+	for e := pp.conns.Front(); e != nil; e = e.Next() {
+		e.Value.(*pendingConn).Close()
 	}
 }

@@ -19,6 +19,7 @@ type path struct {
 	rc     *recordConn
 	remote string
 	start  time.Time
+	id     uint32 // the dialer's path id, unique within the session
 
 	kick chan struct{} // cap 1: "there may be something to send"
 	done chan struct{} // closed when the path is closed
@@ -32,11 +33,15 @@ type path struct {
 	pongPending bool
 	pongVal     uint64
 	pingDue     bool
+	ackDue      bool     // dialer: the first write must go out even if empty (key confirmation)
 	stage       []byte   // small frames and headers gathered for one write
 	segs        [][]byte // plaintext pieces of one write: stage parts and replay payloads
+	rk          rekeyState
+	rkOut       []byte    // writer: a REKEY frame taken from rk, sealed as its own record
+	rkKey       *[32]byte // writer: the send key to install after rkOut
 
-	hdr [headerLen]byte // reader's header buffer
-	ctl [8]byte         // reader's control payload buffer
+	hdr [headerLen]byte     // reader's header buffer
+	ctl [maxCtlPayload]byte // reader's control payload buffer
 }
 
 // liveConn stamps the time of every successful read, so the dead-interval
@@ -64,8 +69,9 @@ func (c *liveConn) idle() time.Duration {
 var errPathDead = errors.New("path dead: nothing received within the dead interval")
 
 func newPath(s *Session, c *liveConn) *path {
-	// The stage holds whole small frames and the headers of large ones.
-	stage := 64 << 10
+	// The stage holds whole small frames and the headers of large ones;
+	// one record's worth, so each stage piece is sealed as one record.
+	stage := maxRecordPlain
 	p := &path{
 		s:      s,
 		conn:   c,
@@ -162,6 +168,14 @@ func (p *path) readFrames() error {
 			}
 			return fmt.Errorf("read: %w", err)
 		}
+		if h.typ == frameRekey {
+			s.mu.Lock()
+			err := p.rekeyLocked(payload)
+			s.unlock()
+			if err != nil {
+				return err
+			}
+		}
 		if err := s.handleFrame(p, h, payload, data); err != nil {
 			return err
 		}
@@ -178,10 +192,25 @@ func (p *path) writeLoop() {
 	defer ackTimer.Stop()
 	for {
 		s.mu.Lock()
-		pinned, wait, endAfter := s.fillLocked(p, time.Now())
+		now := time.Now()
+		pinned, wait, endAfter := s.fillLocked(p, now)
+		p.maybeStartRekeyLocked(now)
+		p.rkOut, p.rkKey, p.rk.out, p.rk.sendNext = p.rk.out, p.rk.sendNext, nil, nil
 		s.unlock()
-		if len(p.segs) > 0 {
+		if len(p.segs) > 0 || p.rkOut != nil {
 			p.rc.seal(p.segs)
+			if p.rkOut != nil {
+				// The REKEY frame ends its own record; what follows is
+				// sealed with the new key.
+				p.rc.seal([][]byte{p.rkOut})
+				if p.rkKey != nil {
+					if err := p.rc.setSend(*p.rkKey); err != nil {
+						s.pathFailed(p, err)
+						return
+					}
+				}
+				p.rkOut, p.rkKey = nil, nil
+			}
 			if pinned {
 				// Unpin before the Write: a Write stuck on a blackholed
 				// connection must not hold acked buffers out of the pool.

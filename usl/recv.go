@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 )
 
@@ -42,6 +43,12 @@ func (s *Session) handleFrame(p *path, h frameHeader, payload []byte, data *[]by
 	if err := s.ackLocked(h.ack); err != nil {
 		return err
 	}
+	if s.ctlBytes > s.cfg.ControlBuffer {
+		// Our control frames answer the peer's input (credit for its
+		// data, resets of its opens); a peer that makes them and never
+		// acks them would grow them without bound.
+		return fmt.Errorf("protocol: peer withholds acks: %d bytes of control frames unacked (limit %d)", s.ctlBytes, s.cfg.ControlBuffer)
+	}
 	if !h.typ.sequenced() {
 		switch h.typ {
 		case framePing:
@@ -57,6 +64,13 @@ func (s *Session) handleFrame(p *path, h frameHeader, payload []byte, data *[]by
 					s.rtt = (7*s.rtt + rtt) / 8
 				}
 			}
+		case frameSack:
+			// One path delivers in order, so nothing is ever held past a
+			// gap here; the ranges are validated for the multipath
+			// receiver to come.
+			if _, err := parseSack(payload, h.ack); err != nil {
+				return fmt.Errorf("protocol: %w", err)
+			}
 		}
 		return nil
 	}
@@ -69,6 +83,13 @@ func (s *Session) handleFrame(p *path, h frameHeader, payload []byte, data *[]by
 		// buffer here.
 		return fmt.Errorf("protocol: frame seq %d, want %d", h.seq, s.recvSeq+1)
 	}
+	st := s.streams[h.stream]
+	if st != nil && h.typ != frameOpen {
+		if h.sseq != st.recvSseq {
+			return fmt.Errorf("protocol: %s on stream %d with stream seq %d, want %d", h.typ, h.stream, h.sseq, st.recvSseq)
+		}
+		st.recvSseq++
+	}
 	s.recvSeq = h.seq
 	s.noteRecvLocked(int(h.length))
 	if h.typ == frameClose {
@@ -78,7 +99,6 @@ func (s *Session) handleFrame(p *path, h frameHeader, payload []byte, data *[]by
 		s.kickLocked()
 		return nil
 	}
-	st := s.streams[h.stream]
 	switch h.typ {
 	case frameOpen:
 		return s.openedByPeerLocked(h.stream, payload)
@@ -118,16 +138,19 @@ func (s *Session) openedByPeerLocked(id uint32, desc []byte) error {
 		return fmt.Errorf("protocol: peer opened stream %d twice", id)
 	}
 	if len(s.streams) >= s.cfg.MaxStreams || s.closing || s.peerClosed {
-		s.pushLocked(frameReset, id, 1)[0] = byte(ResetLimit)
+		s.rejectedOpens++
+		// Logged at the first refusal and at each power of two from 1,024:
+		// a flood of OPENs makes a handful of lines, not one each.
+		if n := s.rejectedOpens; n == 1 || n >= 1024 && n&(n-1) == 0 {
+			s.logLocked(slog.LevelWarn, "refused streams the peer opened past the limit", "max_streams", s.cfg.MaxStreams, "refused", s.rejectedOpens)
+		}
+		s.pushCtlLocked(frameReset, id, 1)[0] = byte(ResetLimit)
 		return nil
 	}
 	st := newStream(s, id, desc)
+	st.recvSseq = 1 // the OPEN was 0
 	st.sendLimit = s.peerWindow
 	s.streams[id] = st
-	s.acceptQ = append(s.acceptQ, st)
-	select {
-	case s.acceptWake <- struct{}{}:
-	default:
-	}
+	s.acceptQ.pushLocked(st)
 	return nil
 }

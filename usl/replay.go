@@ -5,9 +5,9 @@ package usl
 // keeps a cursor into it, so a retransmission after a reconnect is just a
 // cursor moved back.
 type entry struct {
-	seq  uint64
 	buf  *[]byte
 	data int // stream payload bytes, counted against Config.ReplayBuffer
+	ctl  int // allocated bytes of a control frame made for the peer's input, counted against Config.ControlBuffer
 }
 
 // replayQueue is a FIFO of entries with consecutive seqs. It reuses its

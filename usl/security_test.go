@@ -3,17 +3,21 @@ package usl
 import (
 	"bytes"
 	"context"
+	crand "crypto/rand"
 	"encoding/binary"
 	"errors"
 	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/flynn/noise"
 	"go.uber.org/goleak"
 )
 
@@ -75,9 +79,9 @@ func TestWrongClientKeyRejected(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	line := rec.wait(t, "rejected peer 127.0.0.1:", "public key "+ck.pub.String()+" not allowed")
+	line := rec.wait(t, "rejected ", "handshake", "from 1 source", "unknown key: ")
 	t.Log(line)
-	waitFor(t, "client error", func() bool { return strings.Contains(c.Stats().LastError, ErrKeyNotAllowed.Error()) })
+	waitFor(t, "client error", func() bool { return strings.Contains(c.Stats().LastError, ErrHandshake.Error()) })
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	if _, err := l.Accept(ctx); err == nil {
@@ -100,7 +104,9 @@ func TestWrongServerKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	rec.wait(t, "rejected peer", "bad handshake")
+	// mac1 is keyed by the listener's public key: a dialer with the wrong
+	// key is refused before any Diffie-Hellman, in silence.
+	rec.wait(t, "rejected ", "bad mac1: ")
 	waitFor(t, "client error", func() bool { return strings.Contains(c.Stats().LastError, ErrHandshake.Error()) })
 }
 
@@ -122,13 +128,14 @@ func TestHijackRefused(t *testing.T) {
 	defer conn.Close()
 	conn.SetDeadline(time.Now().Add(5 * time.Second))
 	p.client.mu.Lock()
-	h := hello{id: p.client.id, epoch: processEpoch(), peerEpoch: p.client.peerEpoch, window: 1 << 16, maxFrame: 1 << 16}
+	h := hello{id: p.client.id, epoch: processEpoch(), peerEpoch: p.client.peerEpoch, timestamp: nextTimestamp(),
+		window: 1 << 16, maxFrame: 1 << 16}
 	p.client.mu.Unlock()
 	_, _, err = clientHandshake(conn, mallory.priv, sk.pub, h)
 	if !errors.Is(err, ErrNotOwner) {
 		t.Fatalf("hijack: %v, want ErrNotOwner", err)
 	}
-	t.Log(rec.wait(t, "rejected peer", "belongs to another key"))
+	t.Log(rec.wait(t, "rejected ", "resume by another key: 1"))
 	a.Write([]byte("still mine"))
 	buf := make([]byte, 10)
 	if _, err := io.ReadFull(b, buf); err != nil || string(buf) != "still mine" {
@@ -139,6 +146,10 @@ func TestHijackRefused(t *testing.T) {
 	}
 }
 
+// TestVersionMismatch: a v1 peer (its first flight crafted as v1 sends
+// it) gets the listener's preamble back, so it can report the mismatch,
+// and the listener counts it under the version; a v2 dialer meeting a v1
+// listener says which versions met.
 func TestVersionMismatch(t *testing.T) {
 	ck, sk := newKeypair(t), newKeypair(t)
 	rec := &logRecorder{}
@@ -149,20 +160,20 @@ func TestVersionMismatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	// A v3 client talks to this v1 listener.
 	conn, err := net.Dial("tcp", l.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	conn.Write([]byte("USL\x03\x00\x05hello"))
-	reply := make([]byte, 4)
-	if _, err := io.ReadFull(conn, reply); err != nil || string(reply) != "USL\x01" {
-		t.Fatalf("listener answered %q, %v; want its preamble", reply, err)
+	conn.Write(v1FirstFlight(t, ck.priv, sk.pub))
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got, err := io.ReadAll(conn)
+	if err != nil || string(got) != "USL\x02" {
+		t.Fatalf("listener answered %q, %v; want exactly its preamble, then EOF", got, err)
 	}
-	rec.wait(t, "rejected peer", "peer speaks USL v3, this build speaks v1")
+	t.Log(rec.wait(t, "rejected 1 handshake", "peer speaks USL v1, this build speaks v2: 1"))
 
-	// This v1 client talks to a v3 server.
+	// This v2 dialer talks to a v1 listener.
 	srv, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -175,56 +186,80 @@ func TestVersionMismatch(t *testing.T) {
 		}
 		defer c.Close()
 		io.ReadFull(c, make([]byte, 4))
-		c.Write([]byte("USL\x03"))
+		c.Write([]byte("USL\x01"))
 	}()
 	c2, err := net.Dial("tcp", srv.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c2.Close()
-	_, _, err = clientHandshake(c2, ck.priv, sk.pub, hello{id: newSessionID(), epoch: 1, window: 1, maxFrame: 1})
+	_, _, err = clientHandshake(c2, ck.priv, sk.pub, hello{id: newSessionID(), epoch: 1, timestamp: 1, window: 1, maxFrame: MinMaxFrame})
 	var ve *VersionError
-	if !errors.As(err, &ve) || !strings.Contains(err.Error(), "peer speaks USL v3, this build speaks v1") {
+	if !errors.As(err, &ve) || !strings.Contains(err.Error(), "peer speaks USL v1, this build speaks v2") {
 		t.Fatalf("client: %v", err)
 	}
 }
 
+// v1FirstFlight is what a v1 dialer sends: preamble v1, then a Noise IK
+// message with the v1 preamble as prologue and the 48-byte v1 hello.
+func v1FirstFlight(t *testing.T, priv PrivateKey, peer PublicKey) []byte {
+	pub := priv.Public()
+	hs, err := noise.NewHandshakeState(noise.Config{CipherSuite: cipherSuite, Random: crand.Reader,
+		Pattern: noise.HandshakeIK, Initiator: true, Prologue: []byte("USL\x01"),
+		StaticKeypair: noise.DHKey{Private: priv[:], Public: pub[:]}, PeerStatic: peer[:]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v1hello := make([]byte, 48)
+	v1hello[0], v1hello[23] = 1, 1 // session id and epoch non-zero
+	binary.BigEndian.PutUint32(v1hello[40:], 1<<16)
+	binary.BigEndian.PutUint32(v1hello[44:], 1<<16)
+	msg, _, _, err := hs.WriteMessage(nil, v1hello)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return appendMsg([]byte("USL\x01"), msg)
+}
+
 // TestGarbage throws random bytes, truncated and corrupted handshakes at
-// the listener: no panic, no session, no leaked goroutine, and a real
-// client still gets in afterwards.
+// the listener: not one byte comes back, no panic, no session, no leaked
+// goroutine, one aggregated log line per interval, and a real client
+// still gets in afterwards.
 func TestGarbage(t *testing.T) {
 	defer goleak.VerifyNone(t)
 	ck, sk := newKeypair(t), newKeypair(t)
+	rec := &logRecorder{}
 	scfg := fastCfg(t, sk, ck.pub)
-	scfg.HandshakeTimeout = 300 * time.Millisecond
+	scfg.FirstMessageTimeout = 300 * time.Millisecond
+	scfg.RejectLogInterval = 10 * time.Second
+	scfg.Logger = slog.New(rec)
 	l, err := Listen("tcp", "127.0.0.1:0", scfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// A valid first message to corrupt.
-	hs, _ := newNoiseInitiator(ck.priv, sk.pub)
-	valid, _, _, _ := hs.WriteMessage(nil, (&hello{id: newSessionID(), epoch: 1, window: 1, maxFrame: 1}).marshal())
+	valid := validFirstFlight(t, ck.priv, sk.pub)
 	rng := rand.New(rand.NewPCG(1, 2))
 	var wg sync.WaitGroup
+	var answered sync.Map
 	for i := range 60 {
 		var msg []byte
-		switch i % 5 {
+		switch i % 6 {
 		case 0:
 			msg = make([]byte, rng.IntN(300))
 			for j := range msg {
 				msg[j] = byte(rng.Uint32())
 			}
 		case 1:
-			msg = append([]byte("USL\x01"), byte(rng.Uint32()), byte(rng.Uint32()))
+			msg = append([]byte("USL\x02"), byte(rng.Uint32()), byte(rng.Uint32()))
 		case 2:
-			msg = binary.BigEndian.AppendUint16([]byte("USL\x01"), uint16(len(valid)))
-			msg = append(msg, valid...)
-			msg[6+rng.IntN(len(valid))] ^= 1 << rng.IntN(8)
+			msg = append([]byte(nil), valid...)
+			msg[6+rng.IntN(len(valid)-6)] ^= 1 << rng.IntN(8) // bad mac1, or bad Noise under a good one
 		case 3:
-			msg = binary.BigEndian.AppendUint16([]byte("USL\x01"), uint16(len(valid)))
-			msg = append(msg, valid[:rng.IntN(len(valid))]...) // truncated: hits the timeout
+			msg = valid[:rng.IntN(len(valid))] // truncated: hits the first-message deadline
 		case 4:
 			msg = []byte("GET / HTTP/1.1\r\n\r\n")
+		case 5:
+			msg = valid // a replay of one first message
 		}
 		wg.Add(1)
 		go func() {
@@ -236,10 +271,25 @@ func TestGarbage(t *testing.T) {
 			defer c.Close()
 			c.Write(msg)
 			c.SetReadDeadline(time.Now().Add(5 * time.Second))
-			io.Copy(io.Discard, c) // until the listener hangs up
+			if n, _ := io.Copy(io.Discard, c); n != 0 { // until the listener hangs up
+				answered.Store(i, n)
+			}
 		}()
 	}
 	wg.Wait()
+	n := 0
+	answered.Range(func(k, v any) bool {
+		n++
+		if k.(int)%6 != 5 {
+			t.Errorf("garbage %d got %d bytes back", k, v)
+		}
+		return true
+	})
+	// The valid first message is answered once (its first copy; the others
+	// are replays); its sender never confirms, so no session exists.
+	if n != 1 {
+		t.Fatalf("%d connections were answered, want 1", n)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	if _, err := l.Accept(ctx); err == nil {
@@ -257,14 +307,40 @@ func TestGarbage(t *testing.T) {
 	}
 	openPair(t, c, s, "after-garbage")
 	c.Close()
-	l.Close()
+	l.Close() // flushes the pending aggregated line
+	var lines []string
+	rec.mu.Lock()
+	for _, m := range rec.msgs {
+		if strings.HasPrefix(m, "rejected ") {
+			lines = append(lines, m)
+		}
+	}
+	rec.mu.Unlock()
+	if len(lines) != 1 || !strings.Contains(lines[0], "rejected 60 handshakes from 1 source") ||
+		!strings.Contains(lines[0], "replayed first message: 9") || !strings.Contains(lines[0], "no key confirmation: 1") {
+		t.Fatalf("rejection log lines: %q, want one for 60 handshakes", lines)
+	}
+	t.Log(lines[0])
+}
+
+// validFirstFlight is a first message a real dialer would send.
+func validFirstFlight(t testing.TB, priv PrivateKey, peer PublicKey) []byte {
+	hs, err := newNoiseInitiator(priv, peer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := firstMessage(hs, peer, hello{id: newSessionID(), epoch: 1, timestamp: nextTimestamp(), window: 1 << 16, maxFrame: MinMaxFrame})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 func TestHandshakeTimeoutAndRateLimit(t *testing.T) {
 	ck, sk := newKeypair(t), newKeypair(t)
 	rec := &logRecorder{}
 	scfg := fastCfg(t, sk, ck.pub)
-	scfg.HandshakeTimeout = 200 * time.Millisecond
+	scfg.FirstMessageTimeout = 200 * time.Millisecond
 	scfg.HandshakeRate = 1 // burst 2
 	scfg.Logger = slog.New(rec)
 	l, err := Listen("tcp", "127.0.0.1:0", scfg)
@@ -285,7 +361,7 @@ func TestHandshakeTimeoutAndRateLimit(t *testing.T) {
 	for i, c := range conns {
 		c.SetReadDeadline(time.Now().Add(5 * time.Second))
 		// The listener hangs up: rate limited at once, or silent past
-		// the handshake timeout. Our own 5 s deadline must not fire.
+		// the first-message deadline. Our own 5 s deadline must not fire.
 		n, err := c.Read(make([]byte, 1))
 		var ne net.Error
 		if n != 0 || err == nil || (errors.As(err, &ne) && ne.Timeout()) {
@@ -295,8 +371,69 @@ func TestHandshakeTimeoutAndRateLimit(t *testing.T) {
 	if d := time.Since(start); d > 3*time.Second {
 		t.Fatalf("silent connections were held %v", d)
 	}
-	rec.wait(t, "rejected peer", "handshake rate limit exceeded")
-	rec.wait(t, "rejected peer", "i/o timeout")
+	// The counts may fall into two windows: add them up.
+	waitFor(t, "2 rate-limited and 2 silent in the rejection lines", func() bool {
+		return rejectCount(rec, rejRate) == 2 && rejectCount(rec, rejSilent) == 2
+	})
+}
+
+// rejectCount sums one reason's counts over every aggregated line.
+func rejectCount(rec *logRecorder, reason string) int {
+	re := regexp.MustCompile(regexp.QuoteMeta(reason) + `: ([\d,]+)`)
+	n := 0
+	for _, line := range rejectLines(rec) {
+		if m := re.FindStringSubmatch(line); m != nil {
+			v, _ := strconv.Atoi(strings.ReplaceAll(m[1], ",", ""))
+			n += v
+		}
+	}
+	return n
+}
+
+// TestPendingPoolEvicts: with the pool full of silent connections, the
+// oldest is evicted for each new one, and a real dialer still gets in
+// long before the silent ones' deadline.
+func TestPendingPoolEvicts(t *testing.T) {
+	ck, sk := newKeypair(t), newKeypair(t)
+	rec := &logRecorder{}
+	scfg := fastCfg(t, sk, ck.pub)
+	scfg.PendingHandshakes = 4
+	scfg.FirstMessageTimeout = time.Minute
+	scfg.Logger = slog.New(rec)
+	l, err := Listen("tcp", "127.0.0.1:0", scfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	var silent []net.Conn
+	for range 8 {
+		c, err := net.Dial("tcp", l.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		silent = append(silent, c)
+	}
+	// The four oldest are evicted (EOF), in order.
+	for i, c := range silent[:4] {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if n, err := c.Read(make([]byte, 1)); n != 0 || err == nil || isTimeout(err) {
+			t.Fatalf("silent conn %d: read %d, %v; want EOF by eviction", i, n, err)
+		}
+	}
+	start := time.Now()
+	c, err := Dial(context.Background(), l.Addr().String(), fastCfg(t, ck, sk.pub))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := l.Accept(ctx); err != nil {
+		t.Fatalf("real dialer with a full pending pool: %v", err)
+	}
+	t.Logf("real dialer in after %v", time.Since(start))
+	t.Log(rec.wait(t, "rejected ", "evicted while silent: 5"))
 }
 
 func TestUnknownKeyBytesNeverReachSession(t *testing.T) {
@@ -304,7 +441,7 @@ func TestUnknownKeyBytesNeverReachSession(t *testing.T) {
 	// parsed as a frame: only the handshake parser sees it.
 	ck, sk := newKeypair(t), newKeypair(t)
 	scfg := fastCfg(t, sk, ck.pub)
-	scfg.HandshakeTimeout = 200 * time.Millisecond
+	scfg.FirstMessageTimeout = 200 * time.Millisecond
 	l, err := Listen("tcp", "127.0.0.1:0", scfg)
 	if err != nil {
 		t.Fatal(err)
@@ -317,9 +454,11 @@ func TestUnknownKeyBytesNeverReachSession(t *testing.T) {
 	defer c.Close()
 	var hb [headerLen]byte
 	(&frameHeader{typ: frameClose, seq: 1}).put(hb[:])
-	c.Write(append([]byte("USL\x01"), bytes.Repeat(hb[:], 3)...))
+	c.Write(append([]byte("USL\x02"), bytes.Repeat(hb[:], 3)...))
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	io.Copy(io.Discard, c)
+	if n, _ := io.Copy(io.Discard, c); n != 0 {
+		t.Fatalf("listener answered %d bytes", n)
+	}
 	l.mu.Lock()
 	n := len(l.sessions)
 	l.mu.Unlock()

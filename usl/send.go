@@ -17,24 +17,46 @@ func (s *Session) kickLocked() {
 }
 
 // pushLocked appends a sequenced frame of n payload bytes to the replay
-// buffer and returns the payload to fill in.
-func (s *Session) pushLocked(t frameType, stream uint32, n int) []byte {
+// buffer and returns the payload to fill in. st is the stream the frame
+// belongs to, whose next stream seq it takes; nil for session frames and
+// for a RESET of a stream we hold no state for, which carry sseq 0.
+func (s *Session) pushLocked(t frameType, st *Stream, n int) []byte {
+	return s.pushEntryLocked(t, st, 0, n, false)
+}
+
+// pushCtlLocked queues a stateless control frame that answers the peer's
+// input (a RESET of an OPEN past the limit). Its allocation counts
+// against Config.ControlBuffer until acked.
+func (s *Session) pushCtlLocked(t frameType, stream uint32, n int) []byte {
+	return s.pushEntryLocked(t, nil, stream, n, true)
+}
+
+func (s *Session) pushEntryLocked(t frameType, st *Stream, stream uint32, n int, ctl bool) []byte {
 	b := s.pool.get(headerLen + n)
 	h := frameHeader{typ: t, stream: stream, seq: s.nextSeq, length: uint32(n)}
-	h.put(*b)
-	data := 0
-	if t == frameData {
-		data = n
+	if st != nil {
+		h.stream, h.sseq = st.id, st.sendSseq
+		st.sendSseq++
 	}
-	s.replay.push(entry{seq: s.nextSeq, buf: b, data: data})
-	s.replayBytes += data
+	h.put(*b)
+	e := entry{buf: b}
+	switch {
+	case t == frameData:
+		e.data = n
+	case ctl:
+		e.ctl = cap(*b)
+	}
+	s.replay.push(e)
+	s.replayBytes += e.data
+	s.ctlBytes += e.ctl
 	s.nextSeq++
 	s.kickLocked()
 	return (*b)[headerLen:]
 }
 
-func (s *Session) pushU64Locked(t frameType, stream uint32, v uint64) {
-	binary.BigEndian.PutUint64(s.pushLocked(t, stream, 8), v)
+func (s *Session) pushU64Locked(t frameType, st *Stream, v uint64, ctl bool) {
+	b := s.pushEntryLocked(t, st, 0, 8, ctl)
+	binary.BigEndian.PutUint64(b, v)
 }
 
 // ackLocked frees everything the peer acknowledged. This is the only place
@@ -51,6 +73,7 @@ func (s *Session) ackLocked(a uint64) error {
 	for s.acked < a {
 		e := s.replay.pop()
 		s.replayBytes -= e.data
+		s.ctlBytes -= e.ctl
 		s.releaseLocked(e.buf)
 		s.acked++
 	}
@@ -135,8 +158,8 @@ func (s *Session) fillLocked(p *path, now time.Time) (pinned bool, wait time.Dur
 		}
 		p.next++
 	}
-	if total == 0 && s.recvSeq > s.ackSent {
-		if !s.ackUrgent && now.Before(s.ackDeadline) {
+	if total == 0 && (s.recvSeq > s.ackSent || p.ackDue) {
+		if !p.ackDue && !s.ackUrgent && now.Before(s.ackDeadline) {
 			return false, s.ackDeadline.Sub(now), false
 		}
 		stage = appendCtl(stage, frameAck, s.recvSeq, 0, false)
@@ -146,6 +169,7 @@ func (s *Session) fillLocked(p *path, now time.Time) (pinned bool, wait time.Dur
 		p.segs = append(p.segs, stage[segStart:])
 	}
 	if total > 0 {
+		p.ackDue = false
 		s.ackSent = s.recvSeq
 		s.recvSinceAck = 0
 		s.ackDeadline = time.Time{}

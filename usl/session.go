@@ -37,7 +37,9 @@ type Session struct {
 	maxSendFrame int
 	state        SessionState
 	everUp       bool
-	announced    bool // listener: handed out by Accept
+	announced    bool   // listener: handed out by Accept
+	created      uint64 // listener: creation order, for MaxSessionsPerKey
+	nextPathID   uint32 // dialer: the id of the next path it dials
 	paths        []*path
 	remote       string
 	downSince    time.Time
@@ -50,6 +52,7 @@ type Session struct {
 	acked       uint64 // the peer's cumulative ack
 	replay      replayQueue
 	replayBytes int
+	ctlBytes    int // allocation of unacked control frames made for the peer's input
 	highestSent uint64
 	pins        int           // writers sealing straight from replay buffers
 	deferred    []*[]byte     // acked buffers waiting for pins to drop to 0
@@ -61,11 +64,12 @@ type Session struct {
 	ackDeadline  time.Time
 	ackUrgent    bool
 	recvSinceAck int
+	recvMem      int // receive buffers of all streams, as allocated, against Config.RecvBuffer
 
-	streams    map[uint32]*Stream
-	nextStream uint32
-	acceptQ    []*Stream
-	acceptWake chan struct{}
+	streams       map[uint32]*Stream
+	nextStream    uint32
+	acceptQ       acceptQueue[*Stream]
+	rejectedOpens uint64
 
 	closing      bool
 	closeSeq     uint64
@@ -78,9 +82,9 @@ type Session struct {
 	// log sink never stalls the session while it holds its lock.
 	logq []logRecord
 
-	bytesIn, bytesOut, retrans, reconnects, fences uint64
-	rtt                                            time.Duration
-	lastErr                                        string
+	bytesIn, bytesOut, retrans, reconnects, fences, rekeys uint64
+	rtt                                                    time.Duration
+	lastErr                                                string
 }
 
 func newSession(cfg Config, dialer bool, peer PublicKey, id sessionID) *Session {
@@ -99,7 +103,7 @@ func newSession(cfg Config, dialer bool, peer PublicKey, id sessionID) *Session 
 		maxSendFrame: cfg.MaxFrame,
 		nextSeq:      1,
 		streams:      make(map[uint32]*Stream),
-		acceptWake:   make(chan struct{}, 1),
+		acceptQ:      newAcceptQueue[*Stream](),
 		closeAcked:   make(chan struct{}),
 		downSince:    time.Now(),
 	}
@@ -164,6 +168,7 @@ func (s *Session) Stats() Stats {
 		Retransmitted: s.retrans,
 		Reconnects:    s.reconnects,
 		Fences:        s.fences,
+		Rekeys:        s.rekeys,
 		LastError:     s.lastErr,
 		Streams:       len(s.streams),
 		PeerKey:       s.peer,
@@ -175,31 +180,50 @@ func (s *Session) Stats() Stats {
 	return st
 }
 
-// attach registers a path after the peer's handshake message. peerRecv is
-// the last seq the peer received: everything up to it is acked, and p will
-// send from the seq after it. It returns our own recv seq for the reply.
-func (s *Session) attach(c *liveConn, inc uint64, peerRecv uint64, window, maxFrame uint32) (*path, uint64, error) {
+// attachInfo is what the handshake says about a new path.
+type attachInfo struct {
+	peerRecv uint64 // the last seq the peer received
+	told     uint64 // the recv seq our side of the handshake told the peer
+	window   uint32 // the peer's stream window
+	maxFrame uint32 // the peer's max frame
+	pathID   uint32
+	join     bool // keep the session's other paths (at most maxPaths in all)
+	maxPaths int
+}
+
+// attach registers a path after the handshake (on the listener, after key
+// confirmation). Everything up to a.peerRecv is acked, and p will send
+// from the seq after it.
+func (s *Session) attach(c *liveConn, inc uint64, a attachInfo) (*path, error) {
 	s.mu.Lock()
 	defer s.unlock()
 	if s.err != nil {
-		return nil, 0, s.err
+		return nil, s.err
 	}
 	if inc != s.inc {
-		return nil, 0, errors.New("session was fenced during the handshake")
+		return nil, errors.New("session was fenced during the handshake")
 	}
-	if err := s.ackLocked(peerRecv); err != nil {
-		return nil, 0, err
+	if a.join && len(s.paths) >= a.maxPaths {
+		return nil, fmt.Errorf("session already has %d paths", len(s.paths))
+	}
+	if err := s.ackLocked(a.peerRecv); err != nil {
+		return nil, err
 	}
 	p := newPath(s, c)
-	p.next = peerRecv + 1
+	p.id = a.pathID
+	p.next = a.peerRecv + 1
 	// Counted here, under the lock and before the session can end, so that
 	// Close's wg.Wait never races with this Add. run or abandon settles it.
 	s.wg.Add(2)
-	for _, old := range s.paths {
-		old.closed = true
-		old.close()
+	if !a.join {
+		// Failover: the new path replaces the old ones.
+		for _, old := range s.paths {
+			old.closed = true
+			old.close()
+		}
+		s.paths = s.paths[:0]
 	}
-	s.paths = append(s.paths[:0], p)
+	s.paths = append(s.paths, p)
 	if s.everUp {
 		s.reconnects++
 	}
@@ -207,19 +231,19 @@ func (s *Session) attach(c *liveConn, inc uint64, peerRecv uint64, window, maxFr
 	s.lastHandshake = time.Now()
 	s.state = Up
 	s.remote = p.remote
-	s.peerWindow = uint64(window)
-	s.maxSendFrame = min(s.cfg.MaxFrame, int(maxFrame))
+	s.peerWindow = uint64(a.window)
+	s.maxSendFrame = min(s.cfg.MaxFrame, int(a.maxFrame))
 	if s.timeout != nil {
 		s.timeout.Stop()
 		s.timeout = nil
 	}
-	// The reply carries our recv seq: it is an ack.
-	s.ackSent = s.recvSeq
+	// The handshake carried our recv seq: it is an ack.
+	s.ackSent = min(s.recvSeq, a.told)
 	s.recvSinceAck = 0
 	s.ackDeadline = time.Time{}
 	s.ackUrgent = false
-	s.logLocked(slog.LevelInfo, "path up", "remote", p.remote, "resume_from", peerRecv+1, "reconnects", s.reconnects)
-	return p, s.recvSeq, nil
+	s.logLocked(slog.LevelInfo, "path up", "remote", p.remote, "path", p.id, "resume_from", a.peerRecv+1, "reconnects", s.reconnects)
+	return p, nil
 }
 
 // pathFailed closes p for err; the reader then reports it down.
@@ -320,10 +344,10 @@ func (s *Session) endStreamsLocked(err error, graceful bool) {
 		}
 	}
 	clear(s.streams)
-	for _, st := range s.acceptQ {
+	for _, st := range s.acceptQ.drainLocked() {
 		st.failLocked(err)
 	}
-	s.acceptQ = nil
+	s.recvMem = 0
 }
 
 func (s *Session) dropPathsLocked() {
@@ -339,7 +363,7 @@ func (s *Session) dropReplayLocked() {
 		e := s.replay.pop()
 		s.releaseLocked(e.buf)
 	}
-	s.replayBytes = 0
+	s.replayBytes, s.ctlBytes = 0, 0
 	s.acked = s.nextSeq - 1
 	if s.spaceWait != nil {
 		close(s.spaceWait)
@@ -399,7 +423,7 @@ func (s *Session) OpenStream(ctx context.Context, desc []byte) (*Stream, error) 
 	st := newStream(s, id, append([]byte(nil), desc...))
 	st.opener = true
 	s.streams[id] = st
-	copy(s.pushLocked(frameOpen, id, len(desc)), desc)
+	copy(s.pushLocked(frameOpen, st, len(desc)), desc)
 	s.unlock()
 
 	select {
@@ -419,35 +443,15 @@ func (s *Session) OpenStream(ctx context.Context, desc []byte) (*Stream, error) 
 // AcceptStream returns the next stream the peer opened. The caller must
 // answer it with Accept or Reject.
 func (s *Session) AcceptStream(ctx context.Context) (*Stream, error) {
-	for {
-		s.mu.Lock()
-		if len(s.acceptQ) > 0 {
-			st := s.acceptQ[0]
-			s.acceptQ[0] = nil
-			s.acceptQ = s.acceptQ[1:]
-			if len(s.acceptQ) > 0 {
-				// Pass the wake-up on to a concurrent AcceptStream.
-				select {
-				case s.acceptWake <- struct{}{}:
-				default:
-				}
-			}
-			s.unlock()
-			return st, nil
-		}
-		err := s.err
-		s.unlock()
-		if err != nil {
-			return nil, err
-		}
-		select {
-		case <-s.acceptWake:
-		case <-s.done:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-	}
+	return s.acceptQ.next(ctx, sessionLocker{s}, s.done, func() error { return s.err })
 }
+
+// sessionLocker locks the session the way its methods do: unlocking
+// writes the log records made under the lock.
+type sessionLocker struct{ s *Session }
+
+func (l sessionLocker) Lock()   { l.s.mu.Lock() }
+func (l sessionLocker) Unlock() { l.s.unlock() }
 
 // Close ends the session reliably: a CLOSE frame follows everything
 // written before, and Close returns once the peer acked it, or after a
@@ -458,7 +462,7 @@ func (s *Session) Close() error {
 		s.closing = true
 		if s.everUp && !s.peerClosed {
 			s.closeSeq = s.nextSeq
-			s.pushLocked(frameClose, 0, 0)
+			s.pushLocked(frameClose, nil, 0)
 		}
 	}
 	wait := s.closeSeq != 0

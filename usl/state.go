@@ -37,6 +37,7 @@ type Stats struct {
 	Retransmitted uint64        // frame bytes sent again after a reconnect
 	Reconnects    uint64        // paths attached after the first
 	Fences        uint64        // times the peer was found restarted
+	Rekeys        uint64        // in-band rekeys of paths completed
 	LastError     string        // why the last path died or the last attempt failed
 	Streams       int           // open streams
 	PeerKey       PublicKey

@@ -36,10 +36,12 @@ type Stream struct {
 	closed     bool // Close was called
 	writeShut  bool // the peer closed the session: no more writes
 	err        error
-	rq         []*[]byte // received payloads; rq[rqHead:] are unread
+	sendSseq   uint32  // stream seq of the next sequenced frame we send
+	recvSseq   uint32  // stream seq the peer's next sequenced frame must carry
+	rq         []chunk // received bytes; rq[rqHead:] are unread
 	rqHead     int
-	roff       int // read offset into rq[rqHead]
-	rbuffered  int
+	rbuffered  int    // unread payload bytes
+	rmem       int    // allocation of rq's buffers, charged to the session's RecvBuffer
 	consumed   uint64 // bytes read by the application (or discarded)
 	advertised uint64 // the credit limit we granted the peer
 	removed    bool
@@ -79,9 +81,6 @@ var (
 // Descriptor is the opaque destination the opener sent.
 func (st *Stream) Descriptor() []byte { return st.desc }
 
-// ID is the stream's number within its session, for logs.
-func (st *Stream) ID() uint32 { return st.id }
-
 // Accept answers an OPEN positively; the opener's OpenStream returns.
 func (st *Stream) Accept() error {
 	s := st.s
@@ -94,7 +93,7 @@ func (st *Stream) Accept() error {
 		return st.err
 	}
 	st.answered, st.opened = true, true
-	s.pushLocked(frameAccept, st.id, 0)
+	s.pushLocked(frameAccept, st, 0)
 	return nil
 }
 
@@ -111,14 +110,17 @@ func (st *Stream) Reject(code ResetCode) error {
 	if st.err != nil {
 		return st.err
 	}
-	st.sendResetLocked(code)
+	st.sendResetLocked(code, false)
 	return nil
 }
 
-func (st *Stream) sendResetLocked(code ResetCode) {
+// sendResetLocked resets the stream and tells the peer. peerCaused marks a
+// reset that answers the peer's own misbehaviour: its frame counts
+// against the control budget.
+func (st *Stream) sendResetLocked(code ResetCode, peerCaused bool) {
 	s := st.s
 	if s.err == nil {
-		s.pushLocked(frameReset, st.id, 1)[0] = byte(code)
+		s.pushEntryLocked(frameReset, st, 0, 1, peerCaused)[0] = byte(code)
 	}
 	st.failLocked(&ResetError{Code: code})
 }
@@ -133,7 +135,7 @@ func (st *Stream) Reset(code ResetCode) error {
 		return nil
 	}
 	st.answered = true
-	st.sendResetLocked(code)
+	st.sendResetLocked(code, false)
 	return nil
 }
 
@@ -155,7 +157,7 @@ func (st *Stream) CloseWrite() error {
 		return ErrSessionClosed
 	}
 	st.wfin = true
-	s.pushLocked(frameFin, st.id, 0)
+	s.pushLocked(frameFin, st, 0)
 	st.maybeRemoveLocked()
 	wake(st.wwake)
 	return nil
@@ -188,10 +190,10 @@ func (st *Stream) Close() error {
 		switch {
 		case !st.opener && !st.answered:
 			st.answered = true
-			st.sendResetLocked(ResetAborted)
+			st.sendResetLocked(ResetAborted, false)
 		case !st.wfin && st.opened && s.err == nil && !st.writeShut:
 			st.wfin = true
-			s.pushLocked(frameFin, st.id, 0)
+			s.pushLocked(frameFin, st, 0)
 		}
 	}
 	st.rclosed = true
@@ -250,18 +252,16 @@ func (st *Stream) tryReadLocked(b []byte) (n int, done bool, err error) {
 }
 
 func (st *Stream) readLocked(b []byte) int {
-	s := st.s
 	n := 0
 	for n < len(b) && st.rqHead < len(st.rq) {
-		buf := *st.rq[st.rqHead]
-		c := copy(b[n:], buf[st.roff:])
-		n += c
-		st.roff += c
-		if st.roff == len(buf) {
-			s.pool.put(st.rq[st.rqHead])
-			st.rq[st.rqHead] = nil
+		c := &st.rq[st.rqHead]
+		m := copy(b[n:], (*c.buf)[c.off:c.end])
+		n += m
+		c.off += m
+		if c.off == c.end {
+			st.releaseLocked(c.buf)
+			*c = chunk{}
 			st.rqHead++
-			st.roff = 0
 		}
 	}
 	if st.rqHead == len(st.rq) {
@@ -275,6 +275,19 @@ func (st *Stream) readLocked(b []byte) int {
 	return n
 }
 
+// chunk is one receive buffer: (*buf)[off:end] is unread.
+type chunk struct {
+	buf      *[]byte
+	off, end int
+}
+
+// releaseLocked returns a drained receive buffer and its charge.
+func (st *Stream) releaseLocked(b *[]byte) {
+	st.rmem -= cap(*b)
+	st.s.recvMem -= cap(*b)
+	st.s.pool.put(b)
+}
+
 // creditLocked grants the peer more window once a quarter of it was
 // consumed, so WINDOW frames stay rare on a busy stream.
 func (st *Stream) creditLocked() {
@@ -286,17 +299,19 @@ func (st *Stream) creditLocked() {
 	limit := st.consumed + w
 	if limit-st.advertised >= max(w/4, 1) {
 		st.advertised = limit
-		s.pushU64Locked(frameWindow, st.id, limit)
+		// Credit answers the peer's data: it counts against the control
+		// budget, so a peer that never acks cannot grow these forever.
+		s.pushU64Locked(frameWindow, st, limit, true)
 	}
 }
 
 // discardLocked drops buffered data, optionally granting its credit back.
 func (st *Stream) discardLocked(credit bool) {
-	for _, b := range st.rq[st.rqHead:] {
-		st.s.pool.put(b)
+	for _, c := range st.rq[st.rqHead:] {
+		st.releaseLocked(c.buf)
 	}
 	st.consumed += uint64(st.rbuffered)
-	st.rq, st.rqHead, st.roff, st.rbuffered = nil, 0, 0, 0
+	st.rq, st.rqHead, st.rbuffered = nil, 0, 0
 	if credit {
 		st.creditLocked()
 	}
@@ -318,7 +333,7 @@ func (st *Stream) Write(b []byte) (int, error) {
 		space := s.cfg.ReplayBuffer - s.replayBytes
 		n := min(len(b), credit, space, s.maxSendFrame)
 		if n > 0 {
-			copy(s.pushLocked(frameData, st.id, n), b[:n])
+			copy(s.pushLocked(frameData, st, n), b[:n])
 			st.sent += uint64(n)
 			s.bytesOut += uint64(n)
 			if n == len(b) && n < credit && n < space {
@@ -370,6 +385,18 @@ func (st *Stream) writeErrLocked() error {
 	return nil
 }
 
+// Receive buffers are charged by what they allocate, not by payload: a
+// small payload (up to coalesceMax) is copied into the free space of the
+// stream's last buffer, or into a fresh coalesceBuf one, so a peer sending
+// 1-byte frames costs about one byte per byte, not a pool buffer each.
+// A larger payload keeps its pooled buffer, which is less than twice its
+// size. One stream's receive memory is thus at most twice its window plus
+// one coalescing buffer, and all streams' together at most RecvBuffer.
+const (
+	coalesceMax = 2 << 10
+	coalesceBuf = 4 << 10
+)
+
 // deliverLocked queues a DATA payload; it reports whether it kept data.
 func (st *Stream) deliverLocked(data *[]byte) bool {
 	s := st.s
@@ -377,11 +404,19 @@ func (st *Stream) deliverLocked(data *[]byte) bool {
 	if st.err != nil || st.rfin {
 		return false
 	}
+	if !st.opener && !st.opened {
+		// Data before our ACCEPT: an honest opener waits for it. Holding
+		// such data while the acceptor dials would be memory the peer
+		// gets for free.
+		s.logLocked(slog.LevelWarn, "peer sent data before the stream was accepted", "stream", st.id)
+		st.sendResetLocked(ResetAborted, true)
+		return false
+	}
 	if st.consumed+uint64(st.rbuffered+n) > st.advertised {
 		// The peer overran the credit we granted: abort the stream, not
 		// the session, which is healthy.
 		s.logLocked(slog.LevelWarn, "peer overran stream credit", "stream", st.id)
-		st.sendResetLocked(ResetAborted)
+		st.sendResetLocked(ResetAborted, true)
 		return false
 	}
 	s.bytesIn += uint64(n)
@@ -390,15 +425,39 @@ func (st *Stream) deliverLocked(data *[]byte) bool {
 		st.creditLocked()
 		return false
 	}
+	if k := len(st.rq); k > st.rqHead && n <= coalesceMax {
+		if t := &st.rq[k-1]; cap(*t.buf)-t.end >= n {
+			copy((*t.buf)[t.end:cap(*t.buf)], *data)
+			t.end += n
+			st.rbuffered += n
+			wake(st.rwake)
+			return false
+		}
+	}
+	buf, kept := data, true
+	if n <= coalesceMax {
+		buf, kept = s.pool.get(coalesceBuf), false
+		copy(*buf, *data)
+	}
+	if s.recvMem+cap(*buf) > s.cfg.RecvBuffer {
+		if !kept {
+			s.pool.put(buf)
+		}
+		s.logLocked(slog.LevelWarn, "session receive buffers full: stream reset", "stream", st.id, "limit", s.cfg.RecvBuffer)
+		st.sendResetLocked(ResetLimit, true)
+		return false
+	}
+	st.rmem += cap(*buf)
+	s.recvMem += cap(*buf)
 	if st.rqHead > 0 && len(st.rq) == cap(st.rq) {
 		m := copy(st.rq, st.rq[st.rqHead:])
 		clear(st.rq[m:])
 		st.rq, st.rqHead = st.rq[:m], 0
 	}
-	st.rq = append(st.rq, data)
+	st.rq = append(st.rq, chunk{buf: buf, end: n})
 	st.rbuffered += n
 	wake(st.rwake)
-	return true
+	return kept
 }
 
 func (st *Stream) acceptedLocked() {

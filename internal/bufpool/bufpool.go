@@ -1,5 +1,5 @@
 // Package bufpool hands out byte slices in power-of-two size classes, from
-// 512 B to 2 MiB, so data paths reuse buffers instead of allocating one per
+// 64 B to 2 MiB, so data paths reuse buffers instead of allocating one per
 // frame or per read. It is the one buffer pool of usltun: the session
 // layer's frames, the netstack's and the gateway's copy buffers all come
 // from a Pool.
@@ -16,7 +16,7 @@ import (
 
 // Size classes: 1<<MinClass to 1<<MaxClass bytes.
 const (
-	MinClass = 9  // 512 B
+	MinClass = 6  // 64 B: a session's control frames are charged what they allocate
 	MaxClass = 21 // 2 MiB: the session layer's largest frame plus a header
 )
 

@@ -4,7 +4,7 @@ import "testing"
 
 func TestClasses(t *testing.T) {
 	var p Pool
-	for n, wantCap := range map[int]int{0: 512, 1: 512, 512: 512, 513: 1024, 64 << 10: 64 << 10, 64<<10 + 1: 128 << 10, 2 << 20: 2 << 20} {
+	for n, wantCap := range map[int]int{0: 64, 1: 64, 64: 64, 65: 128, 512: 512, 513: 1024, 64 << 10: 64 << 10, 64<<10 + 1: 128 << 10, 2 << 20: 2 << 20} {
 		b := p.Get(n)
 		if len(*b) != n || cap(*b) != wantCap {
 			t.Errorf("Get(%d): len %d cap %d, want cap %d", n, len(*b), cap(*b), wantCap)
