@@ -38,7 +38,7 @@ type upCmd struct {
 	MaxFlows       int             `default:"${default_max_flows}" help:"Most concurrent flows; beyond it new connections are refused with a reset."`
 	MaxStreams     int             `default:"${default_max_streams}" help:"Most open streams per session, both directions together."`
 	ReplayBuffer   byteSize        `default:"${default_replay_buffer}" help:"Unacknowledged bytes kept per session for retransmission; writers block when it is full."`
-	HandshakeRate  float64         `default:"${default_handshake_rate}" help:"Handshakes per second accepted from one source address."`
+	HandshakeRate  float64         `default:"${default_handshake_rate}" help:"Handshakes per second accepted from one source network (an IPv4 address, or an IPv6 /64), burst twice that."`
 
 	addressDefaulted bool           // no --address was given: Address holds the defaults
 	devAddrs         []netip.Prefix // what the device gets on this host (see deviceAddrs)
