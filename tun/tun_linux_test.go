@@ -352,8 +352,14 @@ func TestReaderDeliver(t *testing.T) {
 }
 
 func TestOpenErrorMessages(t *testing.T) {
-	// The messages users see must say what to do.
-	for errno, want := range map[unix.Errno]string{unix.ENOENT: "modprobe tun", unix.EPERM: "CAP_NET_ADMIN"} {
+	// The messages users see must say what to do. A missing node is a
+	// missing driver unless the misc device is registered (a container
+	// without /dev/net/tun): then the fix is the node, not the module.
+	missing := "modprobe tun"
+	if miscDevicePresent() {
+		missing = "mknod /dev/net/tun c 10 200"
+	}
+	for errno, want := range map[unix.Errno]string{unix.ENOENT: missing, unix.ENODEV: "modprobe tun", unix.EPERM: "CAP_NET_ADMIN"} {
 		err := openErr(errno)
 		if !errors.Is(err, errno) || !strings.Contains(err.Error(), want) {
 			t.Errorf("openErr(%v) = %v, want %q", errno, err, want)
