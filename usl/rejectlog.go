@@ -32,6 +32,8 @@ type rejectLog struct {
 	last    string // the most recent rejection in words, for the line
 	timer   *time.Timer
 	closed  bool
+
+	ever map[string]uint64 // every rejection since the start, by reason: Listener.Rejections
 }
 
 // maxTrackedSources bounds the distinct-source set of one window; past it
@@ -39,7 +41,21 @@ type rejectLog struct {
 const maxTrackedSources = 1 << 16
 
 func newRejectLog(log *slog.Logger, interval time.Duration) *rejectLog {
-	return &rejectLog{log: log, interval: interval, counts: make(map[string]int), sources: make(map[netip.Prefix]struct{})}
+	return &rejectLog{log: log, interval: interval, counts: make(map[string]int), sources: make(map[netip.Prefix]struct{}), ever: make(map[string]uint64)}
+}
+
+// Rejections returns how many handshakes the listener refused since it
+// started, by reason ("garbage", "unknown key", "rate limit", ...): the
+// counts behind the aggregated log line, never reset, for metrics.
+func (l *Listener) Rejections() map[string]uint64 {
+	r := l.rejects
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	m := make(map[string]uint64, len(r.ever))
+	for k, v := range r.ever {
+		m[k] = v
+	}
+	return m
 }
 
 // add counts one rejection of src for reason; detail goes into the line's
@@ -52,6 +68,7 @@ func (r *rejectLog) add(src net.Addr, reason, detail string) {
 	}
 	r.total++
 	r.counts[reason]++
+	r.ever[reason]++
 	if p, ok := sourcePrefix(src); ok && len(r.sources) < maxTrackedSources {
 		r.sources[p] = struct{}{}
 	}

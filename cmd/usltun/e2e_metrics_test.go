@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os/exec"
 	"strconv"
@@ -23,9 +24,11 @@ const metricsAddr = "127.0.0.1:9108" // inside A's namespace
 // text passes promtool check metrics. A's status shows the latest handshake
 // and the transfer like wg show.
 func TestE2EMetrics(t *testing.T) {
-	p := newPartition(t, scenario{name: "metrics"}, labOpts{aFlags: []string{"--metrics", metricsAddr, "--peer-name", "gateway-b"}})
-	client := httpClientOn(p.A)
-	scrape := func() string {
+	p := newPartition(t, scenario{name: "metrics"}, labOpts{
+		aFlags: []string{"--metrics", metricsAddr, "--peer-name", "gateway-b"},
+		bFlags: []string{"--metrics", metricsAddr},
+	})
+	scrapeOn := func(client *http.Client) string {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -41,6 +44,8 @@ func TestE2EMetrics(t *testing.T) {
 		}
 		return string(b)
 	}
+	clientA := httpClientOn(p.A)
+	scrape := func() string { t.Helper(); return scrapeOn(clientA) }
 	labels := fmt.Sprintf(`{device="usl0",name="gateway-b",public_key="%s"}`, p.bPub)
 
 	run := p.start(loadgen.Config{Flows: 2, Duration: 6 * time.Second})
@@ -106,6 +111,25 @@ func TestE2EMetrics(t *testing.T) {
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
 		t.Errorf("promtool check metrics: %v\n%s", err, out.String())
+	}
+
+	// B, the listener, counts refused handshakes by reason: three
+	// connections from A that send garbage instead of a first message.
+	for range 3 {
+		c, err := p.A.Dial("tcp", net.JoinHostPort(addrB4, strconv.Itoa(sessionPort)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write(make([]byte, 512))
+		c.Close()
+	}
+	clientB := httpClientOn(p.B)
+	var garbage float64
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline) && garbage < 3; time.Sleep(50 * time.Millisecond) {
+		garbage, _ = sample(scrapeOn(clientB), `usltun_handshake_rejections_total{device="usl0",reason="garbage"}`)
+	}
+	if garbage < 3 {
+		t.Errorf("B's usltun_handshake_rejections_total{reason=\"garbage\"} = %v after 3 garbage connections, want ≥ 3", garbage)
 	}
 
 	text, err := p.A.Run(e2eBinary, "status")

@@ -42,6 +42,7 @@ var (
 	mPending       = prometheus.NewDesc("usltun_flows_pending_connects", "TCP connects waiting for the far side's dial.", []string{"device"}, nil)
 	mRefused       = prometheus.NewDesc("usltun_flows_refused_total", "Flows refused at --max-flows.", []string{"device"}, nil)
 	mDialErrors    = prometheus.NewDesc("usltun_flows_dial_errors_total", "Flows whose far side could not reach the destination.", []string{"device"}, nil)
+	mRejections    = prometheus.NewDesc("usltun_handshake_rejections_total", "Handshakes the listener refused, by reason (garbage, unknown key, rate limit, replayed first message, ...).", []string{"device", "reason"}, nil)
 	mInfo          = prometheus.NewDesc("usltun_info", "Always 1; labels give the version and the USL protocol version.", []string{"version", "protocol"}, nil)
 )
 
@@ -54,7 +55,7 @@ var _ prometheus.Collector = daemonCollector{}
 
 func (c daemonCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{mReceive, mTransmit, mRetransmitted, mReconnects, mFences, mHandshake, mState,
-		mStreams, mReplayUsed, mReplayLimit, mPathUp, mSRTT, mFlows, mPending, mRefused, mDialErrors, mInfo} {
+		mStreams, mReplayUsed, mReplayLimit, mPathUp, mSRTT, mFlows, mPending, mRefused, mDialErrors, mRejections, mInfo} {
 		ch <- d
 	}
 }
@@ -95,6 +96,11 @@ func (c daemonCollector) Collect(ch chan<- prometheus.Metric) {
 		if st.Remote != "" {
 			gauge(mPathUp, 1, st.Remote)
 			gauge(mSRTT, st.RTT.Seconds(), st.Remote)
+		}
+	}
+	if d.ln != nil {
+		for reason, n := range d.ln.Rejections() {
+			ch <- prometheus.MustNewConstMetric(mRejections, prometheus.CounterValue, float64(n), dev, reason)
 		}
 	}
 	if d.stack != nil {
