@@ -18,21 +18,32 @@ import (
 // Reported: throughput, TUN packets (both ways) per MiB and the wall time
 // per packet, and process CPU (kernel sender + TUN + gVisor + splice) per GB.
 func BenchmarkTCPThroughput(b *testing.B) {
+	// wgtun is the same path on golang.zx2c4.com/wireguard/tun instead of
+	// usltun's own device (wgtun_linux_test.go), next to offload so that
+	// the two run back to back in every count.
 	for _, bc := range []struct {
 		name      string
 		noOffload bool
+		wgtun     bool
 		download  bool
 	}{
-		{"upload/offload", false, false}, {"upload/plain", true, false},
-		{"download/offload", false, true}, {"download/plain", true, true},
+		{"upload/offload", false, false, false}, {"upload/wgtun", false, true, false}, {"upload/plain", true, false, false},
+		{"download/offload", false, false, true}, {"download/wgtun", false, true, true}, {"download/plain", true, false, true},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			const warm = 16 // MiB moved before measuring: window and buffer growth
-			var remote flow.Conn = newSink()
+			sink := newSink()
+			var remote flow.Conn = sink
 			if bc.download {
-				remote = &sourceConn{sinkConn: newSink(), left: int64(warm+b.N) << 20}
+				remote = &sourceConn{sinkConn: sink, left: int64(warm+b.N) << 20}
 			}
-			h := newHarness(b, Config{Dialer: dialFunc(func(context.Context, flow.Dest) (flow.Conn, error) { return remote, nil })}, bc.noOffload)
+			cfg := Config{Dialer: dialFunc(func(context.Context, flow.Dest) (flow.Conn, error) { return remote, nil })}
+			var h *harness
+			if bc.wgtun {
+				h = newHarnessOn(b, cfg, newWGDevice)
+			} else {
+				h = newHarness(b, cfg, bc.noOffload)
+			}
 			c, err := h.dial("tcp", "10.66.1.99:5201", 5*time.Second)
 			if err != nil {
 				b.Fatal(err)
@@ -62,11 +73,20 @@ func BenchmarkTCPThroughput(b *testing.B) {
 			move(b.N)
 			c.(*net.TCPConn).CloseWrite()
 			c.SetReadDeadline(time.Now().Add(30 * time.Second))
-			if _, err := io.Copy(io.Discard, c); err != nil { // EOF: everything was delivered
+			rest, err := io.Copy(io.Discard, c) // EOF: everything was delivered
+			if err != nil {
 				b.Fatal(err)
 			}
 			el := time.Since(start)
 			b.StopTimer()
+			// Every byte arrived, and no more: the sink counted the upload,
+			// the download was read in full and then ended.
+			if want := int64(warm+b.N) << 20; !bc.download && sink.n.Load() != want {
+				b.Fatalf("sink got %d bytes, sent %d", sink.n.Load(), want)
+			}
+			if rest != 0 {
+				b.Fatalf("%d bytes after the end of the download", rest)
+			}
 			var ru1 syscall.Rusage
 			syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
 			// Packets across the TUN both ways (data and ACKs): each is one

@@ -16,6 +16,7 @@ import (
 	"github.com/usltun/usltun/flow"
 	"github.com/usltun/usltun/tun"
 	"github.com/usltun/usltun/tun/tuntest"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
 )
 
 // The routed subnets the tests connect to; nothing listens there: every
@@ -29,7 +30,7 @@ var (
 type harness struct {
 	t      testing.TB
 	ns     *tuntest.NS
-	dev    *tun.Device
+	dev    harnessDevice
 	st     *Stack
 	dialer atomic.Pointer[flow.Dialer] // the stack dials through it: tests swap it
 }
@@ -47,15 +48,39 @@ func (f dialFunc) DialFlow(ctx context.Context, dest flow.Dest) (flow.Conn, erro
 	return f(ctx, dest)
 }
 
+// harnessDevice is the TUN device under the stack: usltun's own *tun.Device,
+// or in benchmarks another implementation to compare it with.
+type harnessDevice interface {
+	Endpoint() stack.LinkEndpoint
+	Stats() tun.Stats
+	Offloads() string
+	Close() error
+}
+
+// harnessConfig is the device every harness creates; only the benchmarks'
+// other device implementations look at it themselves.
+var harnessConfig = tun.Config{
+	Name: "tns0", MTU: 1400,
+	Addrs:  []netip.Prefix{netip.MustParsePrefix("10.66.0.1/24"), netip.MustParsePrefix("fd66::1/64")},
+	Routes: []netip.Prefix{routed4, routed6},
+}
+
 func newHarness(t testing.TB, cfg Config, noOffload bool) *harness {
+	t.Helper()
+	return newHarnessOn(t, cfg, func() (harnessDevice, error) {
+		c := harnessConfig
+		c.DisableOffload = noOffload
+		return tun.Create(c)
+	})
+}
+
+// newHarnessOn runs create inside a fresh namespace and a Stack on the
+// device it returns.
+func newHarnessOn(t testing.TB, cfg Config, create func() (harnessDevice, error)) *harness {
 	t.Helper()
 	h := &harness{t: t, ns: tuntest.NewNS(t)}
 	err := h.ns.Do(func() (err error) {
-		h.dev, err = tun.Create(tun.Config{
-			Name: "tns0", MTU: 1400, DisableOffload: noOffload,
-			Addrs:  []netip.Prefix{netip.MustParsePrefix("10.66.0.1/24"), netip.MustParsePrefix("fd66::1/64")},
-			Routes: []netip.Prefix{routed4, routed6},
-		})
+		h.dev, err = create()
 		return err
 	})
 	if err != nil {
