@@ -56,8 +56,9 @@ test-long:
 demo: build
 	$(GO) run ./tools/demo --usltun bin/usltun
 
-# bench runs the micro-benchmarks (session layer, TUN + netstack data path,
-# the policy's flow-open cost) and then the A—B—C lab comparison against
+# bench runs the micro-benchmarks (session layer, TUN + netstack data path
+# on usltun's own device and, as TCPThroughput/*/wgtun, on wireguard-go's
+# tun package for comparison, the policy's flow-open cost) and then the A—B—C lab comparison against
 # direct routing and wireguard-go.
 # Figures and their reading are in docs/performance.md.
 bench: deps build
