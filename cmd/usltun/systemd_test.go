@@ -14,7 +14,10 @@ import (
 	"github.com/vishvananda/netns"
 )
 
-const unitFile = "../../contrib/systemd/usltun@.service"
+const (
+	unitFile     = "../../contrib/systemd/usltun@.service"
+	userUnitFile = "../../contrib/systemd/user/usltun@.service"
+)
 
 // systemd-analyze verify accepts the unit with no warning at all (unknown
 // keys and bad values are only warnings to it). Its ExecStart must name an
@@ -36,6 +39,36 @@ func TestSystemdUnitVerifies(t *testing.T) {
 			t.Errorf("unit lacks %q", want)
 		}
 	}
+	verifyUnit(t, sa, unit)
+}
+
+// TestSystemdUserUnitVerifies: the user unit for the no-root mode (SOCKS,
+// HTTP proxy, exec) reads the user's config and asks for no privilege.
+func TestSystemdUserUnitVerifies(t *testing.T) {
+	sa, err := exec.LookPath("systemd-analyze")
+	if err != nil {
+		t.Fatal("systemd-analyze not installed (Debian package systemd; make deps installs it)")
+	}
+	unit, err := os.ReadFile(userUnitFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"Type=notify", "ExecStart=/usr/bin/usltun up --config %E/usltun/%i.toml", "Restart=on-failure",
+		"NoNewPrivileges=yes", "WantedBy=default.target"} {
+		if !strings.Contains(string(unit), "\n"+want+"\n") {
+			t.Errorf("user unit lacks %q", want)
+		}
+	}
+	if strings.Contains(string(unit), "CAP_") {
+		t.Error("user unit names a capability: the no-root mode needs none")
+	}
+	verifyUnit(t, sa, unit)
+}
+
+// verifyUnit runs systemd-analyze verify on a copy of unit whose ExecStart
+// names this test's binary (verify wants an existing executable).
+func verifyUnit(t *testing.T, sa string, unit []byte) {
+	t.Helper()
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)

@@ -108,6 +108,7 @@ func build(binary, version, outDir, root string) (string, error) {
 			Contents: files.Contents{
 				{Source: binary, Destination: "/usr/bin/usltun", FileInfo: mode(0o755)},
 				{Source: filepath.Join(root, "contrib/systemd/usltun@.service"), Destination: "/lib/systemd/system/usltun@.service", FileInfo: mode(0o644)},
+				{Source: filepath.Join(root, "contrib/systemd/user/usltun@.service"), Destination: "/usr/lib/systemd/user/usltun@.service", FileInfo: mode(0o644)},
 				{Source: filepath.Join(gen, "usltun.bash"), Destination: "/usr/share/bash-completion/completions/usltun", FileInfo: mode(0o644)},
 				{Source: filepath.Join(gen, "_usltun"), Destination: "/usr/share/zsh/vendor-completions/_usltun", FileInfo: mode(0o644)},
 				{Source: filepath.Join(gen, "usltun.fish"), Destination: "/usr/share/fish/vendor_completions.d/usltun.fish", FileInfo: mode(0o644)},

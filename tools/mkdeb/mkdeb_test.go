@@ -67,7 +67,7 @@ func TestDebInstallRemove(t *testing.T) {
 
 	t.Cleanup(func() { exec.Command("dpkg", "-P", "usltun").Run() })
 	run("dpkg", "-i", deb)
-	installed := []string{"/usr/bin/usltun", "/lib/systemd/system/usltun@.service", "/usr/share/bash-completion/completions/usltun",
+	installed := []string{"/usr/bin/usltun", "/lib/systemd/system/usltun@.service", "/usr/lib/systemd/user/usltun@.service", "/usr/share/bash-completion/completions/usltun",
 		"/usr/share/zsh/vendor-completions/_usltun", "/usr/share/fish/vendor_completions.d/usltun.fish",
 		"/usr/share/man/man1/usltun.1.gz", "/etc/usltun/example.toml"}
 	for _, f := range installed {
