@@ -3,83 +3,38 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"net"
-	"path/filepath"
-	"syscall"
-	"time"
+
+	"github.com/usltun/usltun/control"
 )
 
-// The control socket answers every connection with one JSON status document
-// and closes it. By default it is an abstract Unix socket: abstract names are
-// private to a network namespace, so two daemons with the same device name in
-// different namespaces never collide, and nothing is left on disk after a
-// crash.
-
-// defaultControlPath is the status socket of the daemon that owns device tun.
-func defaultControlPath(tun string) string { return "@usltun/" + tun }
-
-type controlServer struct {
-	ln     net.Listener
-	status func() any
-	log    *slog.Logger
-	done   chan struct{}
-}
-
-func listenControl(path string, status func() any, log *slog.Logger) (*controlServer, error) {
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		if errors.Is(err, syscall.EADDRINUSE) {
-			return nil, fmt.Errorf("control socket %s is in use: another usltun runs for this device; stop it or pass --control", path)
-		}
-		if errors.Is(err, syscall.EROFS) {
-			return nil, fmt.Errorf("control socket %s: the file system is read-only: pass --control with a writable path, or an abstract name like @usltun/%s", path, filepath.Base(path))
-		}
-		return nil, fmt.Errorf("control socket %s: %w", path, err)
+// controlPath is the control socket of the daemon for device tun: explicit
+// wins, else control.DefaultPath (abstract for root, under
+// $XDG_RUNTIME_DIR for an ordinary user).
+func controlPath(explicit, tun string) (string, error) {
+	if explicit != "" {
+		return explicit, nil
 	}
-	s := &controlServer{ln: ln, status: status, log: log, done: make(chan struct{})}
-	go s.serve()
-	return s, nil
+	return control.DefaultPath(tun)
 }
 
-func (s *controlServer) serve() {
-	defer close(s.done)
-	for {
-		c, err := s.ln.Accept()
-		if err != nil {
-			return
+// listenControl serves the daemon's control requests on path.
+func (d *daemon) listenControl(path string, log *slog.Logger) (*control.Server, error) {
+	return control.Listen(path, func(_ context.Context, req control.Request) (any, error) {
+		switch req.Op {
+		case control.OpStatus:
+			return d.status(), nil
 		}
-		c.SetWriteDeadline(time.Now().Add(2 * time.Second))
-		if err := json.NewEncoder(c).Encode(s.status()); err != nil {
-			s.log.Debug("control: write status", "err", err)
-		}
-		c.Close()
-	}
-}
-
-func (s *controlServer) Close() error {
-	err := s.ln.Close()
-	<-s.done
-	return err
+		return nil, fmt.Errorf("unknown request %q (a newer usltun client than this daemon?)", req.Op)
+	}, log)
 }
 
 // queryControl fetches the status document from a running daemon.
 func queryControl(ctx context.Context, path string) ([]byte, error) {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("no usltun daemon answers on %s (is `usltun up` running in this network namespace, with this --tun?): %w", path, err)
+	var body json.RawMessage
+	if err := control.Call(ctx, path, control.Request{Op: control.OpStatus}, &body); err != nil {
+		return nil, err
 	}
-	defer c.Close()
-	if dl, ok := ctx.Deadline(); ok {
-		c.SetDeadline(dl)
-	}
-	b, err := io.ReadAll(io.LimitReader(c, 1<<20))
-	if err != nil {
-		return nil, fmt.Errorf("read status from %s: %w", path, err)
-	}
-	return b, nil
+	return body, nil
 }

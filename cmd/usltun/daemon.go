@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/usltun/usltun/control"
 	"github.com/usltun/usltun/flow"
 	"github.com/usltun/usltun/gateway"
 	"github.com/usltun/usltun/netstack"
@@ -32,7 +33,7 @@ type daemon struct {
 	ln       *usl.Listener
 	dev      *tun.Device
 	stack    *netstack.Stack
-	ctl      *controlServer
+	ctl      *control.Server
 	metrics  *metricsServer
 
 	cancel context.CancelFunc
@@ -50,11 +51,11 @@ func (c *upCmd) start(parent context.Context, key usl.PrivateKey, peerKey usl.Pu
 	d.gw = gateway.New(gateway.Config{Exports: c.Export, Logger: log.With("component", "gateway")})
 	scfg := c.sessionConfig(key, peerKey, log)
 
-	ctlPath := c.Control
-	if ctlPath == "" {
-		ctlPath = defaultControlPath(c.Tun)
+	ctlPath, err := controlPath(c.Control, c.Tun)
+	if err != nil {
+		return d, err
 	}
-	if d.ctl, err = listenControl(ctlPath, d.status, log); err != nil {
+	if d.ctl, err = d.listenControl(ctlPath, log.With("component", "control")); err != nil {
 		return d, err
 	}
 	if c.Metrics != "" {

@@ -130,13 +130,13 @@ func newFlowReport(st netstack.Stats) flowReport {
 type statusCmd struct {
 	JSON    bool   `help:"Print the status as JSON."`
 	Tun     string `default:"usl0" help:"Device name of the daemon to ask."`
-	Control string `placeholder:"PATH" help:"Status socket (default: @usltun/<tun>)."`
+	Control string `placeholder:"PATH" help:"Control socket (default: @usltun/<tun> for root, $XDG_RUNTIME_DIR/usltun/<tun>.sock for a user)."`
 }
 
 func (c *statusCmd) Run(o cmdIO) error {
-	path := c.Control
-	if path == "" {
-		path = defaultControlPath(c.Tun)
+	path, err := controlPath(c.Control, c.Tun)
+	if err != nil {
+		return err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()

@@ -31,7 +31,7 @@ type upCmd struct {
 	MTU            int             `name:"mtu" default:"1500" help:"MTU of the TUN device and of the netstack NIC."`
 	PeerName       string          `placeholder:"NAME" help:"A name for the peer: the name label of its metrics."`
 	Metrics        string          `placeholder:"ADDR:PORT" help:"Serve Prometheus metrics at http://ADDR:PORT/metrics (default: off). Use a loopback address unless the network is trusted."`
-	Control        string          `placeholder:"PATH" help:"Status socket (default: abstract socket @usltun/<tun>, private to this network namespace)."`
+	Control        string          `placeholder:"PATH" help:"Control socket (default: for root the abstract socket @usltun/<tun>, private to this network namespace; for a user $XDG_RUNTIME_DIR/usltun/<tun>.sock)."`
 	LogLevel       string          `enum:"debug,info,warn,error" default:"info" help:"Log level: ${enum}."`
 	SessionTimeout time.Duration   `default:"0s" help:"Give up and fail every flow after the peer is gone this long (0: never)."`
 	DeadInterval   time.Duration   `default:"${default_dead_interval}" help:"A path that hears nothing from the peer for this long is declared dead and reconnected."`

@@ -1,0 +1,361 @@
+// Package control is the local control protocol of a usltun daemon: how
+// `usltun status` (and later commands) talk to a running `usltun up` on the
+// same machine, and who may.
+//
+// Transport. A Unix stream socket. A daemon run by root keeps the abstract
+// name @usltun/<tun>: abstract names are private to a network namespace, so
+// daemons with the same device name in different namespaces never collide,
+// and nothing is left on disk after a crash. A daemon run by an ordinary user
+// listens on $XDG_RUNTIME_DIR/usltun/<tun>.sock, in a directory of mode 0700
+// owned by that user, socket mode 0600 (DefaultPath).
+//
+// Who may talk to whom. Abstract sockets have no file permissions, so both
+// ends check the other's credentials (SO_PEERCRED) on every connection:
+//   - the server serves only root and its own uid; anyone else gets one error
+//     response and the connection is closed;
+//   - the client trusts only a server run by root or by itself, and refuses
+//     to use whatever a foreign process serves under the name;
+//   - Listen reports a name bound first by someone else (squatting) with the
+//     holder's uid and pid, instead of starting.
+//
+// Messages. One request and one response per connection, each a single line
+// of JSON (at most MaxMessage bytes, newline-terminated):
+//
+//	request:  {"op":"status"}
+//	response: {"body":{...}}            on success, body specific to op
+//	          {"error":"one line"}      on failure
+//
+// The client half-closes nothing; the server closes the connection after
+// its response. Unknown ops get an error response naming the op, so an older
+// daemon answers a newer client clearly. Every exchange is bounded by
+// IOTimeout on the server.
+package control
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+const (
+	// MaxMessage bounds one request or response line.
+	MaxMessage = 1 << 20
+	// IOTimeout bounds one exchange on the server side, so a client that
+	// connects and sends nothing holds a goroutine for at most this long.
+	IOTimeout = 2 * time.Second
+	// maxConcurrent bounds the exchanges served at once: a local user
+	// flooding the socket costs at most this many goroutines.
+	maxConcurrent = 16
+)
+
+// Ops understood by this build.
+const (
+	OpStatus = "status"
+)
+
+// Request is what a client sends.
+type Request struct {
+	Op string `json:"op"`
+}
+
+// Response is what a server answers: Body on success, Error otherwise.
+type Response struct {
+	Body  json.RawMessage `json:"body,omitempty"`
+	Error string          `json:"error,omitempty"`
+}
+
+// Handler answers one request from an authorized client. Its result is
+// encoded as the response body; an error becomes the response's error line.
+type Handler func(ctx context.Context, req Request) (any, error)
+
+// Cred is a process's identity as the kernel reports it for a socket peer.
+type Cred struct {
+	UID, GID uint32
+	PID      int32
+}
+
+// trusted reports whether a peer with uid may be served by (or serve) a
+// process running as self: root, or the same user.
+func trusted(uid uint32, self int) bool { return uid == 0 || int(uid) == self }
+
+// DefaultPath is where the daemon for device tun listens: the abstract name
+// @usltun/<tun> for root, else $XDG_RUNTIME_DIR/usltun/<tun>.sock.
+func DefaultPath(tun string) (string, error) {
+	if os.Geteuid() == 0 {
+		return "@usltun/" + tun, nil
+	}
+	dir := os.Getenv("XDG_RUNTIME_DIR")
+	if dir == "" {
+		return "", errors.New("XDG_RUNTIME_DIR is not set, so there is no private place for this user's control socket: log in through a session that sets it, export XDG_RUNTIME_DIR=/run/user/$(id -u), or pass --control PATH")
+	}
+	return filepath.Join(dir, "usltun", tun+".sock"), nil
+}
+
+// Server serves requests on one control socket.
+type Server struct {
+	ln      *net.UnixListener
+	path    string
+	handler Handler
+	log     *slog.Logger
+	slots   chan struct{}
+	wg      sync.WaitGroup
+	done    chan struct{}
+}
+
+// Listen binds path (see DefaultPath) and serves requests with h until
+// Close. A path socket's directory is created with mode 0700 if missing;
+// an existing one must belong to this user and be closed to others.
+func Listen(path string, h Handler, log *slog.Logger) (*Server, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	abstract := strings.HasPrefix(path, "@")
+	if !abstract {
+		if err := privateDir(filepath.Dir(path)); err != nil {
+			return nil, err
+		}
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if errors.Is(err, syscall.EADDRINUSE) {
+		err = inUse(path)
+		if err == nil && !abstract {
+			// Nobody answers: a socket file left by a crash, in a
+			// directory only we can write. Replace it.
+			os.Remove(path)
+			ln, err = net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+		}
+	}
+	if errors.Is(err, syscall.EROFS) {
+		return nil, fmt.Errorf("control socket %s: the file system is read-only: pass --control with a writable path, or an abstract name like @usltun/%s", path, strings.TrimSuffix(filepath.Base(path), ".sock"))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("control socket %s: %w", path, err)
+	}
+	if !abstract {
+		ln.SetUnlinkOnClose(true)
+		if err := os.Chmod(path, 0o600); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("control socket %s: %w", path, err)
+		}
+	}
+	s := &Server{ln: ln, path: path, handler: h, log: log, slots: make(chan struct{}, maxConcurrent), done: make(chan struct{})}
+	go s.serve()
+	return s, nil
+}
+
+// inUse explains who holds path, or returns nil when nobody answers there.
+func inUse(path string) error {
+	c, err := net.DialTimeout("unix", path, time.Second)
+	if err != nil {
+		return nil
+	}
+	defer c.Close()
+	cred, err := PeerCred(c.(*net.UnixConn))
+	if err != nil {
+		return fmt.Errorf("in use, and its holder's identity is unknown (%v)", err)
+	}
+	if !trusted(cred.UID, os.Geteuid()) {
+		return fmt.Errorf("the name is held by another user's process (uid %d, pid %d): someone bound it first; stop that process, or pass --control with a name or path of your own", cred.UID, cred.PID)
+	}
+	return fmt.Errorf("in use by pid %d (uid %d): another usltun runs for this device; stop it, or pass --tun or --control", cred.PID, cred.UID)
+}
+
+// privateDir makes sure dir exists, is a directory owned by this user and
+// is not accessible to group or others.
+func privateDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("control socket directory %s: %w", dir, err)
+	}
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return fmt.Errorf("control socket directory %s: %w", dir, err)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	switch {
+	case !fi.IsDir():
+		return fmt.Errorf("control socket directory %s is not a directory (a symlink?): remove it", dir)
+	case ok && int(st.Uid) != os.Geteuid():
+		return fmt.Errorf("control socket directory %s belongs to uid %d, not to you (uid %d): remove it or pass --control PATH", dir, st.Uid, os.Geteuid())
+	case fi.Mode().Perm()&0o077 != 0:
+		return fmt.Errorf("control socket directory %s has mode %04o: it must be private to you (chmod 700 %s)", dir, fi.Mode().Perm(), dir)
+	}
+	return nil
+}
+
+// Path is where the server listens.
+func (s *Server) Path() string { return s.path }
+
+func (s *Server) serve() {
+	defer close(s.done)
+	for {
+		c, err := s.ln.AcceptUnix()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// EMFILE and friends: back off rather than spin.
+			s.log.Warn("control: accept", "err", err)
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		select {
+		case s.slots <- struct{}{}:
+		default:
+			c.Close() // too many at once: the client sees EOF and retries
+			continue
+		}
+		s.wg.Add(1)
+		go func() {
+			defer func() { <-s.slots; s.wg.Done() }()
+			s.exchange(c)
+		}()
+	}
+}
+
+// exchange reads one request from c, answers it, and closes c.
+func (s *Server) exchange(c *net.UnixConn) {
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(IOTimeout))
+	cred, err := PeerCred(c)
+	if err != nil {
+		s.log.Debug("control: peer credentials", "err", err)
+		return
+	}
+	if !trusted(cred.UID, os.Geteuid()) {
+		s.log.Debug("control: refused a foreign client", "uid", cred.UID, "pid", cred.PID)
+		writeLine(c, Response{Error: fmt.Sprintf("permission denied: this usltun daemon (uid %d) serves only root and its own user, not uid %d", os.Geteuid(), cred.UID)})
+		return
+	}
+	var req Request
+	if err := readLine(c, &req); err != nil {
+		s.log.Debug("control: read request", "err", err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), IOTimeout)
+	defer cancel()
+	var resp Response
+	body, err := s.handler(ctx, req)
+	if err == nil {
+		resp.Body, err = json.Marshal(body)
+	}
+	if err != nil {
+		resp = Response{Error: err.Error()}
+	}
+	if err := writeLine(c, resp); err != nil {
+		s.log.Debug("control: write response", "err", err)
+	}
+}
+
+// Close stops accepting, waits for exchanges in progress, and removes a
+// path socket.
+func (s *Server) Close() error {
+	err := s.ln.Close()
+	<-s.done
+	s.wg.Wait()
+	return err
+}
+
+// ErrNoDaemon is returned by Call when nothing listens at the path.
+var ErrNoDaemon = errors.New("no usltun daemon for this user")
+
+// Call sends req to the daemon at path and decodes the response body into
+// out. It refuses to talk to a server that is neither root nor this user.
+func Call(ctx context.Context, path string, req Request, out any) error {
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		return fmt.Errorf("%w answers on %s (start one with `usltun up ...`; in another network namespace or with another --tun it has another socket): %v", ErrNoDaemon, path, err)
+	}
+	c := nc.(*net.UnixConn)
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetDeadline(dl)
+	}
+	cred, err := PeerCred(c)
+	if err != nil {
+		return fmt.Errorf("control socket %s: %w", path, err)
+	}
+	if !trusted(cred.UID, os.Geteuid()) {
+		return fmt.Errorf("control socket %s is served by uid %d (pid %d), neither root nor you: not trusting what it says (someone else bound the name first?)", path, cred.UID, cred.PID)
+	}
+	if err := writeLine(c, req); err != nil {
+		return fmt.Errorf("control socket %s: send request: %w", path, err)
+	}
+	var resp Response
+	if err := readLine(c, &resp); err != nil {
+		return fmt.Errorf("control socket %s: read response (is the daemon an older usltun?): %w", path, err)
+	}
+	if resp.Error != "" {
+		return fmt.Errorf("daemon on %s: %s", path, resp.Error)
+	}
+	if out == nil {
+		return nil
+	}
+	if raw, ok := out.(*json.RawMessage); ok {
+		*raw = append((*raw)[:0], resp.Body...)
+		return nil
+	}
+	if err := json.Unmarshal(resp.Body, out); err != nil {
+		return fmt.Errorf("daemon on %s sent a %s response this build cannot read (version mismatch?): %w", path, req.Op, err)
+	}
+	return nil
+}
+
+// PeerCred is the kernel's record of the process at the other end of c.
+func PeerCred(c *net.UnixConn) (Cred, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return Cred{}, err
+	}
+	var uc *unix.Ucred
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		uc, serr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return Cred{}, err
+	}
+	if serr != nil {
+		return Cred{}, fmt.Errorf("SO_PEERCRED: %w", serr)
+	}
+	return Cred{UID: uc.Uid, GID: uc.Gid, PID: uc.Pid}, nil
+}
+
+func writeLine(w io.Writer, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	if len(b) >= MaxMessage {
+		return fmt.Errorf("message of %d bytes exceeds %d", len(b), MaxMessage)
+	}
+	_, err = w.Write(append(b, '\n'))
+	return err
+}
+
+// readLine reads one newline-terminated JSON message of at most MaxMessage
+// bytes into v.
+func readLine(r io.Reader, v any) error {
+	line, err := bufio.NewReaderSize(io.LimitReader(r, MaxMessage), 4096).ReadBytes('\n')
+	if err != nil {
+		if err == io.EOF {
+			return fmt.Errorf("connection closed before a complete message (%d bytes)", len(line))
+		}
+		return err
+	}
+	dec := json.NewDecoder(bytes.NewReader(line))
+	return dec.Decode(v)
+}
