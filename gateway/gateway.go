@@ -3,6 +3,15 @@
 // this host exports, dials it with an ordinary kernel socket and relays bytes
 // until both directions are finished.
 //
+// What a peer may reach is the export policy in policy.go: the exported
+// prefixes, with destinations on the gateway host itself, link-local and
+// multicast addresses allowed only when an export names them explicitly. A
+// destination given as a host name (flow.Dest.Name) is resolved here, with
+// this host's resolver; the policy applies to each resolved address, and the
+// allowed ones are dialed in the resolver's order until one answers. A name
+// that resolves only to addresses outside the policy is forbidden; one that
+// does not resolve is unreachable.
+//
 // The connect outcome is reported to the peer before any byte flows: Accept
 // after a successful dial, Reject with a reason (refused, unreachable,
 // forbidden, timeout) otherwise. That is what lets the client side keep TCP's
@@ -29,8 +38,15 @@ import (
 // Config says what a peer may reach and how to reach it.
 type Config struct {
 	// Exports lists the destinations a peer may reach. Empty means none:
-	// exporting is opt-in, like a firewall that starts closed.
+	// exporting is opt-in, like a firewall that starts closed. See
+	// policy.go for the gateway's own and other special addresses.
 	Exports []netip.Prefix
+	// Resolver resolves named destinations (default net.DefaultResolver:
+	// this host's /etc/hosts and resolv.conf).
+	Resolver *net.Resolver
+	// LocalAddrs lists this host's own addresses (default: every
+	// interface's). Tests replace it.
+	LocalAddrs func() ([]netip.Addr, error)
 	// DialTimeout bounds one dial of a destination (default 10 s).
 	DialTimeout time.Duration
 	// UDPIdleTimeout closes a UDP flow with no traffic either way (default 60 s).
@@ -57,31 +73,32 @@ func (c *Config) setDefaults() {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
+	if c.Resolver == nil {
+		c.Resolver = net.DefaultResolver
+	}
+	if c.LocalAddrs == nil {
+		c.LocalAddrs = interfaceAddrs
+	}
 }
 
 // Gateway serves the streams of sessions. One Gateway may serve several
 // sessions (a listener accepts a fresh one after a peer restart).
 type Gateway struct {
-	cfg  Config
-	wg   sync.WaitGroup
-	bufs bufpool.Pool // relay buffers, borrowed only while data moves
+	cfg   Config
+	local localAddrs
+	wg    sync.WaitGroup
+	bufs  bufpool.Pool // relay buffers, borrowed only while data moves
 }
 
 // New returns a gateway with cfg's defaults filled in.
 func New(cfg Config) *Gateway {
 	cfg.setDefaults()
-	return &Gateway{cfg: cfg}
+	return &Gateway{cfg: cfg, local: localAddrs{list: cfg.LocalAddrs}}
 }
 
-// Exported reports whether dst is inside one of the exported prefixes.
-func (g *Gateway) Exported(dst netip.Addr) bool {
-	dst = dst.Unmap()
-	for _, p := range g.cfg.Exports {
-		if p.Contains(dst) {
-			return true
-		}
-	}
-	return false
+// Allowed reports whether the export policy lets a peer reach dst.
+func (g *Gateway) Allowed(dst netip.Addr) bool {
+	return allowed(g.cfg.Exports, dst, g.local.has(dst))
 }
 
 // Serve accepts streams on s until ctx ends or the session ends for good.
@@ -115,22 +132,24 @@ func (g *Gateway) handle(ctx context.Context, peer string, st *usl.Stream) {
 		st.Reject(usl.ResetAborted)
 		return
 	}
-	if !g.Exported(dst.Addr.Addr()) {
-		log.Warn("forbidden: destination is not exported", "peer", peer, "dst", dst.String())
-		st.Reject(usl.ResetForbidden)
-		return
-	}
 	if dst.Proto == flow.ICMP {
+		if !g.Allowed(dst.Addr.Addr()) {
+			log.Warn("forbidden: destination is not exported", "peer", peer, "dst", dst.String())
+			st.Reject(usl.ResetForbidden)
+			return
+		}
 		g.handleEcho(peer, st, dst)
 		return
 	}
 	dctx, cancel := context.WithTimeout(ctx, g.cfg.DialTimeout)
-	d := net.Dialer{Control: g.cfg.Control}
-	c, err := d.DialContext(dctx, dst.Proto.String(), dst.Addr.String())
+	c, code, err := g.dial(dctx, dst)
 	cancel()
 	if err != nil {
-		code := resetCodeFor(err)
-		log.Info("dial failed", "peer", peer, "dst", dst.String(), "reason", code.String(), "err", err)
+		if code == usl.ResetForbidden {
+			log.Warn("forbidden: destination is not exported", "peer", peer, "dst", dst.String(), "why", err)
+		} else {
+			log.Info("dial failed", "peer", peer, "dst", dst.String(), "reason", code.String(), "err", err)
+		}
 		st.Reject(code)
 		return
 	}
@@ -169,6 +188,58 @@ func (g *Gateway) handleEcho(peer string, st *usl.Stream, dst flow.Dest) {
 	log.Debug("echo flow open", "peer", peer, "dst", dst.String(), "raw_socket", e.raw)
 	relayEcho(&g.bufs, st, e, addr.Is4(), g.cfg.UDPIdleTimeout)
 	log.Debug("echo flow closed", "peer", peer, "dst", dst.String())
+}
+
+// errNotExported is why a destination is forbidden.
+var errNotExported = errors.New("outside this host's exports")
+
+// dial connects to dst after the export check, resolving a name first, and
+// returns the reset code to send the peer when it fails.
+func (g *Gateway) dial(ctx context.Context, dst flow.Dest) (net.Conn, usl.ResetCode, error) {
+	targets := []netip.Addr{dst.Addr.Addr()}
+	if dst.Name != "" {
+		addrs, err := g.cfg.Resolver.LookupNetIP(ctx, "ip", dst.Name)
+		if err != nil {
+			return nil, resolveCodeFor(err), err
+		}
+		targets = addrs
+	}
+	var allowed []netip.Addr
+	for _, a := range targets {
+		if g.Allowed(a) {
+			allowed = append(allowed, a.Unmap())
+		}
+	}
+	if len(allowed) == 0 {
+		if dst.Name != "" {
+			return nil, usl.ResetForbidden, fmt.Errorf("%s resolves to %v, all %w", dst.Name, targets, errNotExported)
+		}
+		return nil, usl.ResetForbidden, errNotExported
+	}
+	d := net.Dialer{Control: g.cfg.Control}
+	var err error
+	for _, a := range allowed {
+		var c net.Conn
+		c, err = d.DialContext(ctx, dst.Proto.String(), netip.AddrPortFrom(a, dst.Port()).String())
+		if err == nil {
+			return c, 0, nil
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, resetCodeFor(err), err
+}
+
+// resolveCodeFor maps a failed name lookup: a name that does not exist, or
+// has no address, is unreachable; a resolver that did not answer in time is
+// a timeout.
+func resolveCodeFor(err error) usl.ResetCode {
+	var de *net.DNSError
+	if errors.As(err, &de) && de.IsTimeout || errors.Is(err, context.DeadlineExceeded) {
+		return usl.ResetTimeout
+	}
+	return usl.ResetUnreachable
 }
 
 // resetCodeFor maps a dial error to the reason the client side turns into

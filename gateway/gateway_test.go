@@ -23,6 +23,16 @@ import (
 // gateway exporting exports, over loopback TCP.
 func sessionPair(t *testing.T, exports ...string) *usl.Session {
 	t.Helper()
+	var ps []netip.Prefix
+	for _, e := range exports {
+		ps = append(ps, netip.MustParsePrefix(e))
+	}
+	return sessionPairWith(t, Config{Exports: ps, DialTimeout: 2 * time.Second, UDPIdleTimeout: time.Second})
+}
+
+// sessionPairWith is sessionPair with a whole gateway configuration.
+func sessionPairWith(t *testing.T, cfg Config) *usl.Session {
+	t.Helper()
 	ck, _ := usl.GeneratePrivateKey()
 	sk, _ := usl.GeneratePrivateKey()
 	l, err := usl.Listen("tcp", "127.0.0.1:0", usl.Config{PrivateKey: sk, PeerKeys: []usl.PublicKey{ck.Public()}})
@@ -40,11 +50,7 @@ func sessionPair(t *testing.T, exports ...string) *usl.Session {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var ps []netip.Prefix
-	for _, e := range exports {
-		ps = append(ps, netip.MustParsePrefix(e))
-	}
-	g := New(Config{Exports: ps, DialTimeout: 2 * time.Second, UDPIdleTimeout: time.Second})
+	g := New(cfg)
 	served := make(chan struct{})
 	go func() { g.Serve(ctx, s); close(served) }()
 	t.Cleanup(func() {

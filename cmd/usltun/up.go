@@ -71,6 +71,13 @@ func (c *upCmd) AfterApply() error {
 			return fmt.Errorf("prefix %s has host bits set: did you mean %s?", p, p.Masked())
 		}
 	}
+	for _, e := range c.Export {
+		for _, r := range c.Route {
+			if e.Overlaps(r) {
+				return fmt.Errorf("--export %s overlaps --route %s: this host would dial the peer's flows there back into its own tunnel, a loop; make the exported and routed prefixes disjoint", e, r)
+			}
+		}
+	}
 	for _, p := range c.Address {
 		for _, r := range c.Route {
 			if r.Contains(p.Addr()) {
