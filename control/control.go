@@ -235,14 +235,15 @@ func (s *Server) exchange(c *net.UnixConn) {
 		s.log.Debug("control: peer credentials", "err", err)
 		return
 	}
+	var req Request
+	reqErr := readLine(c, &req)
 	if !trusted(cred.UID, os.Geteuid()) {
 		s.log.Debug("control: refused a foreign client", "uid", cred.UID, "pid", cred.PID)
 		writeLine(c, Response{Error: fmt.Sprintf("permission denied: this usltun daemon (uid %d) serves only root and its own user, not uid %d", os.Geteuid(), cred.UID)})
 		return
 	}
-	var req Request
-	if err := readLine(c, &req); err != nil {
-		s.log.Debug("control: read request", "err", err)
+	if reqErr != nil {
+		s.log.Debug("control: read request", "err", reqErr)
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), IOTimeout)
@@ -292,11 +293,14 @@ func Call(ctx context.Context, path string, req Request, out any) error {
 	if !trusted(cred.UID, os.Geteuid()) {
 		return fmt.Errorf("control socket %s is served by uid %d (pid %d), neither root nor you: not trusting what it says (someone else bound the name first?)", path, cred.UID, cred.PID)
 	}
-	if err := writeLine(c, req); err != nil {
-		return fmt.Errorf("control socket %s: send request: %w", path, err)
-	}
+	werr := writeLine(c, req)
 	var resp Response
 	if err := readLine(c, &resp); err != nil {
+		// A server that refused us may have answered and closed before
+		// our request arrived: its answer, when there is one, says more.
+		if werr != nil {
+			return fmt.Errorf("control socket %s: send request: %w", path, werr)
+		}
 		return fmt.Errorf("control socket %s: read response (is the daemon an older usltun?): %w", path, err)
 	}
 	if resp.Error != "" {

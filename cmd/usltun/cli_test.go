@@ -109,6 +109,9 @@ func TestUpValidation(t *testing.T) {
 		{append([]string{"--peer", "a", "--replay-buffer", "lots"}, key...), "is not a size"},
 		{append([]string{"--peer", "a", "--route", "10.0.0.0/33"}, key...), "10.0.0.0/33"},
 		{append([]string{"--peer", "a", "--route", "169.254.0.0/16"}, key...), "--address 169.254.117.1/32 is inside --route 169.254.0.0/16"},
+		{append([]string{"--peer", "a", "--socks", "0.0.0.0:1080"}, key...), "--socks 0.0.0.0:1080 would accept clients from other machines without authentication"},
+		{append([]string{"--peer", "a", "--http-proxy", "[::]:8080"}, key...), "--http-proxy [::]:8080 would accept clients from other machines without authentication"},
+		{append([]string{"--peer", "a", "--proxy-auth", "f"}, key...), "--proxy-auth is for --socks and --http-proxy"},
 		{append([]string{"--peer", "a", "--route", "10.0.0.0/8", "--export", "10.20.0.0/16"}, key...), "--export 10.20.0.0/16 overlaps --route 10.0.0.0/8"},
 		{append([]string{"--listen", ":1", "--route", "fd20::/64", "--export", "::/0"}, key...), "--export ::/0 overlaps --route fd20::/64"},
 	}

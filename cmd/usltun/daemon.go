@@ -16,7 +16,10 @@ import (
 	"github.com/usltun/usltun/control"
 	"github.com/usltun/usltun/flow"
 	"github.com/usltun/usltun/gateway"
+	"github.com/usltun/usltun/httpproxy"
 	"github.com/usltun/usltun/netstack"
+	"github.com/usltun/usltun/proxy"
+	"github.com/usltun/usltun/socks"
 	"github.com/usltun/usltun/tun"
 	"github.com/usltun/usltun/usl"
 )
@@ -35,6 +38,8 @@ type daemon struct {
 	stack    *netstack.Stack
 	ctl      *control.Server
 	metrics  *metricsServer
+	socks    *socks.Server
+	http     *httpproxy.Server
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -62,6 +67,11 @@ func (c *upCmd) start(parent context.Context, key usl.PrivateKey, peerKey usl.Pu
 		if d.metrics, err = listenMetrics(c.Metrics, d, log); err != nil {
 			return d, err
 		}
+	}
+	// The proxies listen before the session exists: their flows wait for it,
+	// as the TUN device's do.
+	if err := d.startProxies(log); err != nil {
+		return d, err
 	}
 
 	if c.Listen != "" {
@@ -126,6 +136,48 @@ func (d *daemon) readyStatus() string {
 	return s
 }
 
+// startProxies starts the SOCKS5 and HTTP proxy listeners asked for. Their
+// flows go through the session like the TUN device's.
+func (d *daemon) startProxies(log *slog.Logger) error {
+	c := d.cmd
+	var users proxy.Users
+	if c.ProxyAuth != "" {
+		var err error
+		if users, err = proxy.LoadUsers(c.ProxyAuth); err != nil {
+			return fmt.Errorf("--proxy-auth: %w", err)
+		}
+	}
+	dialer := streamDialer{d.sessions}
+	if c.Socks != "" {
+		ln, err := listenProxy("--socks", c.Socks)
+		if err != nil {
+			return err
+		}
+		d.socks = socks.Serve(ln, socks.Config{Dialer: dialer, Users: users, Logger: log.With("component", "socks")})
+		log.Info("serving SOCKS5", "addr", ln.Addr().String(), "auth", users != nil)
+	}
+	if c.HTTPProxy != "" {
+		ln, err := listenProxy("--http-proxy", c.HTTPProxy)
+		if err != nil {
+			return err
+		}
+		d.http = httpproxy.Serve(ln, httpproxy.Config{Dialer: dialer, Users: users, Logger: log.With("component", "http-proxy")})
+		log.Info("serving HTTP proxy", "addr", ln.Addr().String(), "auth", users != nil)
+	}
+	return nil
+}
+
+func listenProxy(flag, addr string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return nil, fmt.Errorf("%s %s: the port is in use; pick a free one", flag, addr)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", flag, addr, err)
+	}
+	return ln, nil
+}
+
 // acceptLoop takes each session the listener hands out. A second session from
 // the peer means it restarted: the listener has fenced the old one already.
 func (d *daemon) acceptLoop(ctx context.Context) {
@@ -159,6 +211,12 @@ func (d *daemon) adopt(ctx context.Context, s *usl.Session) {
 // data already written reaches the peer, then removes the device and routes.
 func (d *daemon) shutdown() error {
 	var errs []error
+	if d.socks != nil {
+		d.socks.Close()
+	}
+	if d.http != nil {
+		d.http.Close()
+	}
 	if d.stack != nil {
 		errs = append(errs, d.stack.Close())
 	}

@@ -39,6 +39,11 @@ func runTests(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
+	// The no-root tests run the binary as an unprivileged user.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
+		return 1
+	}
 	bin := filepath.Join(dir, "usltun")
 	gobin, err := exec.LookPath("go")
 	if err != nil {

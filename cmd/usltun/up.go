@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/alecthomas/kong"
+	"github.com/usltun/usltun/proxy"
 	"github.com/usltun/usltun/usl"
 )
 
@@ -39,6 +40,9 @@ type upCmd struct {
 	MaxStreams     int             `default:"${default_max_streams}" help:"Most open streams per session, both directions together."`
 	ReplayBuffer   byteSize        `default:"${default_replay_buffer}" help:"Unacknowledged bytes kept per session for retransmission; writers block when it is full."`
 	HandshakeRate  float64         `default:"${default_handshake_rate}" help:"Handshakes per second accepted from one source network (an IPv4 address, or an IPv6 /64), burst twice that."`
+	Socks          string          `placeholder:"ADDR:PORT" help:"Serve SOCKS5 here (CONNECT, UDP ASSOCIATE); host names are resolved by the peer. Needs no root."`
+	HTTPProxy      string          `name:"http-proxy" placeholder:"ADDR:PORT" help:"Serve an HTTP proxy (CONNECT, http:// requests) here, for https_proxy. Needs no root."`
+	ProxyAuth      string          `placeholder:"FILE" help:"Require these users (lines user:password, file mode 0600) on --socks and --http-proxy; needed to listen beyond loopback."`
 
 	addressDefaulted bool           // no --address was given: Address holds the defaults
 	devAddrs         []netip.Prefix // what the device gets on this host (see deviceAddrs)
@@ -70,6 +74,17 @@ func (c *upCmd) AfterApply() error {
 		if p != p.Masked() {
 			return fmt.Errorf("prefix %s has host bits set: did you mean %s?", p, p.Masked())
 		}
+	}
+	for _, l := range []struct{ flag, addr string }{{"--socks", c.Socks}, {"--http-proxy", c.HTTPProxy}} {
+		if l.addr == "" {
+			continue
+		}
+		if err := proxy.CheckListen(l.flag, l.addr, c.ProxyAuth != ""); err != nil {
+			return fmt.Errorf("%w (--proxy-auth FILE)", err)
+		}
+	}
+	if c.ProxyAuth != "" && c.Socks == "" && c.HTTPProxy == "" {
+		return errors.New("--proxy-auth is for --socks and --http-proxy: give one of them")
 	}
 	for _, e := range c.Export {
 		for _, r := range c.Route {
