@@ -61,30 +61,11 @@ type labOpts struct {
 func newLab(t *testing.T, opts labOpts) *e2eLab {
 	t.Helper()
 	requireE2E(t)
-	l := &e2eLab{t: t, dir: t.TempDir(), noIPv6: opts.noIPv6}
-	l.A, l.B, l.C = testenv.NewHost(t, "a"), testenv.NewHost(t, "b"), testenv.NewHost(t, "c")
+	l := newHosts(t, opts.noIPv6)
 	exports := []string{"--export", netC4, "--export", netC6}
 	if opts.noIPv6 {
-		for _, h := range []*testenv.Host{l.A, l.B, l.C} {
-			for _, conf := range []string{"all", "default"} {
-				if err := h.Sysctl("net.ipv6.conf."+conf+".disable_ipv6", "1"); err != nil {
-					t.Fatal(err)
-				}
-			}
-		}
-		l.AB = testenv.Link(t, l.A, l.B, addrA4+"/24", addrB4+"/24")
-		l.BC = testenv.Link(t, l.B, l.C, addrBC4+"/24", addrC4+"/24")
-		l.C.AddRoute("default", addrBC4)
 		exports = []string{"--export", netC4}
-	} else {
-		l.AB = testenv.Link(t, l.A, l.B, addrA4+"/24,"+addrA6+"/64", addrB4+"/24,"+addrB6+"/64")
-		l.BC = testenv.Link(t, l.B, l.C, addrBC4+"/24,"+addrBC6+"/64", addrC4+"/24,"+addrC6+"/64")
-		l.C.AddRoute("default", addrBC4)
-		l.C.AddRoute("default", addrBC6)
 	}
-
-	l.aKey, l.aPub = l.genKey("a")
-	l.bKey, l.bPub = l.genKey("b")
 
 	l.peer = addrB4
 	if opts.ipv6Path {
@@ -100,6 +81,34 @@ func newLab(t *testing.T, opts labOpts) *e2eLab {
 		return l
 	}
 	l.waitUp(l.A, upTimeout)
+	return l
+}
+
+// newHosts builds A—B—C and the two key pairs, with no daemon yet; with
+// noIPv6 the hosts have IPv6 disabled and the links carry IPv4 only.
+func newHosts(t *testing.T, noIPv6 bool) *e2eLab {
+	t.Helper()
+	l := &e2eLab{t: t, dir: t.TempDir(), noIPv6: noIPv6}
+	l.A, l.B, l.C = testenv.NewHost(t, "a"), testenv.NewHost(t, "b"), testenv.NewHost(t, "c")
+	if noIPv6 {
+		for _, h := range []*testenv.Host{l.A, l.B, l.C} {
+			for _, conf := range []string{"all", "default"} {
+				if err := h.Sysctl("net.ipv6.conf."+conf+".disable_ipv6", "1"); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		l.AB = testenv.Link(t, l.A, l.B, addrA4+"/24", addrB4+"/24")
+		l.BC = testenv.Link(t, l.B, l.C, addrBC4+"/24", addrC4+"/24")
+		l.C.AddRoute("default", addrBC4)
+	} else {
+		l.AB = testenv.Link(t, l.A, l.B, addrA4+"/24,"+addrA6+"/64", addrB4+"/24,"+addrB6+"/64")
+		l.BC = testenv.Link(t, l.B, l.C, addrBC4+"/24,"+addrBC6+"/64", addrC4+"/24,"+addrC6+"/64")
+		l.C.AddRoute("default", addrBC4)
+		l.C.AddRoute("default", addrBC6)
+	}
+	l.aKey, l.aPub = l.genKey("a")
+	l.bKey, l.bPub = l.genKey("b")
 	return l
 }
 

@@ -135,14 +135,7 @@ type noRootLab struct {
 func newNoRootLab(t *testing.T) *noRootLab {
 	t.Helper()
 	requireE2E(t)
-	l := &noRootLab{e2eLab: &e2eLab{t: t, dir: t.TempDir()}}
-	l.A, l.B, l.C = testenv.NewHost(t, "a"), testenv.NewHost(t, "b"), testenv.NewHost(t, "c")
-	l.AB = testenv.Link(t, l.A, l.B, addrA4+"/24,"+addrA6+"/64", addrB4+"/24,"+addrB6+"/64")
-	l.BC = testenv.Link(t, l.B, l.C, addrBC4+"/24,"+addrBC6+"/64", addrC4+"/24,"+addrC6+"/64")
-	l.C.AddRoute("default", addrBC4)
-	l.C.AddRoute("default", addrBC6)
-	l.aKey, l.aPub = l.genKey("a")
-	l.bKey, l.bPub = l.genKey("b")
+	l := &noRootLab{e2eLab: newHosts(t, false)}
 	l.user = newTestUser(t, "a")
 
 	// The lab's resolver, on C; only B's daemon is told about it.
