@@ -59,13 +59,15 @@ demo: build
 # bench runs the micro-benchmarks (session layer, TUN + netstack data path
 # on usltun's own device and, as TCPThroughput/*/wgtun, on wireguard-go's
 # tun package for comparison, the policy's flow-open cost) and then the A—B—C lab comparison against
-# direct routing and wireguard-go.
+# direct routing and wireguard-go, and the front ends without root (SOCKS5,
+# HTTP CONNECT, exec) against usl0.
 # Figures and their reading are in docs/performance.md.
 bench: deps build
 	$(GO) test -run '^$$' -bench 'RawTCP|Session|RecordSeal' -benchmem ./usl/
 	$(GO) test -run '^$$' -bench 'TCPThroughput|RoundTrip' -benchtime 2000x ./netstack/
 	$(GO) test -run '^$$' -bench . -benchmem ./policy/
 	$(GO) run ./tools/tunbench
+	$(GO) run ./tools/proxybench
 
 # fuzz runs every fuzz target in the tree for FUZZTIME each; the checked-in
 # corpus under testdata/fuzz already runs as plain tests in `make test`.

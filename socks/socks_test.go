@@ -267,3 +267,20 @@ func FuzzReadRequest(f *testing.F) {
 		parseUDPHeader(b)
 	})
 }
+
+func TestClientConnect(t *testing.T) {
+	s, _ := startServer(t, Config{})
+	echo := proxytest.EchoServer(t)
+	for target, want := range map[string]error{echo.String(): nil, "refused.test:1": &ReplyError{Code: repRefused}} {
+		c, err := net.Dial("tcp", s.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = Connect(c, target)
+		c.Close()
+		var re *ReplyError
+		if want == nil && err != nil || want != nil && (!errors.As(err, &re) || re.Code != repRefused) {
+			t.Errorf("%s: %v, want %v", target, err, want)
+		}
+	}
+}
