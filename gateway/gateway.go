@@ -25,11 +25,11 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
 	"sync"
 	"syscall"
 	"time"
 
+	"github.com/usltun/usltun/direct"
 	"github.com/usltun/usltun/flow"
 	"github.com/usltun/usltun/internal/bufpool"
 	"github.com/usltun/usltun/usl"
@@ -200,7 +200,7 @@ func (g *Gateway) dial(ctx context.Context, dst flow.Dest) (net.Conn, usl.ResetC
 	if dst.Name != "" {
 		addrs, err := g.cfg.Resolver.LookupNetIP(ctx, "ip", dst.Name)
 		if err != nil {
-			return nil, resolveCodeFor(err), err
+			return nil, resetCodeFor(err), err
 		}
 		targets = addrs
 	}
@@ -231,27 +231,18 @@ func (g *Gateway) dial(ctx context.Context, dst flow.Dest) (net.Conn, usl.ResetC
 	return nil, resetCodeFor(err), err
 }
 
-// resolveCodeFor maps a failed name lookup: a name that does not exist, or
-// has no address, is unreachable; a resolver that did not answer in time is
-// a timeout.
-func resolveCodeFor(err error) usl.ResetCode {
-	var de *net.DNSError
-	if errors.As(err, &de) && de.IsTimeout || errors.Is(err, context.DeadlineExceeded) {
-		return usl.ResetTimeout
-	}
-	return usl.ResetUnreachable
+// resetCodes are the USL reset codes for the dial outcomes.
+var resetCodes = map[flow.Reason]usl.ResetCode{
+	flow.Refused:     usl.ResetRefused,
+	flow.Timeout:     usl.ResetTimeout,
+	flow.Unreachable: usl.ResetUnreachable,
 }
 
-// resetCodeFor maps a dial error to the reason the client side turns into
-// ECONNREFUSED, an ICMP unreachable or a timeout.
+// resetCodeFor maps a dial or lookup error to the reason the client side
+// turns into ECONNREFUSED, an ICMP unreachable or a timeout.
 func resetCodeFor(err error) usl.ResetCode {
-	switch {
-	case errors.Is(err, syscall.ECONNREFUSED):
-		return usl.ResetRefused
-	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, syscall.ETIMEDOUT):
-		return usl.ResetTimeout
-	default:
-		// EHOSTUNREACH, ENETUNREACH, EADDRNOTAVAIL and friends.
-		return usl.ResetUnreachable
+	if c, ok := resetCodes[direct.ReasonFor(err)]; ok {
+		return c
 	}
+	return usl.ResetUnreachable
 }

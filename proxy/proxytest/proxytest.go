@@ -7,7 +7,6 @@ package proxytest
 
 import (
 	"context"
-	"encoding/binary"
 	"io"
 	"net"
 	"net/netip"
@@ -15,6 +14,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/usltun/usltun/direct"
 	"github.com/usltun/usltun/flow"
 )
 
@@ -42,60 +42,15 @@ func (d *Dialer) DialFlow(ctx context.Context, dst flow.Dest) (flow.Conn, error)
 	d.mu.Lock()
 	d.dests = append(d.dests, dst)
 	d.mu.Unlock()
-	addr := dst.Addr
 	if dst.Name != "" {
 		label, _, _ := strings.Cut(dst.Name, ".")
 		if err, ok := outcomes[label]; ok {
 			return nil, err
 		}
-		addr = netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), dst.Port())
+		dst = flow.Dest{Proto: dst.Proto, Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), dst.Port())}
 	}
-	var nd net.Dialer
-	c, err := nd.DialContext(ctx, dst.Proto.String(), addr.String())
-	if err != nil {
-		return nil, &flow.Error{Reason: flow.Refused, Err: err}
-	}
-	if dst.Proto == flow.UDP {
-		return &udpConn{UDPConn: c.(*net.UDPConn)}, nil
-	}
-	return tcpConn{c.(*net.TCPConn)}, nil
+	return direct.Dialer{}.DialFlow(ctx, dst)
 }
-
-type tcpConn struct{ *net.TCPConn }
-
-func (c tcpConn) Abort() error { c.SetLinger(0); return c.Close() }
-
-// udpConn speaks flow's datagram records over a connected UDP socket.
-type udpConn struct {
-	*net.UDPConn
-	pending []byte
-}
-
-// Write takes one whole record, as flow.WriteDatagram writes it.
-func (c *udpConn) Write(b []byte) (int, error) {
-	if _, err := c.UDPConn.Write(b[flow.DatagramHeader:]); err != nil {
-		return 0, err
-	}
-	return len(b), nil
-}
-
-func (c *udpConn) Read(b []byte) (int, error) {
-	if len(c.pending) == 0 {
-		buf := make([]byte, flow.DatagramBuf)
-		n, err := c.UDPConn.Read(buf[flow.DatagramHeader:])
-		if err != nil {
-			return 0, err
-		}
-		binary.BigEndian.PutUint16(buf, uint16(n))
-		c.pending = buf[:flow.DatagramHeader+n]
-	}
-	n := copy(b, c.pending)
-	c.pending = c.pending[n:]
-	return n, nil
-}
-
-func (c *udpConn) CloseWrite() error { return nil }
-func (c *udpConn) Abort() error      { return c.Close() }
 
 // EchoServer listens on 127.0.0.1 and echoes each connection until the
 // client's FIN, then half-closes. It stops when the test ends.
