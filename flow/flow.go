@@ -79,6 +79,20 @@ func Named(proto Proto, name string, port uint16) Dest {
 	return Dest{Proto: proto, Name: name, Addr: netip.AddrPortFrom(netip.Addr{}, port)}
 }
 
+// Resolver is the destination "the exporting side's own DNS resolver": port
+// 53 of the unspecified IPv4 address. A gateway that allows it (usltun up
+// --export-dns) connects such a flow to the first nameserver of its own
+// resolv.conf; any other refuses it as forbidden, as it refuses every
+// unspecified address.
+func Resolver(proto Proto) Dest {
+	return Dest{Proto: proto, Addr: netip.AddrPortFrom(netip.IPv4Unspecified(), 53)}
+}
+
+// IsResolver reports whether d is Resolver(d.Proto).
+func (d Dest) IsResolver() bool {
+	return d.Name == "" && d.Addr == netip.AddrPortFrom(netip.IPv4Unspecified(), 53)
+}
+
 // Port is the destination port (0 for ICMP).
 func (d Dest) Port() uint16 { return d.Addr.Port() }
 

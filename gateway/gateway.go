@@ -25,6 +25,8 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -44,6 +46,14 @@ type Config struct {
 	// Resolver resolves named destinations (default net.DefaultResolver:
 	// this host's /etc/hosts and resolv.conf).
 	Resolver *net.Resolver
+	// ExportDNS lets the peer use this host's resolver: a flow to
+	// flow.Resolver is connected to the first nameserver of ResolvConf.
+	ExportDNS bool
+	// ResolvConf is read for ExportDNS (default /etc/resolv.conf).
+	ResolvConf string
+	// DNSServer, when set, is used for ExportDNS instead of ResolvConf's
+	// first nameserver on port 53.
+	DNSServer netip.AddrPort
 	// LocalAddrs lists this host's own addresses (default: every
 	// interface's). Tests replace it.
 	LocalAddrs func() ([]netip.Addr, error)
@@ -75,6 +85,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Resolver == nil {
 		c.Resolver = net.DefaultResolver
+	}
+	if c.ResolvConf == "" {
+		c.ResolvConf = "/etc/resolv.conf"
 	}
 	if c.LocalAddrs == nil {
 		c.LocalAddrs = interfaceAddrs
@@ -196,6 +209,22 @@ var errNotExported = errors.New("outside this host's exports")
 // dial connects to dst after the export check, resolving a name first, and
 // returns the reset code to send the peer when it fails.
 func (g *Gateway) dial(ctx context.Context, dst flow.Dest) (net.Conn, usl.ResetCode, error) {
+	if dst.IsResolver() && g.cfg.ExportDNS {
+		server := g.cfg.DNSServer
+		if !server.IsValid() {
+			ns, err := nameserver(g.cfg.ResolvConf)
+			if err != nil {
+				return nil, usl.ResetUnreachable, err
+			}
+			server = netip.AddrPortFrom(ns, 53)
+		}
+		d := net.Dialer{Control: g.cfg.Control}
+		c, err := d.DialContext(ctx, dst.Proto.String(), server.String())
+		if err != nil {
+			return nil, resetCodeFor(err), err
+		}
+		return c, 0, nil
+	}
 	targets := []netip.Addr{dst.Addr.Addr()}
 	if dst.Name != "" {
 		addrs, err := g.cfg.Resolver.LookupNetIP(ctx, "ip", dst.Name)
@@ -229,6 +258,24 @@ func (g *Gateway) dial(ctx context.Context, dst flow.Dest) (net.Conn, usl.ResetC
 		}
 	}
 	return nil, resetCodeFor(err), err
+}
+
+// nameserver is the first nameserver of a resolv.conf, or 127.0.0.1 when
+// it names none (as resolv.conf(5) specifies).
+func nameserver(path string) (netip.Addr, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("exported DNS: %w", err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 2 && f[0] == "nameserver" {
+			if a, err := netip.ParseAddr(f[1]); err == nil && a.Zone() == "" {
+				return a.Unmap(), nil
+			}
+		}
+	}
+	return netip.AddrFrom4([4]byte{127, 0, 0, 1}), nil
 }
 
 // resetCodes are the USL reset codes for the dial outcomes.

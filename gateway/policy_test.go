@@ -5,12 +5,15 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/usltun/usltun/flow"
 	"github.com/usltun/usltun/testenv"
 	"github.com/usltun/usltun/usl"
+	"golang.org/x/net/dns/dnsmessage"
 )
 
 func prefixes(ss ...string) []netip.Prefix {
@@ -128,4 +131,69 @@ func TestNamedDestinations(t *testing.T) {
 			st.Close()
 		}
 	}
+}
+
+// TestExportDNS: flow.Resolver reaches the nameserver of resolv.conf only
+// with ExportDNS; without it the unspecified address is forbidden.
+func TestExportDNS(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dns := testenv.ServeDNS(pc, map[string][]netip.Addr{"x.test": {netip.MustParseAddr("192.0.2.7")}})
+	defer dns.Close()
+	server := pc.LocalAddr().(*net.UDPAddr).AddrPort()
+	for _, export := range []bool{true, false} {
+		s := sessionPairWith(t, Config{Exports: prefixes("0.0.0.0/0"), ExportDNS: export, DNSServer: server, DialTimeout: 2 * time.Second})
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		st, err := s.OpenStream(ctx, flow.Resolver(flow.UDP).Marshal())
+		cancel()
+		if !export {
+			if !errors.Is(err, usl.ErrForbidden) {
+				t.Errorf("without ExportDNS: %v, want forbidden", err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("with ExportDNS: %v", err)
+		}
+		q := dnsQuery(t, "x.test")
+		buf := make([]byte, flow.DatagramBuf)
+		copy(buf[flow.DatagramHeader:], q)
+		flow.WriteDatagram(st, buf[:flow.DatagramHeader+len(q)])
+		st.SetReadDeadline(time.Now().Add(3 * time.Second))
+		resp, err := flow.ReadDatagram(st, make([]byte, flow.MaxDatagram))
+		if err != nil || len(resp) < 12 || resp[0] != q[0] || resp[1] != q[1] {
+			t.Fatalf("answer %x, %v", resp, err)
+		}
+		st.Close()
+	}
+}
+
+func TestNameserver(t *testing.T) {
+	dir := t.TempDir()
+	for body, want := range map[string]string{
+		"# x\nsearch lab\nnameserver fe80::1%eth0\nnameserver 10.98.0.2\nnameserver 1.1.1.1\n": "10.98.0.2",
+		"search lab\n": "127.0.0.1",
+	} {
+		p := filepath.Join(dir, "resolv.conf")
+		os.WriteFile(p, []byte(body), 0o644)
+		if got, err := nameserver(p); err != nil || got.String() != want {
+			t.Errorf("%q: %v, %v; want %s", body, got, err, want)
+		}
+	}
+	if _, err := nameserver(filepath.Join(dir, "missing")); err == nil {
+		t.Error("missing resolv.conf: no error")
+	}
+}
+
+func dnsQuery(t *testing.T, name string) []byte {
+	b := dnsmessage.NewBuilder(nil, dnsmessage.Header{ID: 0x1234, RecursionDesired: true})
+	b.StartQuestions()
+	b.Question(dnsmessage.Question{Name: dnsmessage.MustNewName(name + "."), Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET})
+	q, err := b.Finish()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return q
 }

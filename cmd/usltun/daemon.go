@@ -53,7 +53,7 @@ func (c *upCmd) start(parent context.Context, key usl.PrivateKey, peerKey usl.Pu
 			d.shutdown()
 		}
 	}()
-	d.gw = gateway.New(gateway.Config{Exports: c.Export, Logger: log.With("component", "gateway")})
+	d.gw = gateway.New(gateway.Config{Exports: c.Export, ExportDNS: c.ExportDNS, Logger: log.With("component", "gateway")})
 	scfg := c.sessionConfig(key, peerKey, log)
 
 	ctlPath, err := controlPath(c.Control, c.Tun)

@@ -27,6 +27,7 @@ type upCmd struct {
 	Listen         string          `placeholder:"ADDR[:PORT]" help:"Listen for the peer here (default port ${default_port})."`
 	Route          []netip.Prefix  `placeholder:"PREFIX" help:"Route this subnet through the tunnel device (repeatable)."`
 	Export         []netip.Prefix  `placeholder:"PREFIX" help:"Let the peer reach this subnet through this host (repeatable; default: nothing)."`
+	ExportDNS      bool            `name:"export-dns" help:"Let the peer use this host's DNS resolver (the first nameserver of /etc/resolv.conf), as usltun exec on the peer does."`
 	Tun            string          `default:"usl0" help:"Name of the TUN device, created only when there is something to --route."`
 	Address        []netip.Prefix  `placeholder:"PREFIX" help:"Addresses of the TUN device (default ${default_address4} and ${default_address6}; the IPv4 one only where IPv6 is disabled). Tunnelled flows use them as their source, so they survive a change of this host's own address."`
 	MTU            int             `name:"mtu" default:"1500" help:"MTU of the TUN device and of the netstack NIC."`
