@@ -22,11 +22,16 @@
 // of JSON (at most MaxMessage bytes, newline-terminated):
 //
 //	request:  {"op":"status"}
+//	          {"op":"attach-tun","attach":{"name":...,"mtu":1500,"offload":3,"routes":[...]}}
 //	response: {"body":{...}}            on success, body specific to op
 //	          {"error":"one line"}      on failure
 //
-// The client half-closes nothing; the server closes the connection after
-// its response. Unknown ops get an error response naming the op, so an older
+// attach-tun carries one file descriptor (SCM_RIGHTS, sent with the request
+// line's bytes): a TUN device created by `usltun exec` in its namespace,
+// which the daemon serves with a netstack of its own. That connection stays
+// open after a successful response: the daemon serves the device until the
+// client closes the connection (the command ended) or the daemon stops. For
+// every other op the server closes the connection after its response. Unknown ops get an error response naming the op, so an older
 // daemon answers a newer client clearly. Every exchange is bounded by
 // IOTimeout on the server.
 package control
@@ -64,12 +69,26 @@ const (
 
 // Ops understood by this build.
 const (
-	OpStatus = "status"
+	OpStatus    = "status"
+	OpAttachTUN = "attach-tun"
 )
+
+// maxFiles bounds the descriptors accepted with one request; extra ones are
+// closed.
+const maxFiles = 1
 
 // Request is what a client sends.
 type Request struct {
-	Op string `json:"op"`
+	Op     string  `json:"op"`
+	Attach *Attach `json:"attach,omitempty"` // OpAttachTUN
+}
+
+// Attach describes the TUN device passed with an OpAttachTUN request.
+type Attach struct {
+	Name    string   `json:"name"`    // a label for logs and status
+	MTU     int      `json:"mtu"`     // the device's MTU
+	Offload int      `json:"offload"` // tun.Offload of the descriptor
+	Routes  []string `json:"routes"`  // prefixes for the tunnel; none: all
 }
 
 // Response is what a server answers: Body on success, Error otherwise.
@@ -78,9 +97,12 @@ type Response struct {
 	Error string          `json:"error,omitempty"`
 }
 
-// Handler answers one request from an authorized client. Its result is
-// encoded as the response body; an error becomes the response's error line.
-type Handler func(ctx context.Context, req Request) (any, error)
+// Handler answers one request from an authorized client, with the files
+// passed along (the handler owns them). Its result is encoded as the
+// response body; an error becomes the response's error line. A non-nil
+// hangup keeps the connection open after the response and is called once
+// when the client closes it or the server closes.
+type Handler func(ctx context.Context, req Request, files []*os.File) (body any, hangup func(), err error)
 
 // Cred is a process's identity as the kernel reports it for a socket peer.
 type Cred struct {
@@ -114,6 +136,9 @@ type Server struct {
 	slots   chan struct{}
 	wg      sync.WaitGroup
 	done    chan struct{}
+
+	mu   sync.Mutex
+	held map[*net.UnixConn]struct{} // attach-tun connections kept open
 }
 
 // Listen binds path (see DefaultPath) and serves requests with h until
@@ -152,7 +177,7 @@ func Listen(path string, h Handler, log *slog.Logger) (*Server, error) {
 			return nil, fmt.Errorf("control socket %s: %w", path, err)
 		}
 	}
-	s := &Server{ln: ln, path: path, handler: h, log: log, slots: make(chan struct{}, maxConcurrent), done: make(chan struct{})}
+	s := &Server{ln: ln, path: path, handler: h, log: log, slots: make(chan struct{}, maxConcurrent), done: make(chan struct{}), held: map[*net.UnixConn]struct{}{}}
 	go s.serve()
 	return s, nil
 }
@@ -220,36 +245,50 @@ func (s *Server) serve() {
 		}
 		s.wg.Add(1)
 		go func() {
-			defer func() { <-s.slots; s.wg.Done() }()
-			s.exchange(c)
+			defer s.wg.Done()
+			hangup := s.exchange(c)
+			<-s.slots // a held connection does not count against the bound
+			if hangup != nil {
+				s.hold(c, hangup)
+			}
 		}()
 	}
 }
 
-// exchange reads one request from c, answers it, and closes c.
-func (s *Server) exchange(c *net.UnixConn) {
-	defer c.Close()
+// exchange reads one request from c and answers it. It closes c, unless the
+// handler asked to keep it: then it returns the hangup function.
+func (s *Server) exchange(c *net.UnixConn) (hangup func()) {
+	defer func() {
+		if hangup == nil {
+			c.Close()
+		}
+	}()
 	c.SetDeadline(time.Now().Add(IOTimeout))
 	cred, err := PeerCred(c)
 	if err != nil {
 		s.log.Debug("control: peer credentials", "err", err)
-		return
+		return nil
 	}
-	var req Request
-	reqErr := readLine(c, &req)
+	line, files, reqErr := readRequest(c)
 	if !trusted(cred.UID, os.Geteuid()) {
+		closeFiles(files)
 		s.log.Debug("control: refused a foreign client", "uid", cred.UID, "pid", cred.PID)
 		writeLine(c, Response{Error: fmt.Sprintf("permission denied: this usltun daemon (uid %d) serves only root and its own user, not uid %d", os.Geteuid(), cred.UID)})
-		return
+		return nil
+	}
+	var req Request
+	if reqErr == nil {
+		reqErr = json.Unmarshal(line, &req)
 	}
 	if reqErr != nil {
+		closeFiles(files)
 		s.log.Debug("control: read request", "err", reqErr)
-		return
+		return nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), IOTimeout)
 	defer cancel()
 	var resp Response
-	body, err := s.handler(ctx, req)
+	body, hangup, err := s.handler(ctx, req, files)
 	if err == nil {
 		resp.Body, err = json.Marshal(body)
 	}
@@ -258,6 +297,95 @@ func (s *Server) exchange(c *net.UnixConn) {
 	}
 	if err := writeLine(c, resp); err != nil {
 		s.log.Debug("control: write response", "err", err)
+		if hangup != nil {
+			hangup()
+		}
+		return nil
+	}
+	if resp.Error != "" && hangup != nil {
+		hangup()
+		return nil
+	}
+	return hangup
+}
+
+// hold keeps c open until the client closes it or the server closes, then
+// calls hangup.
+func (s *Server) hold(c *net.UnixConn, hangup func()) {
+	s.mu.Lock()
+	s.held[c] = struct{}{}
+	s.mu.Unlock()
+	c.SetDeadline(time.Time{})
+	var b [64]byte
+	for {
+		if _, err := c.Read(b[:]); err != nil {
+			break
+		}
+	}
+	s.mu.Lock()
+	delete(s.held, c)
+	s.mu.Unlock()
+	c.Close()
+	hangup()
+}
+
+// readRequest reads the request line and any descriptors sent with it.
+func readRequest(c *net.UnixConn) ([]byte, []*os.File, error) {
+	var line []byte
+	var files []*os.File
+	buf := make([]byte, 4096)
+	oob := make([]byte, unix.CmsgSpace(4*4))
+	for len(line) < MaxMessage {
+		n, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
+		n, oobn = max(n, 0), max(oobn, 0) // -1 with some errors
+		if oobn > 0 {
+			files = append(files, parseRights(oob[:oobn])...)
+		}
+		line = append(line, buf[:n]...)
+		if i := bytes.IndexByte(line, '\n'); i >= 0 {
+			if len(files) > maxFiles {
+				closeFiles(files[maxFiles:])
+				files = files[:maxFiles]
+			}
+			return line[:i], files, nil
+		}
+		if err != nil {
+			closeFiles(files)
+			if err == io.EOF {
+				err = fmt.Errorf("connection closed before a complete request (%d bytes)", len(line))
+			}
+			return nil, nil, err
+		}
+	}
+	closeFiles(files)
+	return nil, nil, fmt.Errorf("request exceeds %d bytes", MaxMessage)
+}
+
+// parseRights returns the descriptors of SCM_RIGHTS messages, close-on-exec
+// and non-blocking (so that the runtime's poller serves them).
+func parseRights(oob []byte) []*os.File {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return nil
+	}
+	var files []*os.File
+	for _, m := range msgs {
+		fds, err := unix.ParseUnixRights(&m)
+		if err != nil {
+			continue
+		}
+		for _, fd := range fds {
+			unix.CloseOnExec(fd)
+			unix.SetNonblock(fd, true)
+			files = append(files, os.NewFile(uintptr(fd), "passed-fd"))
+		}
+	}
+	return files
+}
+
+func closeFiles(fs []*os.File) {
+	for _, f := range fs {
+		f.Close()
 	}
 }
 
@@ -266,6 +394,11 @@ func (s *Server) exchange(c *net.UnixConn) {
 func (s *Server) Close() error {
 	err := s.ln.Close()
 	<-s.done
+	s.mu.Lock()
+	for c := range s.held {
+		c.Close()
+	}
+	s.mu.Unlock()
 	s.wg.Wait()
 	return err
 }
@@ -276,47 +409,88 @@ var ErrNoDaemon = errors.New("no usltun daemon for this user")
 // Call sends req to the daemon at path and decodes the response body into
 // out. It refuses to talk to a server that is neither root nor this user.
 func Call(ctx context.Context, path string, req Request, out any) error {
+	c, err := roundTrip(ctx, path, req, nil, out)
+	if c != nil {
+		c.Close()
+	}
+	return err
+}
+
+// Hold is Call for a request the daemon keeps open (attach-tun), with
+// files passed along: on success the returned connection stays open until
+// the caller closes it, which ends what the request started.
+func Hold(ctx context.Context, path string, req Request, files []*os.File, out any) (io.Closer, error) {
+	c, err := roundTrip(ctx, path, req, files, out)
+	if err != nil {
+		if c != nil {
+			c.Close()
+		}
+		return nil, err
+	}
+	c.SetDeadline(time.Time{})
+	return c, nil
+}
+
+func roundTrip(ctx context.Context, path string, req Request, files []*os.File, out any) (*net.UnixConn, error) {
 	var d net.Dialer
 	nc, err := d.DialContext(ctx, "unix", path)
 	if err != nil {
-		return fmt.Errorf("%w answers on %s (start one with `usltun up ...`; in another network namespace or with another --tun it has another socket): %v", ErrNoDaemon, path, err)
+		return nil, fmt.Errorf("%w answers on %s (start one with `usltun up ...`; in another network namespace or with another --tun it has another socket): %v", ErrNoDaemon, path, err)
 	}
 	c := nc.(*net.UnixConn)
-	defer c.Close()
 	if dl, ok := ctx.Deadline(); ok {
 		c.SetDeadline(dl)
 	}
 	cred, err := PeerCred(c)
 	if err != nil {
-		return fmt.Errorf("control socket %s: %w", path, err)
+		return c, fmt.Errorf("control socket %s: %w", path, err)
 	}
 	if !trusted(cred.UID, os.Geteuid()) {
-		return fmt.Errorf("control socket %s is served by uid %d (pid %d), neither root nor you: not trusting what it says (someone else bound the name first?)", path, cred.UID, cred.PID)
+		return c, fmt.Errorf("control socket %s is served by uid %d (pid %d), neither root nor you: not trusting what it says (someone else bound the name first?)", path, cred.UID, cred.PID)
 	}
-	werr := writeLine(c, req)
+	werr := writeRequest(c, req, files)
 	var resp Response
 	if err := readLine(c, &resp); err != nil {
 		// A server that refused us may have answered and closed before
 		// our request arrived: its answer, when there is one, says more.
 		if werr != nil {
-			return fmt.Errorf("control socket %s: send request: %w", path, werr)
+			return c, fmt.Errorf("control socket %s: send request: %w", path, werr)
 		}
-		return fmt.Errorf("control socket %s: read response (is the daemon an older usltun?): %w", path, err)
+		return c, fmt.Errorf("control socket %s: read response (is the daemon an older usltun?): %w", path, err)
 	}
 	if resp.Error != "" {
-		return fmt.Errorf("daemon on %s: %s", path, resp.Error)
+		return c, fmt.Errorf("daemon on %s: %s", path, resp.Error)
 	}
 	if out == nil {
-		return nil
+		return c, nil
 	}
 	if raw, ok := out.(*json.RawMessage); ok {
 		*raw = append((*raw)[:0], resp.Body...)
-		return nil
+		return c, nil
 	}
 	if err := json.Unmarshal(resp.Body, out); err != nil {
-		return fmt.Errorf("daemon on %s sent a %s response this build cannot read (version mismatch?): %w", path, req.Op, err)
+		return c, fmt.Errorf("daemon on %s sent a %s response this build cannot read (version mismatch?): %w", path, req.Op, err)
 	}
-	return nil
+	return c, nil
+}
+
+// writeRequest sends the request line in one sendmsg, with files as
+// SCM_RIGHTS.
+func writeRequest(c *net.UnixConn, req Request, files []*os.File) error {
+	b, err := json.Marshal(req)
+	if err != nil {
+		return err
+	}
+	var oob []byte
+	if len(files) > 0 {
+		fds := make([]int, len(files))
+		for i, f := range files {
+			fds[i] = int(f.Fd())
+		}
+		oob = unix.UnixRights(fds...)
+	}
+	_, _, err = c.WriteMsgUnix(append(b, '\n'), oob, nil)
+	return err
 }
 
 // PeerCred is the kernel's record of the process at the other end of c.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -12,11 +13,14 @@ import (
 	"time"
 )
 
-func echoHandler(_ context.Context, req Request) (any, error) {
-	if req.Op == OpStatus {
-		return map[string]string{"op": req.Op}, nil
+func echoHandler(_ context.Context, req Request, files []*os.File) (any, func(), error) {
+	for _, f := range files {
+		f.Close()
 	}
-	return nil, errors.New("unknown request " + req.Op)
+	if req.Op == OpStatus {
+		return map[string]string{"op": req.Op}, nil, nil
+	}
+	return nil, nil, errors.New("unknown request " + req.Op)
 }
 
 func call(t *testing.T, path, op string) (map[string]string, error) {
@@ -154,5 +158,53 @@ func TestTrusted(t *testing.T) {
 		if got := trusted(c.uid, c.self); got != c.want {
 			t.Errorf("trusted(%d, %d) = %v", c.uid, c.self, got)
 		}
+	}
+}
+
+// TestHoldPassesFile: an attach-tun request carries a descriptor, the
+// connection stays open after the response, and closing it hangs up.
+func TestHoldPassesFile(t *testing.T) {
+	path := "@usltun-test/" + t.Name()
+	hungUp := make(chan struct{})
+	s, err := Listen(path, func(_ context.Context, req Request, files []*os.File) (any, func(), error) {
+		if req.Op != OpAttachTUN || req.Attach == nil || len(files) != 1 {
+			return nil, nil, errors.New("want attach-tun with one file")
+		}
+		f := files[0]
+		_, err := f.Write([]byte(req.Attach.Name))
+		f.Close()
+		return map[string]bool{"attached": err == nil}, func() { close(hungUp) }, nil
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	var out map[string]bool
+	hold, err := Hold(ctx, path, Request{Op: OpAttachTUN, Attach: &Attach{Name: "via-fd", MTU: 1500}}, []*os.File{w}, &out)
+	w.Close()
+	if err != nil || !out["attached"] {
+		t.Fatalf("hold: %v, %v", out, err)
+	}
+	got := make([]byte, 6)
+	if _, err := io.ReadFull(r, got); err != nil || string(got) != "via-fd" {
+		t.Fatalf("through the passed file: %q, %v", got, err)
+	}
+	select {
+	case <-hungUp:
+		t.Fatal("hung up while the client holds the connection")
+	case <-time.After(IOTimeout + 500*time.Millisecond): // past the exchange deadline
+	}
+	hold.Close()
+	select {
+	case <-hungUp:
+	case <-time.After(3 * time.Second):
+		t.Fatal("no hangup after the client closed")
 	}
 }

@@ -66,6 +66,33 @@ func Create(cfg Config) (*Device, error) {
 	return d, nil
 }
 
+// FromFile serves a TUN device that was created and configured elsewhere,
+// typically in another network namespace by `usltun exec`, whose descriptor
+// was passed over a Unix socket. offload must be what that side's Create
+// ended up with (Device.Offload), since the virtio-net header is a property
+// of the descriptor. name is only a label. Close closes the descriptor; the
+// device disappears with the last descriptor of it, routes with it.
+func FromFile(file *os.File, name string, mtu int, offload Offload) (*Device, error) {
+	if mtu < 1280 || mtu > 65535 {
+		file.Close()
+		return nil, fmt.Errorf("tun: MTU %d out of range 1280..65535", mtu)
+	}
+	if offload < OffloadNone || offload > OffloadUSO {
+		file.Close()
+		return nil, fmt.Errorf("tun: unknown offload mode %d", offload)
+	}
+	ep, err := newEndpoint(file, uint32(mtu), offload)
+	if err != nil {
+		file.Close()
+		return nil, err
+	}
+	return &Device{name: name, file: file, offload: offload, ep: ep}, nil
+}
+
+// File is the device's descriptor, for handing it to another process
+// (SCM_RIGHTS). The Device still owns it.
+func (d *Device) File() *os.File { return d.file }
+
 func validate(cfg *Config) error {
 	if cfg.Name == "" {
 		return errors.New("tun: empty interface name")
@@ -291,6 +318,15 @@ func (d *Device) Close() error {
 
 func (d *Device) close() error {
 	var errs []error
+	if d.nl == nil { // FromFile: nothing of ours to remove but the descriptor
+		if d.ep != nil {
+			d.ep.shutdown()
+		}
+		if err := d.file.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("tun: close %s: %w", d.name, err))
+		}
+		return errors.Join(errs...)
+	}
 	for i := range d.routes {
 		err := d.nl.RouteDel(&d.routes[i])
 		if err != nil && !errors.Is(err, unix.ESRCH) && !errors.Is(err, unix.ENOENT) {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"os"
 
 	"github.com/usltun/usltun/control"
 )
@@ -21,13 +22,23 @@ func controlPath(explicit, tun string) (string, error) {
 
 // listenControl serves the daemon's control requests on path.
 func (d *daemon) listenControl(path string, log *slog.Logger) (*control.Server, error) {
-	return control.Listen(path, func(_ context.Context, req control.Request) (any, error) {
+	return control.Listen(path, func(_ context.Context, req control.Request, files []*os.File) (any, func(), error) {
 		switch req.Op {
 		case control.OpStatus:
-			return d.status(), nil
+			closeAll(files)
+			return d.status(), nil, nil
+		case control.OpAttachTUN:
+			return d.attachTUN(req.Attach, files)
 		}
-		return nil, fmt.Errorf("unknown request %q (a newer usltun client than this daemon?)", req.Op)
+		closeAll(files)
+		return nil, nil, fmt.Errorf("unknown request %q (a newer usltun client than this daemon?)", req.Op)
 	}, log)
+}
+
+func closeAll(files []*os.File) {
+	for _, f := range files {
+		f.Close()
+	}
 }
 
 // queryControl fetches the status document from a running daemon.

@@ -39,6 +39,7 @@ type daemon struct {
 	ctl      *control.Server
 	metrics  *metricsServer
 	socks    *socks.Server
+	execs    execs
 	http     *httpproxy.Server
 
 	cancel context.CancelFunc
@@ -211,6 +212,7 @@ func (d *daemon) adopt(ctx context.Context, s *usl.Session) {
 // data already written reaches the peer, then removes the device and routes.
 func (d *daemon) shutdown() error {
 	var errs []error
+	d.closeExecs()
 	if d.socks != nil {
 		d.socks.Close()
 	}

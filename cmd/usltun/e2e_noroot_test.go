@@ -40,7 +40,26 @@ const (
 	missingName  = "missing.lab" // NXDOMAIN
 	bLoopAllowed = "127.0.0.1:7070"
 	unexported6  = "[fd97::1]:80"
+	bDirectEcho  = addrB4 + ":7071" // reached from A's own network, outside the tunnel
 )
+
+// tunAccessible gives /dev/net/tun the mode Debian and Fedora give it, for
+// the test, and puts the old mode back after.
+func tunAccessible(t *testing.T) {
+	t.Helper()
+	fi, err := os.Stat("/dev/net/tun")
+	if err != nil {
+		t.Skipf("no /dev/net/tun: %v", err)
+	}
+	old := fi.Mode().Perm()
+	if old&0o006 == 0o006 {
+		return
+	}
+	if err := os.Chmod("/dev/net/tun", 0o666); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Chmod("/dev/net/tun", old) })
+}
 
 // testUser is an unprivileged user created for one test.
 type testUser struct {
@@ -155,11 +174,14 @@ func newNoRootLab(t *testing.T) *noRootLab {
 	startUDPEcho(t, l.C, net.JoinHostPort(addrC4, strconv.Itoa(udpPort)))
 	startEcho(t, l.B, bLoopAllowed)
 	startEcho(t, l.C, net.JoinHostPort(addrC6, strconv.Itoa(echoPort)))
+	startEcho(t, l.C, net.JoinHostPort(addrC4, strconv.Itoa(echoPort)))
+	startEcho(t, l.B, bDirectEcho)
+	tunAccessible(t)
 
 	l.DB = l.B.Start(t, "usltun", "unshare", "--mount", "--propagation", "private", "--",
 		"sh", "-c", `mount --bind "$0" /etc/resolv.conf && exec "$@"`, resolv,
 		e2eBinary, "up", "--listen", addrB4, "--key", l.bKey, "--peer-key", l.aPub,
-		"--export", "0.0.0.0/0", "--export", "127.0.0.1/32", "--export", netC6, "--log-level", "debug")
+		"--export", "0.0.0.0/0", "--export", "127.0.0.1/32", "--export", netC6, "--export-dns", "--log-level", "debug")
 	l.DA = l.A.StartEnv(t, "usltun", l.user.env(), l.user.argv(e2eBinary, "up",
 		"--peer", addrB4, "--key", l.user.give(t, l.aKey), "--peer-key", l.bPub,
 		"--socks", socksAddr, "--http-proxy", httpProxy)...)
@@ -365,7 +387,9 @@ func TestE2ENoRoot(t *testing.T) {
 		}
 	})
 
-	t.Run("download through SOCKS and HTTP CONNECT across resets and a blackhole", func(t *testing.T) {
+	t.Run("exec", func(t *testing.T) { execScenarios(t, l) })
+
+	t.Run("download through SOCKS, HTTP CONNECT and exec across resets and a blackhole", func(t *testing.T) {
 		downloadUnderFaults(t, l)
 	})
 }
@@ -451,6 +475,7 @@ func downloadUnderFaults(t *testing.T, l *noRootLab) {
 	outs := map[string][]string{
 		"socks5h":      {"--socks5-hostname", socksAddr},
 		"http-connect": {"-p", "-x", "http://" + httpProxy},
+		"exec":         nil, // the whole curl inside usltun exec
 	}
 	var wg sync.WaitGroup
 	errs := make(chan error, len(outs))
@@ -460,6 +485,9 @@ func downloadUnderFaults(t *testing.T, l *noRootLab) {
 		go func() {
 			defer wg.Done()
 			argv := append([]string{"curl", "-sS", "--fail", "--max-time", "90", "--limit-rate", "6M", "-o", file}, args...)
+			if name == "exec" {
+				argv = append([]string{e2eBinary, "exec", "--"}, argv...)
+			}
 			if out, err := l.user.run(l.A, 100*time.Second, append(argv, url)...); err != nil {
 				errs <- fmt.Errorf("%s: curl: %v: %s", name, err, out)
 				return

@@ -41,12 +41,19 @@ type cli struct {
 	Pubkey     pubkeyCmd     `cmd:"" help:"Read a private key on stdin and print its public key."`
 	Up         upCmd         `cmd:"" help:"Run the tunnel in the foreground until SIGINT or SIGTERM."`
 	Status     statusCmd     `cmd:"" help:"Show the state of the running daemon."`
+	Exec       execCmd       `cmd:"" help:"Run a command, without root, in a network namespace whose flows go through the running daemon."`
 	Version    versionCmd    `cmd:"" help:"Print the version."`
 	Completion completionCmd `cmd:"" help:"Print a shell completion script: bash, zsh or fish."`
 	Man        manCmd        `cmd:"" hidden:"" help:"Print the manual page (roff)."`
 }
 
-func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
+func main() {
+	// usltun exec re-executes itself as its namespace helper; see exec.go.
+	if len(os.Args) > 1 && os.Args[1] == helperArg {
+		os.Exit(runExecHelper())
+	}
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
 
 // defaultVars fills the flags' ${...} defaults from the constants of the
 // packages that apply them, so `usltun up --help` and the library agree.
