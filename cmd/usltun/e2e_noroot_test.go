@@ -73,7 +73,13 @@ type testUser struct {
 func newTestUser(t *testing.T, label string) *testUser {
 	t.Helper()
 	name := fmt.Sprintf("ut%d%s", os.Getpid()%100000, label)
-	if out, err := exec.Command("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name).CombinedOutput(); err != nil {
+	home, err := os.MkdirTemp("", "usltun-"+name+"-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(home) })
+	// A shell, so that sshd in the lab can run commands as the user.
+	if out, err := exec.Command("useradd", "--system", "--no-create-home", "--home-dir", home, "--shell", "/bin/sh", name).CombinedOutput(); err != nil {
 		t.Fatalf("useradd %s: %v: %s", name, err, out)
 	}
 	t.Cleanup(func() {
@@ -85,13 +91,9 @@ func newTestUser(t *testing.T, label string) *testUser {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tu := &testUser{name: name}
+	tu := &testUser{name: name, home: home}
 	tu.uid, _ = strconv.Atoi(u.Uid)
 	tu.gid, _ = strconv.Atoi(u.Gid)
-	if tu.home, err = os.MkdirTemp("", "usltun-"+name+"-"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(tu.home) })
 	for _, d := range []string{tu.home, tu.runtimeDir()} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			t.Fatal(err)
@@ -107,7 +109,7 @@ func (u *testUser) runtimeDir() string { return filepath.Join(u.home, "run") }
 
 // env is the user's login-like environment.
 func (u *testUser) env() []string {
-	return []string{"HOME=" + u.home, "XDG_RUNTIME_DIR=" + u.runtimeDir(), "USER=" + u.name, "LOGNAME=" + u.name}
+	return []string{"HOME=" + u.home, "XDG_RUNTIME_DIR=" + u.runtimeDir(), "USER=" + u.name, "LOGNAME=" + u.name, "TERM=xterm"}
 }
 
 // argv runs argv as the user, with no supplementary groups.
@@ -391,6 +393,10 @@ func TestE2ENoRoot(t *testing.T) {
 
 	t.Run("download through SOCKS, HTTP CONNECT and exec across resets and a blackhole", func(t *testing.T) {
 		downloadUnderFaults(t, l)
+	})
+
+	t.Run("exec: interactive ssh across resets and a blackhole", func(t *testing.T) {
+		execSSH(t, l)
 	})
 }
 
