@@ -510,15 +510,7 @@ func downloadUnderFaults(t *testing.T, l *noRootLab) {
 		}()
 	}
 	time.Sleep(time.Second)
-	for i := 0; i < 5; i++ {
-		l.AB.ResetTCP(sessionPort)
-		time.Sleep(300 * time.Millisecond)
-		l.AB.Heal()
-		time.Sleep(700 * time.Millisecond)
-	}
-	l.AB.Blackhole()
-	time.Sleep(5 * time.Second)
-	l.AB.Heal()
+	l.faults(5, 5*time.Second)
 	wg.Wait()
 	close(errs)
 	for err := range errs {
@@ -536,6 +528,20 @@ func downloadUnderFaults(t *testing.T, l *noRootLab) {
 		t.Errorf("session %+v: want at least 3 reconnects, or the faults did not hit the session", r.Session)
 	}
 	t.Logf("%d reconnects of the session during the downloads", r.Session.Reconnects)
+}
+
+// faults resets the A—B session resets times, 300 ms each a second apart,
+// then blackholes A—B for blackhole.
+func (l *noRootLab) faults(resets int, blackhole time.Duration) {
+	for i := 0; i < resets; i++ {
+		l.AB.ResetTCP(sessionPort)
+		time.Sleep(300 * time.Millisecond)
+		l.AB.Heal()
+		time.Sleep(700 * time.Millisecond)
+	}
+	l.AB.Blackhole()
+	time.Sleep(blackhole)
+	l.AB.Heal()
 }
 
 func (l *noRootLab) userStatusJSON() (*statusReport, error) {

@@ -113,15 +113,7 @@ func execSSH(t *testing.T, l *noRootLab) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i := 0; i < 3; i++ {
-		l.AB.ResetTCP(sessionPort)
-		time.Sleep(300 * time.Millisecond)
-		l.AB.Heal()
-		time.Sleep(700 * time.Millisecond)
-	}
-	l.AB.Blackhole()
-	time.Sleep(10 * time.Second)
-	l.AB.Heal()
+	l.faults(3, 10*time.Second)
 	got := wait("ssh's exit", regexp.MustCompile(`ssh-exit=\d+`), time.Duration(sshLines)*time.Second)
 	var seen []int
 	for _, m := range regexp.MustCompile(`line-(\d+)`).FindAllStringSubmatch(got, -1) {
