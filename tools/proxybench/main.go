@@ -4,10 +4,14 @@
 //   - single-flow TCP throughput A→C (loadgen bulk, unverified, median of
 //     --repeat runs, the modes alternating) through usl0 routing, through
 //     --socks and through --http-proxy, as a ratio to usl0;
+//   - the same through `usltun exec`: proxybench runs itself inside exec
+//     (the probe mode below), so the flows leave through the exec
+//     namespace's TUN device and the daemon's netstack for it;
 //   - connect latency, p50 and p99 of --connects sequential connects: direct
-//     routing A→B→C (no tunnel), usl0, SOCKS5 CONNECT and HTTP CONNECT (for
+//     routing A→B→C (no tunnel), usl0, SOCKS5 CONNECT, HTTP CONNECT (for
 //     the proxies: from the TCP connect to the proxy until its success
-//     reply, which comes after the far side's dial), as a ratio to direct.
+//     reply, which comes after the far side's dial) and exec, as a ratio to
+//     direct.
 //
 // A's daemon routes C's usltun subnet and serves both proxies; B's exports
 // C's subnets. It needs root; everything it creates is removed on exit.
@@ -50,7 +54,67 @@ const (
 
 type dialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
 
+// probeArg runs proxybench as the measuring client inside `usltun exec`:
+// probe bulk ADDR DURATION prints bits/s; probe connect ADDR N prints the
+// p50 and p99 in nanoseconds.
+const probeArg = "__probe"
+
+func probe(args []string) error {
+	if len(args) != 3 {
+		return errors.New("probe: want bulk ADDR DURATION or connect ADDR N")
+	}
+	var plain net.Dialer
+	switch args[0] {
+	case "bulk":
+		d, err := time.ParseDuration(args[2])
+		if err != nil {
+			return err
+		}
+		rep, err := loadgen.RunFor(context.Background(), loadgen.Config{Addr: args[1], Mode: loadgen.Bulk, Dirs: loadgen.Up, Duration: d, NoVerify: true})
+		if err != nil {
+			return err
+		}
+		if len(rep.Errnos()) > 0 {
+			return fmt.Errorf("errors %v", rep.Errnos())
+		}
+		fmt.Println(rep.BitsPerSec)
+	case "connect":
+		var n int
+		fmt.Sscan(args[2], &n)
+		p50, p99, err := connectLatency(context.Background(), plain.DialContext, args[1], max(n, 1))
+		if err != nil {
+			return err
+		}
+		fmt.Println(int64(p50), int64(p99))
+	default:
+		return fmt.Errorf("probe: unknown mode %q", args[0])
+	}
+	return nil
+}
+
+// viaExec runs the probe inside `usltun exec` on a and returns its output.
+func viaExec(a *testenv.Host, bin string, args ...string) (string, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return "", err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out, err := a.RunContext(ctx, append([]string{bin, "exec", "--name", "proxybench", "--", self, probeArg}, args...)...)
+	if err != nil {
+		return "", fmt.Errorf("%v: %s", err, strings.TrimSpace(out))
+	}
+	return strings.TrimSpace(out), nil
+}
+
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == probeArg {
+		if err := probe(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "proxybench probe:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	repeat := flag.Int("repeat", 3, "throughput runs per mode; the median counts")
 	dur := flag.Duration("duration", 3*time.Second, "length of each throughput run")
 	connects := flag.Int("connects", 200, "sequential connects per mode")
@@ -174,6 +238,15 @@ func run(repeat int, dur time.Duration, connects int, bin string) (err error) {
 			}
 			rates[m] = append(rates[m], rep.BitsPerSec/1e9)
 		}
+		out, err := viaExec(a, bin, "bulk", net.JoinHostPort(cUSL, bulkPort), dur.String())
+		if err != nil {
+			return fmt.Errorf("exec throughput: %w", err)
+		}
+		var bps float64
+		if _, err := fmt.Sscan(out, &bps); err != nil {
+			return fmt.Errorf("exec throughput: %q: %w", out, err)
+		}
+		rates[len(modes)] = append(rates[len(modes)], bps/1e9)
 	}
 	lat := map[int][2]time.Duration{}
 	for m := range modes {
@@ -187,18 +260,32 @@ func run(repeat int, dur time.Duration, connects int, bin string) (err error) {
 		}
 		lat[m] = [2]time.Duration{p50, p99}
 	}
+	out, err := viaExec(a, bin, "connect", net.JoinHostPort(cUSL, connectPort), fmt.Sprint(connects))
+	if err != nil {
+		return fmt.Errorf("exec connect: %w", err)
+	}
+	var p50, p99 int64
+	if _, err := fmt.Sscan(out, &p50, &p99); err != nil {
+		return fmt.Errorf("exec connect: %q: %w", out, err)
+	}
+	lat[len(modes)] = [2]time.Duration{time.Duration(p50), time.Duration(p99)}
+	names := []string{}
+	for _, md := range modes {
+		names = append(names, md.name)
+	}
+	names = append(names, "usltun exec (namespace TUN, netstack)")
 
 	fmt.Printf("proxybench: %d × %v throughput runs per mode (median), %d connects per mode; %s\n\n", repeat, dur, connects, loadavg())
 	fmt.Println("| path | Gbit/s (1 flow) | vs usl0 | connect p50 | connect p99 | p50 vs direct |")
 	fmt.Println("| --- | --- | --- | --- | --- | --- |")
 	base := median(rates[1])
-	for m, md := range modes {
+	for m, name := range names {
 		tp, ratio := "—", "—"
 		if m > 0 {
 			r := median(rates[m])
 			tp, ratio = fmt.Sprintf("%.2f", r), fmt.Sprintf("%.2f", r/base)
 		}
-		fmt.Printf("| %s | %s | %s | %v | %v | %.1f× |\n", md.name, tp, ratio,
+		fmt.Printf("| %s | %s | %s | %v | %v | %.1f× |\n", name, tp, ratio,
 			lat[m][0].Round(time.Microsecond), lat[m][1].Round(time.Microsecond), float64(lat[m][0])/float64(lat[0][0]))
 	}
 	return nil
