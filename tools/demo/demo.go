@@ -37,9 +37,10 @@ func (o *options) validate() error {
 type outcome struct {
 	tunnelVerified bool // every byte arrived, identical, no application error
 	plainReset     bool // plain TCP failed with ECONNRESET
+	execShown      bool // nc in usltun exec got every line; plain nc died
 }
 
-func (o outcome) ok() bool { return o.tunnelVerified && o.plainReset }
+func (o outcome) ok() bool { return o.tunnelVerified && o.plainReset && o.execShown }
 
 // run is the whole demo; it returns the exit status.
 func run(ctx context.Context, o *options, out io.Writer) int {
@@ -133,6 +134,10 @@ func demo(ctx context.Context, o *options, dir string, con *console) (res outcom
 	if res.tunnelVerified, err = w.tunnelPart(ctx, o, con); err != nil {
 		return res, err
 	}
+	con.say("")
+	if res.execShown, err = w.execPart(ctx, o, con); err != nil {
+		return res, err
+	}
 	if err := w.stopTunnel(); err != nil {
 		con.say("Note: %v", err)
 	}
@@ -147,9 +152,12 @@ func demo(ctx context.Context, o *options, dir string, con *console) (res outcom
 	switch {
 	case res.ok():
 		con.say("Result: through usltun every byte arrived unchanged, with no application error;")
-		con.say("over plain TCP the same resets killed the connection with ECONNRESET.")
+		con.say("over plain TCP the same resets killed the connection with ECONNRESET;")
+		con.say("nc inside usltun exec got every line while the plain nc next to it died.")
 	case !res.tunnelVerified:
 		con.say("Result: FAILED: the transfer through usltun did not verify (see above and the logs).")
+	case !res.execShown:
+		con.say("Result: FAILED: nc in usltun exec lost lines, or the plain nc did not die (see above).")
 	default:
 		con.say("Result: FAILED: plain TCP did not end with ECONNRESET, so the comparison shows nothing.")
 	}

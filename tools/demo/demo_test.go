@@ -114,10 +114,14 @@ func TestDemoEndToEnd(t *testing.T) {
 		"The connection died at the first reset.",
 		"ECONNRESET on ",
 		"Result: through usltun every byte arrived unchanged",
+		"nc inside usltun exec got every line while the plain nc next to it died.",
 	} {
 		if !strings.Contains(text, want) {
 			t.Errorf("output lacks %q", want)
 		}
+	}
+	if m := regexp.MustCompile(`usltun exec -- nc +(\d+) of (\d+) lines, in order, nc exited 0`).FindStringSubmatch(text); m == nil || m[1] != m[2] {
+		t.Errorf("exec scene: %v, want every line in order and exit 0", m)
 	}
 	// Both directions print the same hash at sender and receiver.
 	hashes := regexp.MustCompile(`([0-9a-f]{16})… / ([0-9a-f]{16})…  identical`).FindAllStringSubmatch(text, -1)

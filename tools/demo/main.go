@@ -1,8 +1,10 @@
 // Command demo shows usltun's claim with real kernels: three hosts A—B—C,
 // each a network namespace; a verified transfer between A and C, both ways,
 // through the tunnel, across a 10 s cut of the A—B link and a series of TCP
-// resets on the tunnel's connection; then the same transfer over plain TCP,
-// which dies with ECONNRESET at the first reset.
+// resets on the tunnel's connection; nc inside `usltun exec` talking to a
+// line server on C across resets, next to a plain nc that dies; then the
+// same transfer over plain TCP, which dies with ECONNRESET at the first
+// reset.
 //
 //	go run ./tools/demo [--usltun bin/usltun]
 //
