@@ -208,9 +208,16 @@ func udp4(src, dst netip.AddrPort, payload []byte) []byte {
 // TestEndpointThroughDevice sends a datagram from a kernel socket into the
 // device and checks the endpoint delivers the exact packet, then writes a
 // reply through the endpoint and checks the kernel socket receives it.
+//
+// The "passed" cases serve the device through FromFile on a duplicate of
+// its descriptor, as the daemon serves one that usltun exec passed it.
 func TestEndpointThroughDevice(t *testing.T) {
-	for _, off := range []bool{false, true} {
-		t.Run(map[bool]string{false: "offload", true: "plain"}[off], func(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		off, pass bool
+	}{{"offload", false, false}, {"plain", true, false}, {"passed offload", false, true}, {"passed plain", true, true}} {
+		off := tc.off
+		t.Run(tc.name, func(t *testing.T) {
 			ns := tuntest.NewNS(t)
 			d := mustCreate(t, ns, Config{Name: "tne0", DisableOffload: off,
 				Addrs:  []netip.Prefix{netip.MustParsePrefix("10.79.0.1/24")},
@@ -218,6 +225,19 @@ func TestEndpointThroughDevice(t *testing.T) {
 			defer d.Close()
 			c := &capture{ch: make(chan struct{}, 1)}
 			ep := d.Endpoint()
+			if tc.pass {
+				fd, err := unix.Dup(int(d.File().Fd()))
+				if err != nil {
+					t.Fatal(err)
+				}
+				unix.SetNonblock(fd, true)
+				pd, err := FromFile(os.NewFile(uintptr(fd), "passed"), "passed", int(ep.MTU()), d.Offload())
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer pd.Close()
+				ep = pd.Endpoint()
+			}
 			ep.Attach(c)
 			defer ep.Attach(nil)
 
