@@ -150,11 +150,15 @@ func execScenarios(t *testing.T, l *noRootLab) {
 		for {
 			pids := userProcs(u.uid)
 			fds, _ := daemonFDs(l.DA)
-			if len(pids) == 1 && pids[0] == l.DA.Pid() && fds <= fdsBefore {
+			st, err := l.userStatusJSON()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(pids) == 1 && pids[0] == l.DA.Pid() && fds <= fdsBefore && st.Execs == 0 {
 				return
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("after the commands: processes of the user %v (daemon %d), daemon fds %d (before %d)", pids, l.DA.Pid(), fds, fdsBefore)
+				t.Fatalf("after the commands: processes of the user %v (daemon %d), daemon fds %d (before %d), %d exec namespaces attached", pids, l.DA.Pid(), fds, fdsBefore, st.Execs)
 			}
 			time.Sleep(100 * time.Millisecond)
 		}

@@ -113,6 +113,9 @@ func execSSH(t *testing.T, l *noRootLab) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if before.Execs != 1 || before.Socks != socksAddr || before.HTTPProxy != httpProxy {
+		t.Errorf("status during exec: %d exec namespaces, socks %q, http proxy %q; want 1, %s, %s", before.Execs, before.Socks, before.HTTPProxy, socksAddr, httpProxy)
+	}
 	l.faults(3, 10*time.Second)
 	got := wait("ssh's exit", regexp.MustCompile(`ssh-exit=\d+`), time.Duration(sshLines)*time.Second)
 	var seen []int

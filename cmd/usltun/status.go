@@ -30,6 +30,11 @@ type statusReport struct {
 	Exports  []string       `json:"exports"`
 	Session  *sessionReport `json:"session"` // null until a peer first connects to a listener
 	Flows    flowReport     `json:"flows"`
+	// Front ends without a device: where the proxies listen, and how many
+	// `usltun exec` namespaces are attached.
+	Socks     string `json:"socks,omitempty"`
+	HTTPProxy string `json:"http_proxy,omitempty"`
+	Execs     int    `json:"exec_namespaces"`
 }
 
 type sessionReport struct {
@@ -91,6 +96,15 @@ func (d *daemon) status() any {
 	if d.stack != nil {
 		r.Flows = newFlowReport(d.stack.Stats())
 	}
+	if d.socks != nil {
+		r.Socks = d.socks.Addr().String()
+	}
+	if d.http != nil {
+		r.HTTPProxy = d.http.Addr().String()
+	}
+	d.execs.mu.Lock()
+	r.Execs = len(d.execs.m)
+	d.execs.mu.Unlock()
 	return r
 }
 
@@ -189,5 +203,22 @@ func renderStatus(w io.Writer, r *statusReport) {
 	} else {
 		p("exports", "none")
 	}
+	if r.Socks != "" || r.HTTPProxy != "" || r.Execs > 0 {
+		p("front ends", "%s", frontEnds(r))
+	}
 	p("daemon", "pid %d, up %s, usltun %s", r.PID, (time.Duration(r.UptimeS) * time.Second).String(), r.Version)
+}
+
+func frontEnds(r *statusReport) string {
+	var fe []string
+	if r.Socks != "" {
+		fe = append(fe, "socks "+r.Socks)
+	}
+	if r.HTTPProxy != "" {
+		fe = append(fe, "http-proxy "+r.HTTPProxy)
+	}
+	if r.Execs > 0 {
+		fe = append(fe, fmt.Sprintf("%d exec namespaces", r.Execs))
+	}
+	return strings.Join(fe, ", ")
 }
