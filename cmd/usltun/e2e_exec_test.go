@@ -7,8 +7,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // staticProbe is a program built in the test with CGO_ENABLED=0: a static
@@ -112,6 +115,30 @@ func execScenarios(t *testing.T, l *noRootLab) {
 			t.Errorf("interfaces and uid: %q, want lo usl0 and uid %d", out, u.uid)
 		}
 	})
+
+	// Without a terminal exec passes SIGTERM and SIGINT on (with one, the
+	// terminal delivers SIGINT to the command's process group itself).
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
+		t.Run(sig.String()+" reaches the command", func(t *testing.T) {
+			name := strings.TrimPrefix(unix.SignalName(sig), "SIG")
+			ready := filepath.Join(u.home, "trap-ready-"+name)
+			p := l.A.StartEnv(t, "exec-trap", u.env(), u.argv(e2eBinary, "exec", "--", "sh", "-c",
+				`trap 'echo got-`+name+`; exit 3' `+name+`; touch `+ready+`; while :; do sleep 0.1; done`)...)
+			deadline := time.Now().Add(10 * time.Second)
+			for _, err := os.Stat(ready); err != nil; _, err = os.Stat(ready) {
+				if time.Now().After(deadline) {
+					t.Fatalf("the command did not start: %s", p.Output())
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			syscall.Kill(p.Pid(), sig)
+			err := p.Wait(10 * time.Second)
+			var ee *exec.ExitError
+			if !errorsAs(err, &ee) || ee.ExitCode() != 3 || !strings.Contains(p.Output(), "got-"+name) {
+				t.Errorf("after %v to usltun exec: %v, output %q; want the trap's exit 3", sig, err, p.Output())
+			}
+		})
+	}
 
 	probe := buildStaticProbe(t, u)
 	echoC := net.JoinHostPort(addrC4, strconv.Itoa(echoPort))
