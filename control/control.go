@@ -157,7 +157,11 @@ func Listen(path string, h Handler, log *slog.Logger) (*Server, error) {
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 	if errors.Is(err, syscall.EADDRINUSE) {
 		err = inUse(path)
-		if err == nil && !abstract {
+		switch {
+		case err == nil && abstract:
+			// Bound, but nobody accepts: no credentials to report.
+			err = errors.New("the name is bound by a process that does not accept connections, so its owner cannot be identified (someone bound it first?); pass --control with a name or path of your own")
+		case err == nil:
 			// Nobody answers: a socket file left by a crash, in a
 			// directory only we can write. Replace it.
 			os.Remove(path)

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -206,5 +207,22 @@ func TestHoldPassesFile(t *testing.T) {
 	case <-hungUp:
 	case <-time.After(3 * time.Second):
 		t.Fatal("no hangup after the client closed")
+	}
+}
+
+// A name bound without listen (connect is refused) is reported, not used.
+func TestAbstractBoundNotListening(t *testing.T) {
+	path := "@usltun-test/" + t.Name()
+	fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(fd)
+	if err := syscall.Bind(fd, &syscall.SockaddrUnix{Name: path}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Listen(path, echoHandler, nil)
+	if err == nil || !strings.Contains(err.Error(), "does not accept connections") {
+		t.Fatalf("listen on a bound name: %v", err)
 	}
 }

@@ -45,11 +45,13 @@ type Server struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	mu     sync.Mutex
-	conns  map[net.Conn]struct{}
-	closed bool
-	wg     sync.WaitGroup
-	done   chan struct{}
+	mu      sync.Mutex
+	conns   map[net.Conn]struct{}
+	closed  bool
+	refused int       // connections closed at the limit since the last log line
+	logged  time.Time // when that line was written
+	wg      sync.WaitGroup
+	done    chan struct{}
 }
 
 // Serve starts accepting on ln. handle owns the connection and must close
@@ -80,8 +82,8 @@ func (s *Server) acceptLoop() {
 		select {
 		case s.slots <- struct{}{}:
 		default:
-			s.log.Warn("too many clients: closing a new connection", "max", cap(s.slots), "client", c.RemoteAddr().String())
 			c.Close()
+			s.refusedOne()
 			continue
 		}
 		s.mu.Lock()
@@ -105,6 +107,19 @@ func (s *Server) acceptLoop() {
 			s.handle(s.ctx, c)
 		}()
 	}
+}
+
+// refusedOne counts a connection closed at the limit, logging at most one
+// line per second: a client flooding the listener must not flood the log.
+func (s *Server) refusedOne() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.refused++
+	if time.Since(s.logged) < time.Second {
+		return
+	}
+	s.log.Warn("too many clients: closed new connections", "count", s.refused, "max", cap(s.slots))
+	s.refused, s.logged = 0, time.Now()
 }
 
 // Close stops accepting, closes every client connection and waits for the

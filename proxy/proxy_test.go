@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -121,5 +122,39 @@ func TestLoadUsers(t *testing.T) {
 		if _, err := LoadUsers(write(name, c.body, c.mode)); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: %v, want %q", name, err, c.want)
 		}
+	}
+}
+
+// Beyond max clients, new connections are closed at once; Close ends the
+// ones being served.
+func TestServeLimitAndClose(t *testing.T) {
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	held := make(chan struct{})
+	s := Serve(ln, 1, slog.New(slog.DiscardHandler), func(ctx context.Context, c net.Conn) {
+		defer c.Close()
+		close(held)
+		<-ctx.Done()
+	})
+	first, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	<-held
+	second, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close()
+	second.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if _, err := second.Read(make([]byte, 1)); err != io.EOF {
+		t.Errorf("second client beyond max 1: %v, want EOF", err)
+	}
+	done := make(chan struct{})
+	go func() { s.Close(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(3 * time.Second):
+		t.Fatal("Close did not end the served client")
 	}
 }
