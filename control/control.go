@@ -117,10 +117,13 @@ func trusted(uid uint32, self int) bool { return uid == 0 || int(uid) == self }
 // DefaultPath is where the daemon for device tun listens: the abstract name
 // @usltun/<tun> for root, else $XDG_RUNTIME_DIR/usltun/<tun>.sock.
 func DefaultPath(tun string) (string, error) {
-	if os.Geteuid() == 0 {
+	return defaultPath(tun, os.Geteuid(), os.Getenv("XDG_RUNTIME_DIR"))
+}
+
+func defaultPath(tun string, euid int, dir string) (string, error) {
+	if euid == 0 {
 		return "@usltun/" + tun, nil
 	}
-	dir := os.Getenv("XDG_RUNTIME_DIR")
 	if dir == "" {
 		return "", errors.New("XDG_RUNTIME_DIR is not set, so there is no private place for this user's control socket: log in through a session that sets it, export XDG_RUNTIME_DIR=/run/user/$(id -u), or pass --control PATH")
 	}

@@ -226,3 +226,15 @@ func TestAbstractBoundNotListening(t *testing.T) {
 		t.Fatalf("listen on a bound name: %v", err)
 	}
 }
+
+func TestDefaultPath(t *testing.T) {
+	if p, err := defaultPath("usl0", 0, "/run/user/0"); err != nil || p != "@usltun/usl0" {
+		t.Errorf("root: %q, %v", p, err)
+	}
+	if p, err := defaultPath("usl1", 1000, "/run/user/1000"); err != nil || p != "/run/user/1000/usltun/usl1.sock" {
+		t.Errorf("user: %q, %v", p, err)
+	}
+	if _, err := defaultPath("usl0", 1000, ""); err == nil || !strings.Contains(err.Error(), "XDG_RUNTIME_DIR is not set") {
+		t.Errorf("user without XDG_RUNTIME_DIR: %v", err)
+	}
+}
