@@ -38,9 +38,9 @@ type daemon struct {
 	stack    *netstack.Stack
 	ctl      *control.Server
 	metrics  *metricsServer
-	socks    *socks.Server
-	execs    execs
-	http     *httpproxy.Server
+	socks    *socks.Server     // --socks
+	http     *httpproxy.Server // --http-proxy
+	execs    execs             // usltun exec namespaces attached over ctl
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
