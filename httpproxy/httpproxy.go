@@ -213,7 +213,7 @@ func (s *Server) connect(ctx context.Context, c *net.TCPConn, br *bufio.Reader, 
 		}
 	}
 	log.Debug("http proxy: connected", "dst", dst.String())
-	proxy.Splice(c, f)
+	s.Splice(c, f)
 }
 
 func (s *Server) forward(ctx context.Context, c *net.TCPConn, req *http.Request, log *slog.Logger) {

@@ -6,7 +6,9 @@
 // Splice keeps TCP's semantics across the proxy: a FIN from either side
 // becomes CloseWrite on the other, a reset (or any error) on either side
 // aborts both, the client with an RST (SO_LINGER 0) and the flow with Abort.
-// A flow half-closed for longer than HalfCloseTimeout is aborted.
+// A flow half-closed for longer than flow.DefaultHalfCloseTimeout is
+// aborted. The copy loop is internal/splice's, with buffers from the
+// Server's pool.
 package proxy
 
 import (
@@ -24,15 +26,8 @@ import (
 	"time"
 
 	"github.com/usltun/usltun/flow"
-)
-
-const (
-	// HalfCloseTimeout bounds how long a spliced connection stays
-	// half-closed, as the gateway does for its side.
-	HalfCloseTimeout = 2 * time.Minute
-	// copyBuf is each direction's copy buffer: a proxy carries a few
-	// connections per user, so they are not pooled.
-	copyBuf = 64 << 10
+	"github.com/usltun/usltun/internal/bufpool"
+	"github.com/usltun/usltun/internal/splice"
 )
 
 // Server runs a handler per accepted connection, at most max at once;
@@ -44,6 +39,7 @@ type Server struct {
 	slots  chan struct{}
 	ctx    context.Context
 	cancel context.CancelFunc
+	bufs   bufpool.Pool // copy buffers, borrowed only while data moves
 
 	mu      sync.Mutex
 	conns   map[net.Conn]struct{}
@@ -161,14 +157,16 @@ func CheckListen(what, addr string, authenticated bool) error {
 
 // Splice relays between the client connection c and the flow f until both
 // directions are finished, then closes both.
-func Splice(c *net.TCPConn, f flow.Conn) {
+func (s *Server) Splice(c *net.TCPConn, f flow.Conn) { splicePair(c, f, &s.bufs) }
+
+func splicePair(c *net.TCPConn, f flow.Conn, pool *bufpool.Pool) {
 	done := make(chan error, 2)
-	go func() { done <- copyHalf(f, c) }()
-	go func() { done <- copyHalf(c, f) }()
+	go func() { done <- copyHalf(f, c, pool) }()
+	go func() { done <- copyHalf(c, f, pool) }()
 	err := <-done
 	pending := 1
 	if err == nil {
-		t := time.NewTimer(HalfCloseTimeout)
+		t := time.NewTimer(flow.DefaultHalfCloseTimeout)
 		select {
 		case err = <-done:
 			pending = 0
@@ -196,22 +194,11 @@ type halfCloser interface {
 }
 
 // copyHalf copies src to dst; at src's EOF it half-closes dst.
-func copyHalf(dst halfCloser, src io.Reader) error {
-	buf := make([]byte, copyBuf)
-	for {
-		n, rerr := src.Read(buf)
-		if n > 0 {
-			if _, err := dst.Write(buf[:n]); err != nil {
-				return err
-			}
-		}
-		if rerr == io.EOF {
-			return dst.CloseWrite()
-		}
-		if rerr != nil {
-			return rerr
-		}
+func copyHalf(dst halfCloser, src io.Reader, pool *bufpool.Pool) error {
+	if err := splice.Copy(dst, src, pool, nil); err != nil {
+		return err
 	}
+	return dst.CloseWrite()
 }
 
 // Users maps user names to passwords, for a proxy's authentication.

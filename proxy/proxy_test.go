@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/usltun/usltun/flow"
+	"github.com/usltun/usltun/internal/bufpool"
 	"github.com/usltun/usltun/proxy/proxytest"
 )
 
@@ -53,7 +54,8 @@ func spliced(t *testing.T) (client *net.TCPConn, srv net.Conn) {
 			c.Close()
 			return
 		}
-		Splice(c.(*net.TCPConn), f)
+		var pool bufpool.Pool
+		splicePair(c.(*net.TCPConn), f, &pool)
 	}()
 	c, err := net.Dial("tcp", front.Addr().String())
 	if err != nil {

@@ -57,7 +57,7 @@ type Config struct {
 	// (default 64); datagrams to more are dropped.
 	MaxUDPDests int
 	// UDPIdleTimeout ends a UDP destination's flow after no datagram
-	// either way (default 60 s).
+	// either way (default flow.DefaultUDPIdleTimeout).
 	UDPIdleTimeout time.Duration
 	Logger         *slog.Logger
 }
@@ -76,7 +76,7 @@ func (c *Config) setDefaults() {
 		c.MaxUDPDests = 64
 	}
 	if c.UDPIdleTimeout == 0 {
-		c.UDPIdleTimeout = 60 * time.Second
+		c.UDPIdleTimeout = flow.DefaultUDPIdleTimeout
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -392,5 +392,5 @@ func (s *Server) connect(ctx context.Context, c *net.TCPConn, req request, log *
 		return
 	}
 	log.Debug("socks: connected", "dst", dst.String())
-	proxy.Splice(c, f)
+	s.Splice(c, f)
 }
