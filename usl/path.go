@@ -20,6 +20,8 @@ type path struct {
 	remote string
 	start  time.Time
 	id     uint32 // the dialer's path id, unique within the session
+	pref   int    // preference: the dialer's endpoint index (path id's high byte - 1)
+	local  string // local address of the connection
 
 	kick chan struct{} // cap 1: "there may be something to send"
 	done chan struct{} // closed when the path is closed
@@ -39,6 +41,10 @@ type path struct {
 	rk          rekeyState
 	rkOut       []byte    // writer: a REKEY frame taken from rk, sealed as its own record
 	rkKey       *[32]byte // writer: the send key to install after rkOut
+
+	mp        pathStats     // multipath bookkeeping, guarded by s.mu
+	recvBytes atomic.Uint64 // frame bytes read, headers included
+	writing   atomic.Int64  // UnixNano when the writer's current Write began; 0 when it is not writing
 
 	hdr [headerLen]byte     // reader's header buffer
 	ctl [maxCtlPayload]byte // reader's control payload buffer
@@ -76,11 +82,13 @@ func newPath(s *Session, c *liveConn) *path {
 		s:      s,
 		conn:   c,
 		remote: c.RemoteAddr().String(),
+		local:  addrString(c.LocalAddr()),
 		start:  time.Now(),
 		kick:   make(chan struct{}, 1),
 		done:   make(chan struct{}),
 		stage:  make([]byte, 0, stage),
 	}
+	p.mp.slot = -1
 	// Created stopped, so close never races with run over the field.
 	p.watchdog = time.AfterFunc(time.Hour, p.checkDead)
 	p.watchdog.Stop()
@@ -151,6 +159,7 @@ func (p *path) readFrames() error {
 		if err != nil {
 			return fmt.Errorf("protocol: %w", err)
 		}
+		p.recvBytes.Add(uint64(headerLen) + uint64(h.length))
 		var data *[]byte
 		var payload []byte
 		switch {
@@ -190,9 +199,26 @@ func (p *path) writeLoop() {
 	ackTimer := time.NewTimer(time.Hour)
 	ackTimer.Stop()
 	defer ackTimer.Stop()
+	// The reinjection tick runs only while the session has several paths.
+	var tick *time.Ticker
+	var tickC <-chan time.Time
+	defer func() {
+		if tick != nil {
+			tick.Stop()
+		}
+	}()
 	for {
 		s.mu.Lock()
 		now := time.Now()
+		if multi := s.multiLocked(); multi != (tick != nil) {
+			if multi {
+				tick = time.NewTicker(reinjectTick)
+				tickC = tick.C
+			} else {
+				tick.Stop()
+				tick, tickC = nil, nil
+			}
+		}
 		pinned, wait, endAfter := s.fillLocked(p, now)
 		p.maybeStartRekeyLocked(now)
 		p.rkOut, p.rkKey, p.rk.out, p.rk.sendNext = p.rk.out, p.rk.sendNext, nil, nil
@@ -218,7 +244,10 @@ func (p *path) writeLoop() {
 				s.unpinLocked()
 				s.unlock()
 			}
-			if err := p.rc.flush(); err != nil {
+			p.writing.Store(time.Now().UnixNano())
+			err := p.rc.flush()
+			p.writing.Store(0)
+			if err != nil {
 				s.pathFailed(p, fmt.Errorf("write: %w", err))
 				return
 			}
@@ -240,8 +269,21 @@ func (p *path) writeLoop() {
 			s.mu.Lock()
 			p.pingDue = true
 			s.unlock()
+		case <-tickC:
+			s.mu.Lock()
+			if s.multiLocked() {
+				s.tickLocked(p, time.Now())
+			}
+			s.unlock()
 		case <-p.done:
 			return
 		}
 	}
+}
+
+func addrString(a net.Addr) string {
+	if a == nil {
+		return ""
+	}
+	return a.String()
 }
