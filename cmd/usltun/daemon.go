@@ -63,30 +63,39 @@ func (c *upCmd) start(parent context.Context, key usl.PrivateKey, peerKey usl.Pu
 		}
 	}
 
-	if c.Listen != "" {
-		addr := withDefaultPort(c.Listen)
-		if d.ln, err = usl.Listen("tcp", addr, scfg); err != nil {
-			if errors.Is(err, syscall.EADDRINUSE) {
-				return d, fmt.Errorf("listen %s: the port is in use (another usltun?); pick a free one with --listen ADDR:PORT", addr)
+	if len(c.Listen) > 0 {
+		for i, l := range c.Listen {
+			addr := withDefaultPort(l)
+			if i == 0 {
+				d.ln, err = usl.Listen("tcp", addr, scfg)
+			} else {
+				_, err = d.ln.ListenAlso("tcp", addr)
 			}
-			if hint := loopbackDown(addr); hint != "" {
-				return d, fmt.Errorf("listen %s: %w: %s", addr, err, hint)
+			if err != nil {
+				if errors.Is(err, syscall.EADDRINUSE) {
+					return d, fmt.Errorf("listen %s: the port is in use (another usltun?); pick a free one with --listen ADDR:PORT", addr)
+				}
+				if hint := loopbackDown(addr); hint != "" {
+					return d, fmt.Errorf("listen %s: %w: %s", addr, err, hint)
+				}
+				return d, fmt.Errorf("listen %s: %w", addr, err)
 			}
-			return d, fmt.Errorf("listen %s: %w", addr, err)
+			log.Info("listening for peer", "addr", addr, "peer_key", peerKey.String())
 		}
-		log.Info("listening for peer", "addr", d.ln.Addr().String(), "peer_key", peerKey.String())
 		d.wg.Add(1)
 		go d.acceptLoop(ctx)
 	} else {
-		addr := withDefaultPort(c.Peer)
-		if err := checkRouteLoop(ctx, addr, c.Route); err != nil {
-			return d, err
+		eps := c.endpoints()
+		for _, ep := range eps {
+			if err := checkRouteLoop(ctx, ep.Addr, c.Route); err != nil {
+				return d, err
+			}
 		}
-		s, err := usl.Dial(ctx, addr, scfg)
+		s, err := usl.DialPaths(ctx, eps, scfg)
 		if err != nil {
-			return d, fmt.Errorf("peer %s: %w", addr, err)
+			return d, fmt.Errorf("peer %s: %w", c.address(), err)
 		}
-		log.Info("dialing peer", "addr", addr, "peer_key", peerKey.String())
+		log.Info("dialing peer", "addr", c.address(), "scheduler", c.Scheduler, "peer_key", peerKey.String())
 		d.adopt(ctx, s)
 	}
 
@@ -114,10 +123,10 @@ func (c *upCmd) start(parent context.Context, key usl.PrivateKey, peerKey usl.Pu
 func (d *daemon) readyStatus() string {
 	c := d.cmd
 	var s string
-	if c.Listen != "" {
-		s = "listening on " + withDefaultPort(c.Listen)
+	if len(c.Listen) > 0 {
+		s = "listening on " + c.address()
 	} else {
-		s = "dialing " + withDefaultPort(c.Peer)
+		s = "dialing " + c.address()
 	}
 	if d.dev != nil {
 		s += fmt.Sprintf("; %s routes %s", d.dev.Name(), prefixes(c.Route))

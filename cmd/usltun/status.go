@@ -50,6 +50,26 @@ type sessionReport struct {
 	// seconds when the status was taken.
 	LastHandshake     string  `json:"last_handshake,omitempty"`
 	LastHandshakeAgoS float64 `json:"last_handshake_ago_s,omitempty"`
+	// Scheduler is the default for flows without a policy; Paths has one
+	// entry per path (usltun status prints one line each).
+	Scheduler string       `json:"scheduler"`
+	Paths     []pathReport `json:"paths"`
+}
+
+// pathReport is one path of the session.
+type pathReport struct {
+	ID              uint32  `json:"id"`
+	Local           string  `json:"local"`
+	Remote          string  `json:"remote"`
+	State           string  `json:"state"`
+	SRTTMs          float64 `json:"srtt_ms"`
+	RTTVarMs        float64 `json:"rttvar_ms"`
+	RateBps         float64 `json:"rate_bytes_per_s"`
+	BytesSent       uint64  `json:"bytes_sent"`
+	BytesReceived   uint64  `json:"bytes_received"`
+	ReinjectedBytes uint64  `json:"reinjected_bytes"`
+	Stalls          uint64  `json:"stalls"`
+	LastError       string  `json:"last_error"`
 }
 
 type flowReport struct {
@@ -68,13 +88,13 @@ func (d *daemon) status() any {
 		PID:     os.Getpid(),
 		UptimeS: time.Since(d.started).Seconds(),
 		Mode:    "dial",
-		Address: withDefaultPort(c.Peer),
+		Address: c.address(),
 		PeerKey: c.PeerKey,
 		Routes:  strings.Split(prefixes(c.Route), ","),
 		Exports: strings.Split(prefixes(c.Export), ","),
 	}
-	if c.Listen != "" {
-		r.Mode, r.Address = "listen", withDefaultPort(c.Listen)
+	if len(c.Listen) > 0 {
+		r.Mode = "listen"
 	}
 	if len(c.Route) == 0 {
 		r.Routes = []string{}
@@ -87,6 +107,7 @@ func (d *daemon) status() any {
 	}
 	if s := d.sessions.current(); s != nil {
 		r.Session = newSessionReport(s.Stats())
+		r.Session.Scheduler = c.Scheduler
 	}
 	if d.stack != nil {
 		r.Flows = newFlowReport(d.stack.Stats())
@@ -108,6 +129,13 @@ func newSessionReport(st usl.Stats) *sessionReport {
 		Fences:             st.Fences,
 		Streams:            st.Streams,
 		LastError:          st.LastError,
+	}
+	r.Paths = []pathReport{}
+	for _, p := range st.Paths {
+		r.Paths = append(r.Paths, pathReport{ID: p.ID, Local: p.Local, Remote: p.Remote, State: p.State.String(),
+			SRTTMs: float64(p.SRTT.Microseconds()) / 1000, RTTVarMs: float64(p.RTTVar.Microseconds()) / 1000,
+			RateBps: p.Rate, BytesSent: p.BytesSent, BytesReceived: p.BytesReceived,
+			ReinjectedBytes: p.Reinjected, Stalls: p.Stalls, LastError: p.LastError})
 	}
 	if !st.LastHandshake.IsZero() {
 		r.LastHandshake = st.LastHandshake.UTC().Format(time.RFC3339Nano)
@@ -167,6 +195,18 @@ func renderStatus(w io.Writer, r *statusReport) {
 		if s.Path != "" {
 			p("path", "%s, rtt %.2f ms", s.Path, s.RTTMs)
 		}
+		if s.Scheduler != "" {
+			p("scheduler", "%s", s.Scheduler)
+		}
+		for _, ph := range s.Paths {
+			line := fmt.Sprintf("%s → %s, %s, srtt %.2f ms, %s sent, %s received, %s reinjected",
+				orDash(ph.Local), ph.Remote, ph.State, ph.SRTTMs, human.Bytes(int64(ph.BytesSent)),
+				human.Bytes(int64(ph.BytesReceived)), human.Bytes(int64(ph.ReinjectedBytes)))
+			if ph.LastError != "" {
+				line += ", last error: " + ph.LastError
+			}
+			p("  path", "%s", line)
+		}
 		if s.LastHandshake != "" {
 			p("latest handshake", "%s ago", human.Age(time.Duration(s.LastHandshakeAgoS*float64(time.Second))))
 		}
@@ -190,4 +230,11 @@ func renderStatus(w io.Writer, r *statusReport) {
 		p("exports", "none")
 	}
 	p("daemon", "pid %d, up %s, usltun %s", r.PID, (time.Duration(r.UptimeS) * time.Second).String(), r.Version)
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
