@@ -292,3 +292,57 @@ func TestMultipathNoHeadOfLine(t *testing.T) {
 		t.Fatal(e)
 	}
 }
+
+// secondOnly is the worked example of docs/design.md: a scheduler of our
+// own that keeps everything on the second path (Preference 1) while it is
+// up and falls back to the shipped Failover otherwise.
+type secondOnly struct{}
+
+func (secondOnly) Name() string { return "second-only" }
+
+func (secondOnly) Pick(f *Frame, paths []PathInfo) PathSet {
+	for i, p := range paths {
+		if p.Preference == 1 && p.State == PathUp {
+			return PathSet(0).With(i)
+		}
+	}
+	return Failover{}.Pick(f, paths)
+}
+
+// TestSchedulerExtension: a scheduler written outside the shipped set
+// decides, per stream (SetScheduler) and without loss when a stream moves
+// to it mid-transfer.
+func TestSchedulerExtension(t *testing.T) {
+	lab := newMPLab(t, Failover{})
+	a, b := openPair(t, lab.client, lab.server, "bulk")
+	sent := func() (first, second uint64) {
+		for _, p := range lab.client.Stats().Paths {
+			switch p.ID >> 24 {
+			case 1:
+				first = p.BytesSent
+			case 2:
+				second = p.BytesSent
+			}
+		}
+		return
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := bulk(t, a, b, 16<<20)
+		done <- err
+	}()
+	waitFor(t, "some bytes on the first path", func() bool { f, _ := sent(); return f > 1<<20 })
+	a.SetScheduler(secondOnly{}, "mine")
+	f0, s0 := sent()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	f1, s1 := sent()
+	t.Logf("after the switch: first path +%d bytes, second +%d", f1-f0, s1-s0)
+	if s1-s0 < 4<<20 || f1-f0 > (s1-s0)/4 {
+		t.Errorf("after SetScheduler(secondOnly) the first path sent %d and the second %d bytes", f1-f0, s1-s0)
+	}
+	if name, class := a.Scheduler(); name != "second-only" || class != "mine" {
+		t.Errorf("Scheduler() = %q, %q", name, class)
+	}
+}
