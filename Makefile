@@ -63,6 +63,7 @@ demo: build
 # Figures and their reading are in docs/performance.md.
 bench: deps build
 	$(GO) test -run '^$$' -bench 'RawTCP|Session|RecordSeal' -benchmem ./usl/
+	$(GO) test -run '^$$' -bench Multipath -benchtime 2000x -count 3 ./usl/
 	$(GO) test -run '^$$' -bench 'TCPThroughput|RoundTrip' -benchtime 2000x ./netstack/
 	$(GO) test -run '^$$' -bench . -benchmem ./policy/
 	$(GO) run ./tools/tunbench
