@@ -34,6 +34,7 @@ type daemon struct {
 	stack    *netstack.Stack
 	ctl      *controlServer
 	metrics  *metricsServer
+	policy   *flowPolicy
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -47,7 +48,10 @@ func (c *upCmd) start(parent context.Context, key usl.PrivateKey, peerKey usl.Pu
 			d.shutdown()
 		}
 	}()
-	d.gw = gateway.New(gateway.Config{Exports: c.Export, Logger: log.With("component", "gateway")})
+	if d.policy, err = newFlowPolicy(c.Policy, c.Scheduler, log.With("component", "policy")); err != nil {
+		return d, err
+	}
+	d.gw = gateway.New(gateway.Config{Exports: c.Export, OnFlow: d.policy.assign, Logger: log.With("component", "gateway")})
 	scfg := c.sessionConfig(key, peerKey, log)
 
 	ctlPath := c.Control
@@ -109,7 +113,7 @@ func (c *upCmd) start(parent context.Context, key usl.PrivateKey, peerKey usl.Pu
 	d.stack, err = netstack.New(d.dev.Endpoint(), netstack.Config{
 		MTU:      c.MTU,
 		MaxFlows: c.MaxFlows,
-		Dialer:   streamDialer{d.sessions},
+		Dialer:   streamDialer{d.sessions, d.policy},
 		Logger:   log.With("component", "netstack"),
 	})
 	if err != nil {
@@ -302,7 +306,10 @@ func ended(s *usl.Session) bool {
 }
 
 // streamDialer opens the remote half of a front end's flow as a USL stream.
-type streamDialer struct{ sessions *sessionSlot }
+type streamDialer struct {
+	sessions *sessionSlot
+	policy   *flowPolicy
+}
 
 var _ flow.Dialer = streamDialer{}
 
@@ -315,12 +322,21 @@ func (d streamDialer) DialFlow(ctx context.Context, dst flow.Dest) (flow.Conn, e
 	if err != nil {
 		return nil, flowError(err)
 	}
-	return streamConn{st}, nil
+	return streamConn{st, d.policy.assign(st, dst)}, nil
 }
 
 // streamConn is a USL stream as a flow.Conn: its resets surface as the
-// flow.Error with the same reason.
-type streamConn struct{ *usl.Stream }
+// flow.Error with the same reason. ended tells the policy the flow is
+// gone.
+type streamConn struct {
+	*usl.Stream
+	ended func()
+}
+
+func (c streamConn) Close() error {
+	c.ended()
+	return c.Stream.Close()
+}
 
 var _ flow.Conn = streamConn{}
 
@@ -334,7 +350,10 @@ func (c streamConn) Write(b []byte) (int, error) {
 	return n, flowError(err)
 }
 
-func (c streamConn) Abort() error { return c.Reset(usl.ResetAborted) }
+func (c streamConn) Abort() error {
+	c.ended()
+	return c.Reset(usl.ResetAborted)
+}
 
 // resetReasons maps USL reset codes, which travel on the wire, to the flow
 // outcomes front ends act on.

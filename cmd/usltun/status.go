@@ -30,6 +30,8 @@ type statusReport struct {
 	Exports  []string       `json:"exports"`
 	Session  *sessionReport `json:"session"` // null until a peer first connects to a listener
 	Flows    flowReport     `json:"flows"`
+	// Policy counts the open flows per class and scheduler.
+	Policy []classReport `json:"policy"`
 }
 
 type sessionReport struct {
@@ -111,6 +113,10 @@ func (d *daemon) status() any {
 	}
 	if d.stack != nil {
 		r.Flows = newFlowReport(d.stack.Stats())
+	}
+	r.Policy = []classReport{}
+	if d.policy != nil {
+		r.Policy = d.policy.report()
 	}
 	return r
 }
@@ -223,6 +229,9 @@ func renderStatus(w io.Writer, r *statusReport) {
 		p("routes", "%s", strings.Join(r.Routes, ", "))
 		p("flows", "%d tcp, %d udp, %d icmp, %d connecting, %d refused at --max-flows, %d dial errors",
 			r.Flows.TCP, r.Flows.UDP, r.Flows.ICMP, r.Flows.PendingConnects, r.Flows.RefusedByLimit, r.Flows.DialErrors)
+	}
+	for _, c := range r.Policy {
+		p("  class", "%s: %d flows on %s", c.Class, c.Flows, c.Scheduler)
 	}
 	if len(r.Exports) > 0 {
 		p("exports", "%s", strings.Join(r.Exports, ", "))

@@ -26,6 +26,7 @@ type upCmd struct {
 	Peer           []string        `sep:"none" placeholder:"HOST[:PORT][@IFACE|@LOCALADDR]" help:"Dial the peer here (default port ${default_port}). Repeatable: each --peer is one path of the same session; @IFACE binds the path to an interface (SO_BINDTODEVICE), @LOCALADDR to a local address, so two uplinks reach one server."`
 	Listen         []string        `sep:"none" placeholder:"ADDR[:PORT]" help:"Listen for the peer here (default port ${default_port}). Repeatable: a dialer's paths may arrive on any of them, into one session."`
 	Scheduler      string          `enum:"failover,lowrtt,balance,mirror,hedge" default:"${default_scheduler}" help:"Which paths carry the frames of flows no policy rule matches: failover (first --peer that is up), lowrtt (lowest RTT with room, as MPTCP), balance (by measured delivery rate: one flow gets about the sum of the links), mirror (every frame on every path: a dead link costs nothing, at twice the traffic), hedge (lowrtt, plus a copy on the next path when a frame is not acked within srtt + 2 rttvar). Default ${default_scheduler}: with healthy links it costs nothing over one path and takes the fastest one, and a stalled link is left within max(3 srtt, 200 ms) by reinjection (docs/design.md has the measurements). With one path they are all the same."`
+	Policy         string          `placeholder:"FILE" help:"Socket Control rules: [[policy]] tables (name, match: a CEL expression over proto, dst.addr, dst.port, dst.name; scheduler), evaluated once per flow, the first match wins, flows no rule matches get --scheduler. SIGHUP re-reads the file and moves open flows to their new scheduler at once (docs/design.md)."`
 	Route          []netip.Prefix  `placeholder:"PREFIX" help:"Route this subnet through the tunnel device (repeatable)."`
 	Export         []netip.Prefix  `placeholder:"PREFIX" help:"Let the peer reach this subnet through this host (repeatable; default: nothing)."`
 	Tun            string          `default:"usl0" help:"Name of the TUN device, created only when there is something to --route."`
@@ -195,7 +196,22 @@ func (c *upCmd) Run(o cmdIO) error {
 	if err := sdNotify("READY=1\nSTATUS=" + d.readyStatus()); err != nil {
 		log.Warn(err.Error())
 	}
-	<-ctx.Done()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for ctx.Err() == nil {
+		select {
+		case <-ctx.Done():
+		case <-hup:
+			if c.Policy == "" {
+				log.Info("SIGHUP: no --policy file to re-read")
+			} else if err := d.policy.load(c.Policy); err != nil {
+				log.Warn("SIGHUP: policy not replaced, the old rules stay", "err", err)
+			} else {
+				log.Info("SIGHUP: policy replaced; open flows moved", "file", c.Policy, "rules", len(d.policy.eng.Rules()))
+			}
+		}
+	}
 	if err := sdNotify("STOPPING=1"); err != nil {
 		log.Warn(err.Error())
 	}
