@@ -52,7 +52,9 @@ test-long:
 	USLTUN_LONG=1 $(MAKE) test
 
 # demo shows, on three namespace hosts, a transfer through usltun surviving
-# a cut link and TCP resets, next to plain TCP dying with ECONNRESET (root).
+# a cut link and TCP resets, next to plain TCP dying with ECONNRESET, and a
+# second act with two links and --scheduler mirror, where the same cut of
+# one link costs no stall ("longest stall" next to the one-path run's) (root).
 demo: build
 	$(GO) run ./tools/demo --usltun bin/usltun
 
