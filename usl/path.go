@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // A path is one authenticated, encrypted byte stream (a TCP connection)
@@ -58,7 +60,39 @@ type liveConn struct {
 	last atomic.Int64 // ns since base of the last read
 }
 
-func newLiveConn(c net.Conn) *liveConn { return &liveConn{Conn: c, base: time.Now()} }
+func newLiveConn(c net.Conn) *liveConn {
+	limitUnsent(c)
+	return &liveConn{Conn: c, base: time.Now()}
+}
+
+// pathUnsentLimit is the TCP_NOTSENT_LOWAT of every path socket: the
+// kernel takes no more from a writer while this much is queued and not
+// yet sent. Without it a path's socket buffer grows to megabytes, and a
+// frame written now waits behind all of it; with several paths those
+// bytes are also committed to one path long before they must be, so a
+// mirror copy that lost the race still sits in the queue of the live
+// path when the other one blackholes. 128 KiB keeps a 1 Gbit/s path
+// busy between two writer rounds (1 ms) while frames queue at most that
+// long in the kernel; the replay buffer is the queue, not the socket.
+const pathUnsentLimit = 128 << 10
+
+// limitUnsent sets pathUnsentLimit on c if it is a TCP socket; other
+// connections (tests' pipes) are left alone.
+func limitUnsent(c net.Conn) {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return
+	}
+	rc.Control(func(fd uintptr) {
+		// Best effort: an old kernel without the option keeps the
+		// default behaviour.
+		_ = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT, pathUnsentLimit)
+	})
+}
 
 func (c *liveConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
