@@ -52,8 +52,10 @@ test-long:
 	USLTUN_LONG=1 $(MAKE) test
 
 # demo shows, on three namespace hosts, a transfer through usltun surviving
-# a cut link and TCP resets, next to plain TCP dying with ECONNRESET, and nc
-# inside usltun exec keeping its line stream while a plain nc dies (root).
+# a cut link and TCP resets, next to plain TCP dying with ECONNRESET, nc
+# inside usltun exec keeping its line stream while a plain nc dies, and a
+# second act with two links and --scheduler mirror, where the same cut of
+# one link costs no stall ("longest stall" next to the one-path run's) (root).
 demo: build
 	$(GO) run ./tools/demo --usltun bin/usltun
 
@@ -65,6 +67,7 @@ demo: build
 # Figures and their reading are in docs/performance.md.
 bench: deps build
 	$(GO) test -run '^$$' -bench 'RawTCP|Session|RecordSeal' -benchmem ./usl/
+	$(GO) test -run '^$$' -bench Multipath -benchtime 2000x -count 3 ./usl/
 	$(GO) test -run '^$$' -bench 'TCPThroughput|RoundTrip' -benchtime 2000x ./netstack/
 	$(GO) test -run '^$$' -bench . -benchmem ./policy/
 	$(GO) run ./tools/tunbench

@@ -67,7 +67,11 @@ type Config struct {
 	// Control is applied to every socket the gateway dials, for example to
 	// set SO_MARK. Optional.
 	Control func(network, address string, c syscall.RawConn) error
-	Logger  *slog.Logger
+	// OnFlow, when set, is called for each accepted flow before it
+	// relays (the daemon applies its policy: the stream's scheduler), and
+	// the function it returns when the flow has ended. Optional.
+	OnFlow func(st *usl.Stream, dst flow.Dest) (ended func())
+	Logger *slog.Logger
 }
 
 func (c *Config) setDefaults() {
@@ -171,6 +175,9 @@ func (g *Gateway) handle(ctx context.Context, peer string, st *usl.Stream) {
 		return
 	}
 	log.Debug("flow open", "peer", peer, "dst", dst.String())
+	if g.cfg.OnFlow != nil {
+		defer g.cfg.OnFlow(st, dst)()
+	}
 	switch dst.Proto {
 	case flow.TCP:
 		relayTCP(&g.bufs, st, c.(*net.TCPConn), g.cfg.HalfCloseTimeout)

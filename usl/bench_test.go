@@ -1,11 +1,14 @@
 package usl
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net"
 	"sync"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // benchMsg is the size of one Write in the throughput benchmarks.
@@ -131,4 +134,90 @@ func BenchmarkRecordSeal(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkMultipath moves one stream's bytes over one loopback path and
+// over two (the listener on two ports, the dialer joining both) with
+// balance and mirror, and reports the process CPU time per byte moved
+// (cpu-ns/B; both ends run in this process), so the ratios in
+// docs/performance.md come from one run:
+//
+//	go test -run '^$' -bench Multipath -benchtime 2000x ./usl/
+//
+// Loopback has no link bottleneck, so this measures cost, not aggregate
+// link capacity: the e2e rows on rate-limited links measure that.
+func BenchmarkMultipath(b *testing.B) {
+	for _, c := range []struct {
+		name  string
+		paths int
+		sched Scheduler
+	}{{"one_path", 1, Failover{}}, {"balance_2", 2, Balance{}}, {"mirror_2", 2, Mirror{}}} {
+		b.Run(c.name, func(b *testing.B) { benchMultipath(b, c.paths, c.sched) })
+	}
+}
+
+func benchMultipath(b *testing.B, paths int, sched Scheduler) {
+	ck, sk := newKeypair(b), newKeypair(b)
+	ccfg := Config{PrivateKey: ck.priv, PeerKeys: []PublicKey{sk.pub}, Scheduler: sched}
+	scfg := Config{PrivateKey: sk.priv, PeerKeys: []PublicKey{ck.pub}, Scheduler: sched}
+	l, err := Listen("tcp", "127.0.0.1:0", scfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	eps := []Endpoint{{Addr: l.Addr().String()}}
+	for len(eps) < paths {
+		a, err := l.ListenAlso("tcp", "127.0.0.1:0")
+		if err != nil {
+			b.Fatal(err)
+		}
+		eps = append(eps, Endpoint{Addr: a.String()})
+	}
+	c, err := DialPaths(context.Background(), eps, ccfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s, err := l.Accept(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	waitFor(b, "all paths up", func() bool { return len(c.Stats().Paths) == paths && c.Stats().Paths[paths-1].State == PathUp })
+	sa, sb := openPair(b, c, s, "bench")
+	msg := make([]byte, benchMsg)
+	go sa.Write(msg)
+	io.ReadFull(sb, make([]byte, benchMsg))
+	b.SetBytes(benchMsg)
+	cpu0 := processCPU()
+	b.ResetTimer()
+	done := make(chan error, 1)
+	go func() {
+		for range b.N {
+			if _, err := sa.Write(msg); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	buf := make([]byte, benchMsg)
+	for range b.N {
+		if _, err := io.ReadFull(sb, buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := <-done; err != nil {
+		b.Fatal(err)
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(processCPU()-cpu0)/float64(b.N*benchMsg), "cpu-ns/B")
+}
+
+// processCPU is this process's user+system CPU time in ns.
+func processCPU() int64 {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return ru.Utime.Nano() + ru.Stime.Nano()
 }

@@ -26,7 +26,9 @@ type Config struct {
 	RecvBuffer         int           // bytes of receive buffers per session, counted as allocated; default 64 MiB
 	ControlBuffer      int           // bytes of unacked control frames the peer's input made us queue; default 2 MiB
 	MaxSessionsPerKey  int           // listener: live sessions per peer key; a new one replaces the oldest; default 4
-	MaxPathsPerSession int           // listener: paths one session may join; default 8
+	MaxPathsPerSession int           // listener: paths one session may join; default 8, at most 8
+	ReorderBuffer      int           // bytes of frames held past a gap (multipath); default 64 MiB
+	ReinjectFloor      time.Duration // floor of the stall interval max(3×srtt, floor) after which a path's frames are reinjected; default 200 ms
 	AckDelay           time.Duration // longest an ack waits for a frame to ride on; default 10 ms
 	KeepaliveInterval  time.Duration // ping period per path; default 500 ms
 	DeadInterval       time.Duration // a path silent this long is dead; default 2 s
@@ -57,6 +59,10 @@ type Config struct {
 	// traffic off the tunnel.
 	Control func(network, address string, c syscall.RawConn) error
 	Logger  *slog.Logger
+	// Scheduler decides which paths carry the frames of streams that have
+	// none of their own (Stream.SetScheduler); nil: Failover. With one
+	// path every scheduler sends everything on it.
+	Scheduler Scheduler
 
 	// epoch overrides the process epoch; tests use it to play a restarted
 	// peer inside one process.
@@ -91,14 +97,25 @@ const (
 	// DefaultMaxSessionsPerKey: one daemon normally has one session per
 	// peer; a few more cover restarts racing their fence.
 	DefaultMaxSessionsPerKey  = 4
-	DefaultMaxPathsPerSession = 8
-	DefaultAckDelay           = 10 * time.Millisecond
-	DefaultKeepaliveInterval  = 500 * time.Millisecond
-	DefaultDeadInterval       = 2 * time.Second
-	DefaultReconnectMin       = 50 * time.Millisecond
-	DefaultReconnectMax       = time.Second
-	DefaultHandshakeTimeout   = 5 * time.Second
-	DefaultHandshakeRate      = 10
+	DefaultMaxPathsPerSession = maxPathSlots
+	// DefaultReorderBuffer: an honest sender holds at most ReplayBuffer
+	// bytes of data unacked, and every frame we hold past a gap is among
+	// them; allocations round up to less than twice a payload.
+	DefaultReorderBuffer = 2 * DefaultReplayBuffer
+	// DefaultReinjectFloor: a path with frames in flight and no ack
+	// progress for max(3×srtt, 200 ms) counts as stalled and what sits on
+	// it is sent again on the other paths. 200 ms is above the ack delay
+	// plus a loaded host's scheduling noise, so a healthy path is not
+	// taken for stalled, and well below DeadInterval, so failover between
+	// live links is sub-second.
+	DefaultReinjectFloor     = 200 * time.Millisecond
+	DefaultAckDelay          = 10 * time.Millisecond
+	DefaultKeepaliveInterval = 500 * time.Millisecond
+	DefaultDeadInterval      = 2 * time.Second
+	DefaultReconnectMin      = 50 * time.Millisecond
+	DefaultReconnectMax      = time.Second
+	DefaultHandshakeTimeout  = 5 * time.Second
+	DefaultHandshakeRate     = 10
 	// DefaultFirstMessageTimeout: a dialer sends its first message right
 	// after the TCP handshake, so a connection silent for 1 s is not one.
 	DefaultFirstMessageTimeout = time.Second
@@ -148,6 +165,9 @@ func (c Config) withDefaults() (Config, error) {
 	def(&c.ControlBuffer, DefaultControlBuffer)
 	def(&c.MaxSessionsPerKey, DefaultMaxSessionsPerKey)
 	def(&c.MaxPathsPerSession, DefaultMaxPathsPerSession)
+	c.MaxPathsPerSession = min(c.MaxPathsPerSession, maxPathSlots)
+	def(&c.ReorderBuffer, DefaultReorderBuffer)
+	defd(&c.ReinjectFloor, DefaultReinjectFloor)
 	def(&c.PendingHandshakes, DefaultPendingHandshakes)
 	defd(&c.FirstMessageTimeout, DefaultFirstMessageTimeout)
 	defd(&c.RejectLogInterval, DefaultRejectLogInterval)
@@ -178,6 +198,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if len(c.PeerKeys) == 0 {
 		return c, errors.New("usl: Config.PeerKeys is empty: no peer could ever be allowed")
+	}
+	if c.Scheduler == nil {
+		c.Scheduler = Failover{}
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

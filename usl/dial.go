@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"syscall"
 	"time"
 )
 
@@ -14,27 +15,94 @@ import (
 // forever (or until SessionTimeout), to addr. ctx only bounds Dial itself;
 // the session lives until Close. OpenStream waits for the first path.
 func Dial(ctx context.Context, addr string, cfg Config) (*Session, error) {
+	return DialPaths(ctx, []Endpoint{{Addr: addr}}, cfg)
+}
+
+// Endpoint is one path of a dialed session.
+type Endpoint struct {
+	Addr string // the listener's host:port
+	// Bind is what the path leaves from: "" lets routing decide, an IP
+	// address binds the local address, anything else is an interface
+	// name bound with SO_BINDTODEVICE (two uplinks to one server).
+	Bind string
+	// Backup makes the path a last resort: schedulers use it only while
+	// no other path is up.
+	Backup bool
+}
+
+func (e Endpoint) String() string {
+	if e.Bind == "" {
+		return e.Addr
+	}
+	return e.Addr + "@" + e.Bind
+}
+
+// DialPaths is Dial with several paths: each endpoint gets a path of its
+// own, dialed, kept up and redialed independently of the others, and
+// joined into one session (hello flag JOIN; the path id's high byte is
+// the endpoint's index + 1, so a redial replaces only that endpoint's old
+// path). Which path carries what is Config.Scheduler's and each stream's
+// choice. One endpoint is exactly Dial: no JOIN, path ids 1, 2, 3, ….
+func DialPaths(ctx context.Context, eps []Endpoint, cfg Config) (*Session, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
+	}
+	if len(eps) == 0 || len(eps) > maxPathSlots {
+		return nil, fmt.Errorf("usl: %d endpoints; a session has 1 to %d paths", len(eps), maxPathSlots)
 	}
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err
 	}
 	s := newSession(cfg, true, cfg.PeerKeys[0], newSessionID())
-	s.wg.Add(1)
-	go s.dialLoop(addr)
+	s.eps = make([]endpointState, len(eps))
+	for i, ep := range eps {
+		s.eps[i].ep = ep
+		s.wg.Add(1)
+		go s.dialLoop(i)
+	}
 	return s, nil
 }
 
+// endpointState is the dialer's view of one endpoint, for Stats.
+type endpointState struct {
+	ep      Endpoint
+	lastErr string
+}
+
 // dialPath opens a TCP connection with TCP_NODELAY (frames are already
-// coalesced into records; Nagle would only add latency to acks and pings).
-func dialPath(ctx context.Context, cfg *Config, addr string) (net.Conn, error) {
+// coalesced into records; Nagle would only add latency to acks and pings),
+// bound as the endpoint says.
+func dialPath(ctx context.Context, cfg *Config, ep Endpoint) (net.Conn, error) {
 	if cfg.Dial != nil {
-		return cfg.Dial(ctx, "tcp", addr)
+		return cfg.Dial(ctx, "tcp", ep.Addr)
 	}
 	d := net.Dialer{Control: cfg.Control}
-	return d.DialContext(ctx, "tcp", addr)
+	switch ip := net.ParseIP(ep.Bind); {
+	case ep.Bind == "":
+	case ip != nil:
+		d.LocalAddr = &net.TCPAddr{IP: ip}
+	default:
+		dev := ep.Bind
+		d.Control = func(network, address string, c syscall.RawConn) error {
+			if cfg.Control != nil {
+				if err := cfg.Control(network, address, c); err != nil {
+					return err
+				}
+			}
+			var serr error
+			if err := c.Control(func(fd uintptr) {
+				serr = syscall.SetsockoptString(int(fd), syscall.SOL_SOCKET, syscall.SO_BINDTODEVICE, dev)
+			}); err != nil {
+				return err
+			}
+			if serr != nil {
+				return fmt.Errorf("bind to interface %s: %w", dev, serr)
+			}
+			return nil
+		}
+	}
+	return d.DialContext(ctx, "tcp", ep.Addr)
 }
 
 func setNoDelay(c net.Conn) {
@@ -46,8 +114,10 @@ func setNoDelay(c net.Conn) {
 // dialLoop keeps one path up. Redials start at ReconnectMin and double
 // with jitter up to ReconnectMax: the low cap keeps recovery quick after a
 // long partition, the jitter keeps many clients from redialing in step.
-func (s *Session) dialLoop(addr string) {
+func (s *Session) dialLoop(idx int) {
 	defer s.wg.Done()
+	ep := s.eps[idx].ep
+	addr := ep.String()
 	backoff := s.cfg.ReconnectMin
 	for {
 		s.mu.Lock()
@@ -61,7 +131,7 @@ func (s *Session) dialLoop(addr string) {
 			return
 		}
 		started := time.Now()
-		p, err := s.connect(addr)
+		p, err := s.connect(idx)
 		if err == nil {
 			select {
 			case <-p.done:
@@ -77,6 +147,7 @@ func (s *Session) dialLoop(addr string) {
 				s.logLocked(slog.LevelWarn, "connect failed", "addr", addr, "err", err)
 			}
 			s.lastErr = err.Error()
+			s.eps[idx].lastErr = err.Error()
 			s.unlock()
 			if errors.Is(err, errUnknownSession) {
 				backoff = s.cfg.ReconnectMin // fenced: the fresh incarnation connects at once
@@ -119,11 +190,13 @@ func (s *Session) connectTimeout() time.Duration {
 }
 
 // connect dials and handshakes one path, and attaches it.
-func (s *Session) connect(addr string) (*path, error) {
+func (s *Session) connect(idx int) (*path, error) {
+	ep := s.eps[idx].ep
+	addr := ep.String()
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.HandshakeTimeout)
 	defer cancel()
 	dctx, dcancel := context.WithTimeout(ctx, s.connectTimeout())
-	raw, err := dialPath(dctx, &s.cfg, addr)
+	raw, err := dialPath(dctx, &s.cfg, ep)
 	dcancel()
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", addr, err)
@@ -143,6 +216,12 @@ func (s *Session) connect(addr string) (*path, error) {
 	h := hello{id: s.id, epoch: s.cfg.epoch, peerEpoch: s.peerEpoch, recvSeq: s.recvSeq,
 		timestamp: nextTimestamp(), window: uint32(s.cfg.StreamWindow), maxFrame: uint32(s.cfg.MaxFrame),
 		pathID: s.nextPathID}
+	if len(s.eps) > 1 {
+		// Multipath: the high byte names the endpoint, JOIN keeps the
+		// other endpoints' paths.
+		h.pathID = uint32(idx+1)<<24 | s.nextPathID&0xffffff
+		h.flags = helloJoin
+	}
 	s.unlock()
 
 	res, rep, err := clientHandshake(c, s.cfg.PrivateKey, s.peer, h)
@@ -172,7 +251,8 @@ func (s *Session) connect(addr string) (*path, error) {
 	}
 	s.unlock()
 	p, err := s.attach(c, inc, attachInfo{peerRecv: rep.recvSeq, told: h.recvSeq,
-		window: rep.window, maxFrame: rep.maxFrame, pathID: h.pathID})
+		window: rep.window, maxFrame: rep.maxFrame, pathID: h.pathID, join: h.flags&helloJoin != 0,
+		maxPaths: maxPathSlots, backup: ep.Backup})
 	if err != nil {
 		c.Close()
 		return nil, fmt.Errorf("attach path to %s: %w", addr, err)

@@ -32,6 +32,7 @@ func FuzzFrames(f *testing.F) {
 	f.Add(frameSeed())
 	f.Add(sackSeed())
 	f.Add(rekeySeed())
+	f.Add(reorderSeed())
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, in []byte) {
 		cfg, err := Config{PrivateKey: fixedKey(1), PeerKeys: []PublicKey{fixedKey(2).Public()},
@@ -90,8 +91,17 @@ func FuzzFrames(f *testing.F) {
 			if err := s.handleFrame(p, h, payload, data); err != nil {
 				break
 			}
+			s.mu.Lock()
+			held := s.reorderMem
+			s.mu.Unlock()
+			if held < 0 || held > cfg.ReorderBuffer {
+				t.Fatalf("%d bytes held past a gap, bound %d", held, cfg.ReorderBuffer)
+			}
 		}
 		s.end(ErrSessionClosed, Closed)
+		if s.reorderMem != 0 || len(s.heldOrdered) != 0 || len(s.recvRanges) != 0 {
+			t.Fatalf("after the end: %d bytes, %d frames, %d ranges still held", s.reorderMem, len(s.heldOrdered), len(s.recvRanges))
+		}
 	})
 }
 
@@ -113,6 +123,31 @@ func frameSeed() []byte {
 	add(frameHeader{typ: frameAck, ack: 0}, nil)
 	add(frameHeader{typ: frameReset, stream: 1, seq: 5, sseq: 4}, []byte{byte(ResetRefused)})
 	add(frameHeader{typ: frameClose, seq: 6}, nil)
+	return b
+}
+
+// reorderSeed is what two paths deliver: stream 3's frames and a CLOSE
+// ahead of stream 1's, which arrive last, a duplicate, and an OPEN held
+// for session order.
+func reorderSeed() []byte {
+	var b []byte
+	add := func(h frameHeader, payload []byte) {
+		h.length = uint32(len(payload))
+		var hb [headerLen]byte
+		h.put(hb[:])
+		b = append(append(b, hb[:]...), payload...)
+	}
+	open := []byte{1, 6, 10, 0, 0, 1, 0, 80}
+	add(frameHeader{typ: frameOpen, stream: 1, seq: 1}, open)
+	add(frameHeader{typ: frameOpen, stream: 3, seq: 2}, open)
+	add(frameHeader{typ: frameData, stream: 3, seq: 5, sseq: 2}, []byte("three-b"))
+	add(frameHeader{typ: frameData, stream: 3, seq: 4, sseq: 1}, []byte("three-a"))
+	add(frameHeader{typ: frameOpen, stream: 5, seq: 7}, open)
+	add(frameHeader{typ: frameData, stream: 5, seq: 8, sseq: 1}, []byte("five"))
+	add(frameHeader{typ: frameClose, seq: 9}, nil)
+	add(frameHeader{typ: frameData, stream: 3, seq: 4, sseq: 1}, []byte("three-a"))
+	add(frameHeader{typ: frameData, stream: 1, seq: 3, sseq: 1}, []byte("one"))
+	add(frameHeader{typ: frameData, stream: 1, seq: 6, sseq: 2}, []byte("one-b"))
 	return b
 }
 

@@ -28,6 +28,7 @@ import (
 // changes a session.
 type Listener struct {
 	ln      net.Listener
+	lns     []net.Listener // ln and those given to Also; guarded by mu after creation
 	cfg     Config
 	log     *slog.Logger
 	macKey  [32]byte
@@ -83,9 +84,40 @@ func NewListener(ln net.Listener, cfg Config) (*Listener, error) {
 		timestamps: make(map[PublicKey]uint64),
 		acceptQ:    newAcceptQueue[*Session](),
 	}
+	l.lns = []net.Listener{ln}
 	l.wg.Add(1)
-	go l.acceptLoop()
+	go l.acceptLoop(ln)
 	return l, nil
+}
+
+// Also accepts paths on one more listener, into the same
+// sessions: a dialer's paths may arrive on any of them (several --listen
+// addresses, one per uplink). The Listener owns ln from then on and
+// closes it with Close.
+func (l *Listener) Also(ln net.Listener) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		ln.Close()
+		return net.ErrClosed
+	}
+	l.lns = append(l.lns, ln)
+	l.wg.Add(1)
+	go l.acceptLoop(ln)
+	return nil
+}
+
+// ListenAlso is Also on a new TCP listener at addr.
+func (l *Listener) ListenAlso(network, addr string) (net.Addr, error) {
+	lc := net.ListenConfig{Control: l.cfg.Control}
+	ln, err := lc.Listen(context.Background(), network, addr)
+	if err != nil {
+		return nil, fmt.Errorf("usl listen %s: %w", addr, err)
+	}
+	if err := l.Also(ln); err != nil {
+		return nil, err
+	}
+	return ln.Addr(), nil
 }
 
 // Addr is the listening address.
@@ -114,7 +146,12 @@ func (l *Listener) Close() error {
 	l.closed = true
 	close(l.done)
 	l.mu.Unlock()
-	err := l.ln.Close()
+	var err error
+	for _, ln := range l.lns {
+		if e := ln.Close(); err == nil {
+			err = e
+		}
+	}
 	l.pending.closeAll()
 	l.wg.Wait()
 	l.mu.Lock()
@@ -143,11 +180,11 @@ func (l *Listener) Close() error {
 	return err
 }
 
-func (l *Listener) acceptLoop() {
+func (l *Listener) acceptLoop(ln net.Listener) {
 	defer l.wg.Done()
 	delay := 5 * time.Millisecond
 	for {
-		c, err := l.ln.Accept()
+		c, err := ln.Accept()
 		if err != nil {
 			select {
 			case <-l.done:

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // A path is one authenticated, encrypted byte stream (a TCP connection)
@@ -20,6 +22,8 @@ type path struct {
 	remote string
 	start  time.Time
 	id     uint32 // the dialer's path id, unique within the session
+	pref   int    // preference: the dialer's endpoint index (path id's high byte - 1)
+	local  string // local address of the connection
 
 	kick chan struct{} // cap 1: "there may be something to send"
 	done chan struct{} // closed when the path is closed
@@ -40,6 +44,10 @@ type path struct {
 	rkOut       []byte    // writer: a REKEY frame taken from rk, sealed as its own record
 	rkKey       *[32]byte // writer: the send key to install after rkOut
 
+	mp        pathStats     // multipath bookkeeping, guarded by s.mu
+	recvBytes atomic.Uint64 // frame bytes read, headers included
+	writing   atomic.Int64  // UnixNano when the writer's current Write began; 0 when it is not writing
+
 	hdr [headerLen]byte     // reader's header buffer
 	ctl [maxCtlPayload]byte // reader's control payload buffer
 }
@@ -52,7 +60,39 @@ type liveConn struct {
 	last atomic.Int64 // ns since base of the last read
 }
 
-func newLiveConn(c net.Conn) *liveConn { return &liveConn{Conn: c, base: time.Now()} }
+func newLiveConn(c net.Conn) *liveConn {
+	limitUnsent(c)
+	return &liveConn{Conn: c, base: time.Now()}
+}
+
+// pathUnsentLimit is the TCP_NOTSENT_LOWAT of every path socket: the
+// kernel takes no more from a writer while this much is queued and not
+// yet sent. Without it a path's socket buffer grows to megabytes, and a
+// frame written now waits behind all of it; with several paths those
+// bytes are also committed to one path long before they must be, so a
+// mirror copy that lost the race still sits in the queue of the live
+// path when the other one blackholes. 128 KiB keeps a 1 Gbit/s path
+// busy between two writer rounds (1 ms) while frames queue at most that
+// long in the kernel; the replay buffer is the queue, not the socket.
+const pathUnsentLimit = 128 << 10
+
+// limitUnsent sets pathUnsentLimit on c if it is a TCP socket; other
+// connections (tests' pipes) are left alone.
+func limitUnsent(c net.Conn) {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return
+	}
+	rc.Control(func(fd uintptr) {
+		// Best effort: an old kernel without the option keeps the
+		// default behaviour.
+		_ = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT, pathUnsentLimit)
+	})
+}
 
 func (c *liveConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
@@ -76,11 +116,13 @@ func newPath(s *Session, c *liveConn) *path {
 		s:      s,
 		conn:   c,
 		remote: c.RemoteAddr().String(),
+		local:  addrString(c.LocalAddr()),
 		start:  time.Now(),
 		kick:   make(chan struct{}, 1),
 		done:   make(chan struct{}),
 		stage:  make([]byte, 0, stage),
 	}
+	p.mp.slot = -1
 	// Created stopped, so close never races with run over the field.
 	p.watchdog = time.AfterFunc(time.Hour, p.checkDead)
 	p.watchdog.Stop()
@@ -151,6 +193,7 @@ func (p *path) readFrames() error {
 		if err != nil {
 			return fmt.Errorf("protocol: %w", err)
 		}
+		p.recvBytes.Add(uint64(headerLen) + uint64(h.length))
 		var data *[]byte
 		var payload []byte
 		switch {
@@ -190,9 +233,26 @@ func (p *path) writeLoop() {
 	ackTimer := time.NewTimer(time.Hour)
 	ackTimer.Stop()
 	defer ackTimer.Stop()
+	// The reinjection tick runs only while the session has several paths.
+	var tick *time.Ticker
+	var tickC <-chan time.Time
+	defer func() {
+		if tick != nil {
+			tick.Stop()
+		}
+	}()
 	for {
 		s.mu.Lock()
 		now := time.Now()
+		if multi := s.multiLocked(); multi != (tick != nil) {
+			if multi {
+				tick = time.NewTicker(reinjectTick)
+				tickC = tick.C
+			} else {
+				tick.Stop()
+				tick, tickC = nil, nil
+			}
+		}
 		pinned, wait, endAfter := s.fillLocked(p, now)
 		p.maybeStartRekeyLocked(now)
 		p.rkOut, p.rkKey, p.rk.out, p.rk.sendNext = p.rk.out, p.rk.sendNext, nil, nil
@@ -218,7 +278,10 @@ func (p *path) writeLoop() {
 				s.unpinLocked()
 				s.unlock()
 			}
-			if err := p.rc.flush(); err != nil {
+			p.writing.Store(time.Now().UnixNano())
+			err := p.rc.flush()
+			p.writing.Store(0)
+			if err != nil {
 				s.pathFailed(p, fmt.Errorf("write: %w", err))
 				return
 			}
@@ -240,8 +303,21 @@ func (p *path) writeLoop() {
 			s.mu.Lock()
 			p.pingDue = true
 			s.unlock()
+		case <-tickC:
+			s.mu.Lock()
+			if s.multiLocked() {
+				s.tickLocked(p, time.Now())
+			}
+			s.unlock()
 		case <-p.done:
 			return
 		}
 	}
+}
+
+func addrString(a net.Addr) string {
+	if a == nil {
+		return ""
+	}
+	return a.String()
 }

@@ -153,7 +153,7 @@ func propertyRun(t *testing.T, seed uint64) {
 				counts[2].Add(1)
 			case 3: // two reconnects racing each other and the dial loop
 				for range 2 {
-					go p.client.connect("mem")
+					go p.client.connect(0)
 				}
 				counts[3].Add(1)
 			}

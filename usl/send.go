@@ -39,7 +39,7 @@ func (s *Session) pushEntryLocked(t frameType, st *Stream, stream uint32, n int,
 		st.sendSseq++
 	}
 	h.put(*b)
-	e := entry{buf: b}
+	e := entry{buf: b, st: st}
 	switch {
 	case t == frameData:
 		e.data = n
@@ -70,8 +70,12 @@ func (s *Session) ackLocked(a uint64) error {
 	if a >= s.nextSeq {
 		return fmt.Errorf("protocol: peer acks seq %d, only %d were sent", a, s.nextSeq-1)
 	}
+	now := time.Now()
 	for s.acked < a {
 		e := s.replay.pop()
+		if !e.sacked {
+			s.creditLocked(&e, now)
+		}
 		s.replayBytes -= e.data
 		s.ctlBytes -= e.ctl
 		s.releaseLocked(e.buf)
@@ -84,6 +88,11 @@ func (s *Session) ackLocked(a uint64) error {
 	if s.spaceWait != nil {
 		close(s.spaceWait)
 		s.spaceWait = nil
+	}
+	if s.deferredPick {
+		// A scheduler deferred a frame for want of room: the ack made some.
+		s.deferredPick = false
+		s.kickLocked()
 	}
 	return nil
 }
@@ -114,7 +123,7 @@ func appendCtl(buf []byte, t frameType, ack uint64, v uint64, withPayload bool) 
 func (s *Session) fillLocked(p *path, now time.Time) (pinned bool, wait time.Duration, endAfter bool) {
 	stage := p.stage[:0]
 	p.segs = p.segs[:0]
-	if p.closed {
+	if p.closed || p.mp.slot < 0 {
 		return false, 0, false
 	}
 	if p.pongPending {
@@ -124,62 +133,115 @@ func (s *Session) fillLocked(p *path, now time.Time) (pinned bool, wait time.Dur
 	if p.pingDue {
 		stage = appendCtl(stage, framePing, s.recvSeq, uint64(time.Since(p.start)), true)
 		p.pingDue = false
+		p.mp.lastPing = now
+		if p.mp.pingSent.IsZero() {
+			p.mp.pingSent = now
+		}
 	}
 	if p.next <= s.acked {
 		p.next = s.acked + 1
 	}
+	bit := uint8(1) << p.mp.slot
+	// The stage keeps room for a SACK at the end.
+	limit := cap(stage) - headerLen - maxSackRanges*sackRangeLen
 	segStart, total := 0, len(stage)
-	for p.next < s.nextSeq && total < batchLimit {
-		e := s.replay.at(int(p.next - s.acked - 1))
+	emit := func(e *entry) bool {
 		b := *e.buf
 		inline := e.data <= inlineMax
 		need := len(b)
 		if !inline {
 			need = headerLen
 		}
-		if len(stage)+need > cap(stage) {
-			break
+		if len(stage)+need > limit {
+			return false
 		}
-		if s.sched.carries(p, p.next, s.paths) {
-			off := len(stage)
-			stage = append(stage, b[:need]...)
-			putAck(stage[off:], s.recvSeq)
-			if !inline {
-				p.segs = append(p.segs, stage[segStart:], b[headerLen:])
-				segStart = len(stage)
-				pinned = true
+		off := len(stage)
+		stage = append(stage, b[:need]...)
+		putAck(stage[off:], s.recvSeq)
+		if !inline {
+			p.segs = append(p.segs, stage[segStart:], b[headerLen:])
+			segStart = len(stage)
+			pinned = true
+		}
+		total += len(b)
+		s.sentLocked(p, e, now)
+		return true
+	}
+	// Frames rescheduled onto this path (reinjection, hedging) first:
+	// they are the late ones.
+	for len(p.mp.resend) > 0 && total < batchLimit {
+		seq := p.mp.resend[0]
+		if seq > s.acked && seq < s.nextSeq {
+			e := s.replay.at(int(seq - s.acked - 1))
+			if !e.sacked && e.sent&bit == 0 && e.mask&bit != 0 && !emit(e) {
+				break
 			}
-			total += len(b)
-			if p.next <= s.highestSent {
-				s.retrans += uint64(len(b))
-			} else {
-				s.highestSent = p.next
+		}
+		p.mp.resend = p.mp.resend[1:]
+	}
+	if len(p.mp.resend) == 0 {
+		p.mp.resend = p.mp.resend[:0:0]
+	}
+	for p.next < s.nextSeq && total < batchLimit {
+		e := s.replay.at(int(p.next - s.acked - 1))
+		if !e.sacked && e.sent&bit == 0 {
+			if e.mask == 0 {
+				m := s.pickLocked(e, p.next, now, false)
+				if m == 0 {
+					s.deferredPick = true
+					break
+				}
+				e.mask = m
+				s.pokeSlotsLocked(m &^ bit)
+			}
+			if e.mask&bit != 0 && !emit(e) {
+				break
 			}
 		}
 		p.next++
 	}
-	if total == 0 && (s.recvSeq > s.ackSent || p.ackDue) {
+	sackDue := len(s.recvRanges) > 0 && p.mp.sackGen != s.sackGen
+	if total == 0 && (s.recvSeq > p.mp.ackSent || sackDue || p.ackDue) {
 		if !p.ackDue && !s.ackUrgent && now.Before(s.ackDeadline) {
 			return false, s.ackDeadline.Sub(now), false
 		}
 		stage = appendCtl(stage, frameAck, s.recvSeq, 0, false)
 		total = len(stage)
 	}
+	if total > 0 && len(s.recvRanges) > 0 {
+		stage = s.appendSackLocked(stage)
+		p.mp.sackGen = s.sackGen
+	}
 	if segStart < len(stage) {
 		p.segs = append(p.segs, stage[segStart:])
 	}
 	if total > 0 {
 		p.ackDue = false
-		s.ackSent = s.recvSeq
+		p.mp.ackSent = s.recvSeq
 		s.recvSinceAck = 0
 		s.ackDeadline = time.Time{}
 		s.ackUrgent = false
-		endAfter = s.peerClosed && s.ackSent >= s.peerCloseSeq
+		endAfter = s.peerClosed && s.recvSeq >= s.peerCloseSeq
 	}
 	if pinned {
 		s.pins++
 	}
 	return pinned, 0, endAfter
+}
+
+// appendSackLocked appends a SACK of the lowest maxSackRanges ranges held
+// past the cumulative ack.
+func (s *Session) appendSackLocked(buf []byte) []byte {
+	rs := s.recvRanges[:min(len(s.recvRanges), maxSackRanges)]
+	h := frameHeader{typ: frameSack, ack: s.recvSeq, length: uint32(len(rs) * sackRangeLen)}
+	var hb [headerLen]byte
+	h.put(hb[:])
+	buf = append(buf, hb[:]...)
+	for _, r := range rs {
+		buf = binary.BigEndian.AppendUint64(buf, r.first)
+		buf = binary.BigEndian.AppendUint64(buf, r.last)
+	}
+	return buf
 }
 
 // Batching: a writer takes up to batchLimit bytes of frames per round (one

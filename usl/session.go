@@ -17,7 +17,7 @@ type Session struct {
 	dialer bool
 	peer   PublicKey // the owner: only this key may resume the session
 	pool   bufPool
-	sched  scheduler
+	sched  Scheduler      // the default for streams without their own
 	wg     sync.WaitGroup // paths and the dial loop
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -37,9 +37,10 @@ type Session struct {
 	maxSendFrame int
 	state        SessionState
 	everUp       bool
-	announced    bool   // listener: handed out by Accept
-	created      uint64 // listener: creation order, for MaxSessionsPerKey
-	nextPathID   uint32 // dialer: the id of the next path it dials
+	announced    bool            // listener: handed out by Accept
+	created      uint64          // listener: creation order, for MaxSessionsPerKey
+	nextPathID   uint32          // dialer: the id of the next path it dials
+	eps          []endpointState // dialer: one per path it keeps up
 	paths        []*path
 	remote       string
 	downSince    time.Time
@@ -48,23 +49,33 @@ type Session struct {
 	lastHandshake time.Time // set by attach, reported by Stats
 
 	// Send side.
-	nextSeq     uint64 // next seq to assign
-	acked       uint64 // the peer's cumulative ack
-	replay      replayQueue
-	replayBytes int
-	ctlBytes    int // allocation of unacked control frames made for the peer's input
-	highestSent uint64
-	pins        int           // writers sealing straight from replay buffers
-	deferred    []*[]byte     // acked buffers waiting for pins to drop to 0
-	spaceWait   chan struct{} // closed when replay space frees; nil if none waits
+	nextSeq      uint64 // next seq to assign
+	acked        uint64 // the peer's cumulative ack
+	replay       replayQueue
+	replayBytes  int
+	ctlBytes     int  // allocation of unacked control frames made for the peer's input
+	deferredPick bool // a scheduler deferred a frame: acks kick the writers
+	slots        [maxPathSlots]*path
+	infoBuf      []PathInfo
+	infoSlot     []int
+	lastLate     time.Time
+	pins         int           // writers sealing straight from replay buffers
+	deferred     []*[]byte     // acked buffers waiting for pins to drop to 0
+	spaceWait    chan struct{} // closed when replay space frees; nil if none waits
 
 	// Receive side.
 	recvSeq      uint64 // last in-order seq received
-	ackSent      uint64 // last ack put on the wire
 	ackDeadline  time.Time
 	ackUrgent    bool
 	recvSinceAck int
 	recvMem      int // receive buffers of all streams, as allocated, against Config.RecvBuffer
+
+	// Multipath receive side (recv.go).
+	recvRanges    []seqRange  // seqs received past recvSeq: sorted, disjoint, above recvSeq+1
+	sackGen       uint64      // changes of recvRanges
+	heldOrdered   []heldFrame // session-ordered frames past recvSeq, by seq
+	reorderMem    int         // held frames, against Config.ReorderBuffer
+	peerMaxOpened uint32      // highest stream id the peer opened
 
 	streams       map[uint32]*Stream
 	nextStream    uint32
@@ -93,7 +104,7 @@ func newSession(cfg Config, dialer bool, peer PublicKey, id sessionID) *Session 
 		cfg:          cfg,
 		dialer:       dialer,
 		peer:         peer,
-		sched:        failover{},
+		sched:        cfg.Scheduler,
 		ctx:          ctx,
 		cancel:       cancel,
 		done:         make(chan struct{}),
@@ -177,6 +188,7 @@ func (s *Session) Stats() Stats {
 	if len(s.paths) > 0 {
 		st.Remote = s.remote
 	}
+	st.Paths = s.pathStatsLocked()
 	return st
 }
 
@@ -188,6 +200,7 @@ type attachInfo struct {
 	maxFrame uint32 // the peer's max frame
 	pathID   uint32
 	join     bool // keep the session's other paths (at most maxPaths in all)
+	backup   bool // the dialer's endpoint is a backup
 	maxPaths int
 }
 
@@ -211,6 +224,10 @@ func (s *Session) attach(c *liveConn, inc uint64, a attachInfo) (*path, error) {
 	}
 	p := newPath(s, c)
 	p.id = a.pathID
+	p.pref = int(a.pathID>>24) - 1
+	if p.pref < 0 {
+		p.pref = 0
+	}
 	p.next = a.peerRecv + 1
 	// Counted here, under the lock and before the session can end, so that
 	// Close's wg.Wait never races with this Add. run or abandon settles it.
@@ -220,8 +237,29 @@ func (s *Session) attach(c *liveConn, inc uint64, a attachInfo) (*path, error) {
 		for _, old := range s.paths {
 			old.closed = true
 			old.close()
+			s.detachLocked(old)
 		}
 		s.paths = s.paths[:0]
+	} else if g := a.pathID >> 24; g != 0 {
+		// A multipath dialer's redial of one endpoint (the path id's
+		// high byte) replaces that endpoint's old path, not the others.
+		for i := 0; i < len(s.paths); i++ {
+			if old := s.paths[i]; old.id>>24 == g {
+				old.closed = true
+				old.close()
+				s.detachLocked(old)
+				s.paths = append(s.paths[:i], s.paths[i+1:]...)
+				i--
+			}
+		}
+	}
+	if !s.takeSlotLocked(p) {
+		s.wg.Add(-2)
+		return nil, fmt.Errorf("session already has %d paths", maxPathSlots)
+	}
+	p.mp.ackSent = min(s.recvSeq, a.told)
+	if a.backup {
+		p.mp.state = PathBackup
 	}
 	s.paths = append(s.paths, p)
 	if s.everUp {
@@ -238,7 +276,6 @@ func (s *Session) attach(c *liveConn, inc uint64, a attachInfo) (*path, error) {
 		s.timeout = nil
 	}
 	// The handshake carried our recv seq: it is an ack.
-	s.ackSent = min(s.recvSeq, a.told)
 	s.recvSinceAck = 0
 	s.ackDeadline = time.Time{}
 	s.ackUrgent = false
@@ -259,21 +296,26 @@ func (s *Session) pathFailed(p *path, err error) {
 
 // pathDown is the reader's last word on its path.
 func (s *Session) pathDown(p *path, err error) {
-	p.close()
+	// The reader's error is recorded before the connection is closed, so
+	// the writer's error about the closed connection cannot replace it.
 	s.mu.Lock()
-	defer s.unlock()
 	if !p.closed {
 		p.closed = true
 		if err != nil {
 			s.lastErr = err.Error()
 		}
 	}
+	s.unlock()
+	p.close()
+	s.mu.Lock()
+	defer s.unlock()
 	for i, q := range s.paths {
 		if q == p {
 			s.paths = append(s.paths[:i], s.paths[i+1:]...)
 			break
 		}
 	}
+	s.detachLocked(p)
 	if len(s.paths) > 0 || s.err != nil {
 		return
 	}
@@ -343,6 +385,7 @@ func (s *Session) endStreamsLocked(err error, graceful bool) {
 			st.failLocked(err)
 		}
 	}
+	s.dropHeldLocked()
 	clear(s.streams)
 	for _, st := range s.acceptQ.drainLocked() {
 		st.failLocked(err)
@@ -354,6 +397,7 @@ func (s *Session) dropPathsLocked() {
 	for _, p := range s.paths {
 		p.closed = true
 		p.close()
+		s.detachLocked(p)
 	}
 	s.paths = nil
 }
@@ -386,8 +430,8 @@ func (s *Session) fenceLocked(why string) {
 	s.dropReplayLocked()
 	s.inc++
 	s.id = newSessionID()
-	s.nextSeq, s.acked, s.highestSent = 1, 0, 0
-	s.recvSeq, s.ackSent, s.recvSinceAck = 0, 0, 0
+	s.nextSeq, s.acked = 1, 0
+	s.recvSeq, s.recvSinceAck, s.peerMaxOpened = 0, 0, 0
 	s.ackDeadline, s.ackUrgent = time.Time{}, false
 	s.peerEpoch = 0
 	s.state = Fenced
@@ -483,4 +527,30 @@ func (s *Session) Close() error {
 	s.end(ErrSessionClosed, Closed)
 	s.wg.Wait()
 	return nil
+}
+
+// pathStatsLocked reports the live paths in preference order, then the
+// dialer's endpoints that have none.
+func (s *Session) pathStatsLocked() []PathStats {
+	var out []PathStats
+	s.infosLocked()
+	for _, slot := range s.infoSlot {
+		p := s.slots[slot]
+		out = append(out, PathStats{ID: p.id, Local: p.local, Remote: p.remote, State: p.mp.state,
+			SRTT: p.mp.srtt, RTTVar: p.mp.rttvar, Rate: p.mp.rate, InFlight: p.mp.inflight,
+			BytesSent: p.mp.bytesSent, BytesReceived: p.recvBytes.Load(), Reinjected: p.mp.reinjected,
+			Stalls: p.mp.stalls})
+	}
+	for i, ep := range s.eps {
+		live := false
+		for _, p := range s.paths {
+			if len(s.eps) == 1 || int(p.id>>24) == i+1 {
+				live = true
+			}
+		}
+		if !live {
+			out = append(out, PathStats{Local: ep.ep.Bind, Remote: ep.ep.Addr, State: PathDead, LastError: ep.lastErr})
+		}
+	}
+	return out
 }

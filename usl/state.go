@@ -42,4 +42,22 @@ type Stats struct {
 	Streams       int           // open streams
 	PeerKey       PublicKey
 	LastHandshake time.Time // when the latest path completed its handshake; zero before the first
+	Paths         []PathStats
+}
+
+// PathStats describes one path of a session: a live one, or (dialer) an
+// endpoint that has no connection now (State PathDead, with LastError).
+type PathStats struct {
+	ID            uint32
+	Local         string // local address (a dead endpoint: its bind, if any)
+	Remote        string
+	State         PathState
+	SRTT, RTTVar  time.Duration
+	Rate          float64 // delivery-rate estimate, bytes/s
+	InFlight      int
+	BytesSent     uint64 // frame bytes sent on the path, headers included
+	BytesReceived uint64 // frame bytes received on the path
+	Reinjected    uint64 // bytes sent again on this path: reinjections, hedged copies, resends after a reconnect
+	Stalls        uint64 // times the path stalled and its frames were reinjected elsewhere
+	LastError     string
 }

@@ -45,6 +45,10 @@ type Stream struct {
 	consumed   uint64 // bytes read by the application (or discarded)
 	advertised uint64 // the credit limit we granted the peer
 	removed    bool
+
+	sched   Scheduler            // nil: the session's
+	class   string               // policy class, for schedulers and status
+	pending map[uint32]heldFrame // frames received ahead of recvSseq (multipath), by sseq
 }
 
 var _ net.Conn = (*Stream)(nil)
@@ -519,6 +523,7 @@ func (st *Stream) maybeRemoveLocked() {
 	}
 	if st.err != nil || (st.wfin && st.rfin) {
 		st.removed = true
+		st.dropPendingLocked()
 		if st.s.streams[st.id] == st {
 			delete(st.s.streams, st.id)
 		}
@@ -545,3 +550,35 @@ type streamAddr struct {
 
 func (a streamAddr) Network() string { return "usl" }
 func (a streamAddr) String() string  { return fmt.Sprintf("usl-stream-%d-%s", a.id, a.side) }
+
+// dropPendingLocked releases the frames held for this stream.
+func (st *Stream) dropPendingLocked() {
+	for _, hf := range st.pending {
+		st.s.releaseHeldLocked(hf)
+	}
+	st.pending = nil
+}
+
+// SetScheduler makes sched decide for this stream's frames from now on,
+// with class as its label (Frame.Class, status); nil goes back to the
+// session's scheduler. Frames already scheduled stay where they are, so
+// moving a flow between schedulers loses and resets nothing.
+func (st *Stream) SetScheduler(sched Scheduler, class string) {
+	s := st.s
+	s.mu.Lock()
+	st.sched, st.class = sched, class
+	s.kickLocked()
+	s.unlock()
+}
+
+// Scheduler returns the stream's scheduler name and class.
+func (st *Stream) Scheduler() (name, class string) {
+	s := st.s
+	s.mu.Lock()
+	defer s.unlock()
+	sc := st.sched
+	if sc == nil {
+		sc = s.sched
+	}
+	return sc.Name(), st.class
+}

@@ -75,7 +75,7 @@ func (d *daemon) attachTUN(a *control.Attach, files []*os.File) (any, func(), er
 	st, err := netstack.New(dev.Endpoint(), netstack.Config{
 		MTU:      a.MTU,
 		MaxFlows: d.cmd.MaxFlows,
-		Dialer:   &execDialer{tunnel: streamDialer{d.sessions}, routes: table, log: log},
+		Dialer:   &execDialer{tunnel: d.tunnelDialer(), routes: table, log: log},
 		Logger:   log,
 	})
 	if err != nil {

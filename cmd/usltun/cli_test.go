@@ -84,7 +84,7 @@ max_flows = 100
 	if err != nil {
 		t.Fatal(err)
 	}
-	if up.Peer != "10.0.0.2" || up.Key != "/etc/a.key" || up.SessionTimeout != 30*time.Second || up.ReplayBuffer != 8<<20 {
+	if len(up.Peer) != 1 || up.Peer[0] != "10.0.0.2" || up.Key != "/etc/a.key" || up.SessionTimeout != 30*time.Second || up.ReplayBuffer != 8<<20 {
 		t.Fatalf("config not applied: %+v", up)
 	}
 	if len(up.Route) != 2 || up.Route[1] != netip.MustParsePrefix("fd20::/64") {

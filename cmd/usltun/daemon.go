@@ -41,6 +41,7 @@ type daemon struct {
 	socks    *socks.Server     // --socks
 	http     *httpproxy.Server // --http-proxy
 	execs    execs             // usltun exec namespaces attached over ctl
+	policy   *flowPolicy
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -54,7 +55,10 @@ func (c *upCmd) start(parent context.Context, key usl.PrivateKey, peerKey usl.Pu
 			d.shutdown()
 		}
 	}()
-	d.gw = gateway.New(gateway.Config{Exports: c.Export, ExportDNS: c.ExportDNS, Logger: log.With("component", "gateway")})
+	if d.policy, err = newFlowPolicy(c.Policy, c.Scheduler, log.With("component", "policy")); err != nil {
+		return d, err
+	}
+	d.gw = gateway.New(gateway.Config{Exports: c.Export, ExportDNS: c.ExportDNS, OnFlow: d.policy.assign, Logger: log.With("component", "gateway")})
 	scfg := c.sessionConfig(key, peerKey, log)
 
 	ctlPath, err := controlPath(c.Control, c.Tun)
@@ -75,30 +79,39 @@ func (c *upCmd) start(parent context.Context, key usl.PrivateKey, peerKey usl.Pu
 		return d, err
 	}
 
-	if c.Listen != "" {
-		addr := withDefaultPort(c.Listen)
-		if d.ln, err = usl.Listen("tcp", addr, scfg); err != nil {
-			if errors.Is(err, syscall.EADDRINUSE) {
-				return d, fmt.Errorf("listen %s: the port is in use (another usltun?); pick a free one with --listen ADDR:PORT", addr)
+	if len(c.Listen) > 0 {
+		for i, l := range c.Listen {
+			addr := withDefaultPort(l)
+			if i == 0 {
+				d.ln, err = usl.Listen("tcp", addr, scfg)
+			} else {
+				_, err = d.ln.ListenAlso("tcp", addr)
 			}
-			if hint := loopbackDown(addr); hint != "" {
-				return d, fmt.Errorf("listen %s: %w: %s", addr, err, hint)
+			if err != nil {
+				if errors.Is(err, syscall.EADDRINUSE) {
+					return d, fmt.Errorf("listen %s: the port is in use (another usltun?); pick a free one with --listen ADDR:PORT", addr)
+				}
+				if hint := loopbackDown(addr); hint != "" {
+					return d, fmt.Errorf("listen %s: %w: %s", addr, err, hint)
+				}
+				return d, fmt.Errorf("listen %s: %w", addr, err)
 			}
-			return d, fmt.Errorf("listen %s: %w", addr, err)
+			log.Info("listening for peer", "addr", addr, "peer_key", peerKey.String())
 		}
-		log.Info("listening for peer", "addr", d.ln.Addr().String(), "peer_key", peerKey.String())
 		d.wg.Add(1)
 		go d.acceptLoop(ctx)
 	} else {
-		addr := withDefaultPort(c.Peer)
-		if err := checkRouteLoop(ctx, addr, c.Route); err != nil {
-			return d, err
+		eps := c.endpoints()
+		for _, ep := range eps {
+			if err := checkRouteLoop(ctx, ep.Addr, c.Route); err != nil {
+				return d, err
+			}
 		}
-		s, err := usl.Dial(ctx, addr, scfg)
+		s, err := usl.DialPaths(ctx, eps, scfg)
 		if err != nil {
-			return d, fmt.Errorf("peer %s: %w", addr, err)
+			return d, fmt.Errorf("peer %s: %w", c.address(), err)
 		}
-		log.Info("dialing peer", "addr", addr, "peer_key", peerKey.String())
+		log.Info("dialing peer", "addr", c.address(), "scheduler", c.Scheduler, "peer_key", peerKey.String())
 		d.adopt(ctx, s)
 	}
 
@@ -112,7 +125,7 @@ func (c *upCmd) start(parent context.Context, key usl.PrivateKey, peerKey usl.Pu
 	d.stack, err = netstack.New(d.dev.Endpoint(), netstack.Config{
 		MTU:      c.MTU,
 		MaxFlows: c.MaxFlows,
-		Dialer:   streamDialer{d.sessions},
+		Dialer:   d.tunnelDialer(),
 		Logger:   log.With("component", "netstack"),
 	})
 	if err != nil {
@@ -126,10 +139,10 @@ func (c *upCmd) start(parent context.Context, key usl.PrivateKey, peerKey usl.Pu
 func (d *daemon) readyStatus() string {
 	c := d.cmd
 	var s string
-	if c.Listen != "" {
-		s = "listening on " + withDefaultPort(c.Listen)
+	if len(c.Listen) > 0 {
+		s = "listening on " + c.address()
 	} else {
-		s = "dialing " + withDefaultPort(c.Peer)
+		s = "dialing " + c.address()
 	}
 	if d.dev != nil {
 		s += fmt.Sprintf("; %s routes %s", d.dev.Name(), prefixes(c.Route))
@@ -148,7 +161,7 @@ func (d *daemon) startProxies(log *slog.Logger) error {
 			return fmt.Errorf("--proxy-auth: %w", err)
 		}
 	}
-	dialer := streamDialer{d.sessions}
+	dialer := d.tunnelDialer()
 	if c.Socks != "" {
 		ln, err := listenProxy("--socks", c.Socks)
 		if err != nil {
@@ -354,9 +367,16 @@ func ended(s *usl.Session) bool {
 }
 
 // streamDialer opens the remote half of a front end's flow as a USL stream.
-type streamDialer struct{ sessions *sessionSlot }
+type streamDialer struct {
+	sessions *sessionSlot
+	policy   *flowPolicy
+}
 
 var _ flow.Dialer = streamDialer{}
+
+// tunnelDialer is what every front end (usl0's netstack, the proxies, exec
+// namespaces) dials through: the session, with the flow policy applied.
+func (d *daemon) tunnelDialer() streamDialer { return streamDialer{d.sessions, d.policy} }
 
 func (d streamDialer) DialFlow(ctx context.Context, dst flow.Dest) (flow.Conn, error) {
 	s, err := d.sessions.wait(ctx)
@@ -367,12 +387,21 @@ func (d streamDialer) DialFlow(ctx context.Context, dst flow.Dest) (flow.Conn, e
 	if err != nil {
 		return nil, flowError(err)
 	}
-	return streamConn{st}, nil
+	return streamConn{st, d.policy.assign(st, dst)}, nil
 }
 
 // streamConn is a USL stream as a flow.Conn: its resets surface as the
-// flow.Error with the same reason.
-type streamConn struct{ *usl.Stream }
+// flow.Error with the same reason. ended tells the policy the flow is
+// gone.
+type streamConn struct {
+	*usl.Stream
+	ended func()
+}
+
+func (c streamConn) Close() error {
+	c.ended()
+	return c.Stream.Close()
+}
 
 var _ flow.Conn = streamConn{}
 
@@ -386,7 +415,10 @@ func (c streamConn) Write(b []byte) (int, error) {
 	return n, flowError(err)
 }
 
-func (c streamConn) Abort() error { return c.Reset(usl.ResetAborted) }
+func (c streamConn) Abort() error {
+	c.ended()
+	return c.Reset(usl.ResetAborted)
+}
 
 // resetReasons maps USL reset codes, which travel on the wire, to the flow
 // outcomes front ends act on.

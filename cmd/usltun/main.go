@@ -29,6 +29,9 @@ var version = "dev"
 // dials. It is part of the documented interface.
 const defaultPort = 7400
 
+// defaultScheduler is --scheduler's default (why: its help and docs/design.md).
+const defaultScheduler = "lowrtt"
+
 // Exit statuses.
 const (
 	exitOK      = 0
@@ -60,6 +63,7 @@ func main() {
 func defaultVars() kong.Vars {
 	return kong.Vars{
 		"default_port":           fmt.Sprint(defaultPort),
+		"default_scheduler":      defaultScheduler,
 		"default_max_streams":    fmt.Sprint(usl.DefaultMaxStreams),
 		"default_replay_buffer":  byteSize(usl.DefaultReplayBuffer).String(),
 		"default_dead_interval":  usl.DefaultDeadInterval.String(),

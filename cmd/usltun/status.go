@@ -35,6 +35,8 @@ type statusReport struct {
 	Socks     string `json:"socks,omitempty"`
 	HTTPProxy string `json:"http_proxy,omitempty"`
 	Execs     int    `json:"exec_namespaces"`
+	// Policy counts the open flows per class and scheduler.
+	Policy []classReport `json:"policy"`
 }
 
 type sessionReport struct {
@@ -55,6 +57,26 @@ type sessionReport struct {
 	// seconds when the status was taken.
 	LastHandshake     string  `json:"last_handshake,omitempty"`
 	LastHandshakeAgoS float64 `json:"last_handshake_ago_s,omitempty"`
+	// Scheduler is the default for flows without a policy; Paths has one
+	// entry per path (usltun status prints one line each).
+	Scheduler string       `json:"scheduler"`
+	Paths     []pathReport `json:"paths"`
+}
+
+// pathReport is one path of the session.
+type pathReport struct {
+	ID              uint32  `json:"id"`
+	Local           string  `json:"local"`
+	Remote          string  `json:"remote"`
+	State           string  `json:"state"`
+	SRTTMs          float64 `json:"srtt_ms"`
+	RTTVarMs        float64 `json:"rttvar_ms"`
+	RateBps         float64 `json:"rate_bytes_per_s"`
+	BytesSent       uint64  `json:"bytes_sent"`
+	BytesReceived   uint64  `json:"bytes_received"`
+	ReinjectedBytes uint64  `json:"reinjected_bytes"`
+	Stalls          uint64  `json:"stalls"`
+	LastError       string  `json:"last_error"`
 }
 
 type flowReport struct {
@@ -73,13 +95,13 @@ func (d *daemon) status() any {
 		PID:     os.Getpid(),
 		UptimeS: time.Since(d.started).Seconds(),
 		Mode:    "dial",
-		Address: withDefaultPort(c.Peer),
+		Address: c.address(),
 		PeerKey: c.PeerKey,
 		Routes:  strings.Split(prefixes(c.Route), ","),
 		Exports: strings.Split(prefixes(c.Export), ","),
 	}
-	if c.Listen != "" {
-		r.Mode, r.Address = "listen", withDefaultPort(c.Listen)
+	if len(c.Listen) > 0 {
+		r.Mode = "listen"
 	}
 	if len(c.Route) == 0 {
 		r.Routes = []string{}
@@ -92,6 +114,7 @@ func (d *daemon) status() any {
 	}
 	if s := d.sessions.current(); s != nil {
 		r.Session = newSessionReport(s.Stats())
+		r.Session.Scheduler = c.Scheduler
 	}
 	if d.stack != nil {
 		r.Flows = newFlowReport(d.stack.Stats())
@@ -105,6 +128,10 @@ func (d *daemon) status() any {
 	d.execs.mu.Lock()
 	r.Execs = len(d.execs.m)
 	d.execs.mu.Unlock()
+	r.Policy = []classReport{}
+	if d.policy != nil {
+		r.Policy = d.policy.report()
+	}
 	return r
 }
 
@@ -122,6 +149,13 @@ func newSessionReport(st usl.Stats) *sessionReport {
 		Fences:             st.Fences,
 		Streams:            st.Streams,
 		LastError:          st.LastError,
+	}
+	r.Paths = []pathReport{}
+	for _, p := range st.Paths {
+		r.Paths = append(r.Paths, pathReport{ID: p.ID, Local: p.Local, Remote: p.Remote, State: p.State.String(),
+			SRTTMs: float64(p.SRTT.Microseconds()) / 1000, RTTVarMs: float64(p.RTTVar.Microseconds()) / 1000,
+			RateBps: p.Rate, BytesSent: p.BytesSent, BytesReceived: p.BytesReceived,
+			ReinjectedBytes: p.Reinjected, Stalls: p.Stalls, LastError: p.LastError})
 	}
 	if !st.LastHandshake.IsZero() {
 		r.LastHandshake = st.LastHandshake.UTC().Format(time.RFC3339Nano)
@@ -181,6 +215,18 @@ func renderStatus(w io.Writer, r *statusReport) {
 		if s.Path != "" {
 			p("path", "%s, rtt %.2f ms", s.Path, s.RTTMs)
 		}
+		if s.Scheduler != "" {
+			p("scheduler", "%s", s.Scheduler)
+		}
+		for _, ph := range s.Paths {
+			line := fmt.Sprintf("%s → %s, %s, srtt %.2f ms, %s sent, %s received, %s reinjected",
+				orDash(ph.Local), ph.Remote, ph.State, ph.SRTTMs, human.Bytes(int64(ph.BytesSent)),
+				human.Bytes(int64(ph.BytesReceived)), human.Bytes(int64(ph.ReinjectedBytes)))
+			if ph.LastError != "" {
+				line += ", last error: " + ph.LastError
+			}
+			p("  path", "%s", line)
+		}
 		if s.LastHandshake != "" {
 			p("latest handshake", "%s ago", human.Age(time.Duration(s.LastHandshakeAgoS*float64(time.Second))))
 		}
@@ -197,6 +243,9 @@ func renderStatus(w io.Writer, r *statusReport) {
 		p("routes", "%s", strings.Join(r.Routes, ", "))
 		p("flows", "%d tcp, %d udp, %d icmp, %d connecting, %d refused at --max-flows, %d dial errors",
 			r.Flows.TCP, r.Flows.UDP, r.Flows.ICMP, r.Flows.PendingConnects, r.Flows.RefusedByLimit, r.Flows.DialErrors)
+	}
+	for _, c := range r.Policy {
+		p("  class", "%s: %d flows on %s", c.Class, c.Flows, c.Scheduler)
 	}
 	if len(r.Exports) > 0 {
 		p("exports", "%s", strings.Join(r.Exports, ", "))
@@ -221,4 +270,11 @@ func frontEnds(r *statusReport) string {
 		fe = append(fe, fmt.Sprintf("%d exec namespaces", r.Execs))
 	}
 	return strings.Join(fe, ", ")
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }

@@ -199,7 +199,7 @@ func TestExampleConfigParses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if up.Peer == "" || len(up.Route) != 1 || up.Key != "/etc/usltun/NAME.key" {
+	if len(up.Peer) == 0 || len(up.Route) != 1 || up.Key != "/etc/usltun/NAME.key" {
 		t.Fatalf("example not applied: %+v", up)
 	}
 }

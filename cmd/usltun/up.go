@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -23,8 +24,10 @@ type upCmd struct {
 	Config         kong.ConfigFlag `placeholder:"FILE" help:"Read options from a TOML file (or JSON); flags on the command line win."`
 	Key            string          `required:"" placeholder:"FILE" help:"This host's private key file, written by 'usltun genkey'."`
 	PeerKey        string          `required:"" placeholder:"BASE64" help:"The peer's public key, printed by 'usltun pubkey'. Only this key is admitted."`
-	Peer           string          `placeholder:"HOST[:PORT]" help:"Dial the peer here (default port ${default_port})."`
-	Listen         string          `placeholder:"ADDR[:PORT]" help:"Listen for the peer here (default port ${default_port})."`
+	Peer           []string        `sep:"none" placeholder:"HOST[:PORT][@IFACE|@LOCALADDR]" help:"Dial the peer here (default port ${default_port}). Repeatable: each --peer is one path of the same session; @IFACE binds the path to an interface (SO_BINDTODEVICE), @LOCALADDR to a local address, so two uplinks reach one server."`
+	Listen         []string        `sep:"none" placeholder:"ADDR[:PORT]" help:"Listen for the peer here (default port ${default_port}). Repeatable: a dialer's paths may arrive on any of them, into one session."`
+	Scheduler      string          `enum:"failover,lowrtt,balance,mirror,hedge" default:"${default_scheduler}" help:"Which paths carry the frames of flows no policy rule matches: failover (first --peer that is up), lowrtt (lowest RTT with room, as MPTCP), balance (by measured delivery rate: one flow gets about the sum of the links), mirror (every frame on every path: a dead link costs nothing, at twice the traffic), hedge (lowrtt, plus a copy on the next path when a frame is not acked within srtt + 2 rttvar). Default ${default_scheduler}: with healthy links it costs nothing over one path and takes the fastest one, and a stalled link is left within max(3 srtt, 200 ms) by reinjection (docs/design.md has the measurements). With one path they are all the same."`
+	Policy         string          `placeholder:"FILE" help:"Socket Control rules: [[policy]] tables (name, match: a CEL expression over proto, dst.addr, dst.port, dst.name; scheduler), evaluated once per flow, the first match wins, flows no rule matches get --scheduler. SIGHUP re-reads the file and moves open flows to their new scheduler at once (docs/design.md)."`
 	Route          []netip.Prefix  `placeholder:"PREFIX" help:"Route this subnet through the tunnel device (repeatable)."`
 	Export         []netip.Prefix  `placeholder:"PREFIX" help:"Let the peer reach this subnet through this host (repeatable; default: nothing)."`
 	ExportDNS      bool            `name:"export-dns" help:"Let the peer use this host's DNS resolver (the first nameserver of /etc/resolv.conf), as usltun exec on the peer does."`
@@ -59,8 +62,16 @@ func (c *upCmd) AfterApply() error {
 	if _, err := usl.ParsePublicKey(c.PeerKey); err != nil {
 		return fmt.Errorf("--peer-key: %w (run 'usltun pubkey < peer.key' on the peer)", err)
 	}
-	if (c.Peer == "") == (c.Listen == "") {
-		return errors.New("give exactly one of --peer HOST[:PORT] (dial the peer) or --listen ADDR[:PORT] (wait for it)")
+	if (len(c.Peer) == 0) == (len(c.Listen) == 0) {
+		return errors.New("give exactly one of --peer HOST[:PORT] (dial the peer; repeatable, one path each) or --listen ADDR[:PORT] (wait for it; repeatable)")
+	}
+	if len(c.Peer) > usl.DefaultMaxPathsPerSession {
+		return fmt.Errorf("%d --peer paths: a session has at most %d", len(c.Peer), usl.DefaultMaxPathsPerSession)
+	}
+	for _, p := range c.Peer {
+		if _, err := parsePeer(p); err != nil {
+			return err
+		}
 	}
 	if c.MTU < 1280 || c.MTU > 65535 {
 		return fmt.Errorf("--mtu %d is out of range: use 1280 to 65535", c.MTU)
@@ -104,6 +115,44 @@ func (c *upCmd) AfterApply() error {
 	return nil
 }
 
+// parsePeer reads HOST[:PORT][@IFACE|@LOCALADDR].
+func parsePeer(s string) (usl.Endpoint, error) {
+	host, bind := s, ""
+	if i := strings.LastIndexByte(s, '@'); i >= 0 {
+		host, bind = s[:i], s[i+1:]
+		if bind == "" {
+			return usl.Endpoint{}, fmt.Errorf("--peer %s: nothing after @: write HOST@eth0 or HOST@192.0.2.7", s)
+		}
+	}
+	if host == "" {
+		return usl.Endpoint{}, fmt.Errorf("--peer %s: no host: write HOST[:PORT][@IFACE|@LOCALADDR]", s)
+	}
+	return usl.Endpoint{Addr: withDefaultPort(host), Bind: bind}, nil
+}
+
+// endpoints are the --peer paths, checked by AfterApply.
+func (c *upCmd) endpoints() []usl.Endpoint {
+	eps := make([]usl.Endpoint, 0, len(c.Peer))
+	for _, p := range c.Peer {
+		ep, _ := parsePeer(p)
+		eps = append(eps, ep)
+	}
+	return eps
+}
+
+// address is what status and the service manager show: the --peer
+// paths or the --listen addresses.
+func (c *upCmd) address() string {
+	var out []string
+	for _, ep := range c.endpoints() {
+		out = append(out, ep.String())
+	}
+	for _, l := range c.Listen {
+		out = append(out, withDefaultPort(l))
+	}
+	return strings.Join(out, ", ")
+}
+
 // withDefaultPort adds the documented default port to HOST when it has none.
 func withDefaultPort(hostport string) string {
 	if _, _, err := net.SplitHostPort(hostport); err == nil {
@@ -123,7 +172,9 @@ func (c *upCmd) logger(w io.Writer) *slog.Logger {
 }
 
 func (c *upCmd) sessionConfig(key usl.PrivateKey, peer usl.PublicKey, log *slog.Logger) usl.Config {
+	sched, _ := usl.NewScheduler(c.Scheduler) // kong's enum checked the name
 	return usl.Config{
+		Scheduler:      sched,
 		PrivateKey:     key,
 		PeerKeys:       []usl.PublicKey{peer},
 		ReplayBuffer:   int(c.ReplayBuffer),
@@ -168,7 +219,22 @@ func (c *upCmd) Run(o cmdIO) error {
 	if err := sdNotify("READY=1\nSTATUS=" + d.readyStatus()); err != nil {
 		log.Warn(err.Error())
 	}
-	<-ctx.Done()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for ctx.Err() == nil {
+		select {
+		case <-ctx.Done():
+		case <-hup:
+			if c.Policy == "" {
+				log.Info("SIGHUP: no --policy file to re-read")
+			} else if err := d.policy.load(c.Policy); err != nil {
+				log.Warn("SIGHUP: policy not replaced, the old rules stay", "err", err)
+			} else {
+				log.Info("SIGHUP: policy replaced; open flows moved", "file", c.Policy, "rules", len(d.policy.eng.Rules()))
+			}
+		}
+	}
 	if err := sdNotify("STOPPING=1"); err != nil {
 		log.Warn(err.Error())
 	}

@@ -33,14 +33,17 @@ func (o *options) validate() error {
 	return nil
 }
 
-// outcome is what the two parts showed.
+// outcome is what the three parts showed.
 type outcome struct {
 	tunnelVerified bool // every byte arrived, identical, no application error
 	plainReset     bool // plain TCP failed with ECONNRESET
 	execShown      bool // nc in usltun exec got every line; plain nc died
+	mirrorVerified bool // the two-link act's transfer verified too
 }
 
-func (o outcome) ok() bool { return o.tunnelVerified && o.plainReset && o.execShown }
+func (o outcome) ok() bool {
+	return o.tunnelVerified && o.plainReset && o.execShown && o.mirrorVerified
+}
 
 // run is the whole demo; it returns the exit status.
 func run(ctx context.Context, o *options, out io.Writer) int {
@@ -145,6 +148,10 @@ func demo(ctx context.Context, o *options, dir string, con *console) (res outcom
 	if res.plainReset, err = w.plainPart(ctx, o, con); err != nil {
 		return res, err
 	}
+	con.say("")
+	if res.mirrorVerified, err = w.multipathPart(ctx, o, con); err != nil {
+		return res, err
+	}
 	if lab.Failed() {
 		return res, errors.New("the lab reported an error (see lab.log)")
 	}
@@ -154,6 +161,9 @@ func demo(ctx context.Context, o *options, dir string, con *console) (res outcom
 		con.say("Result: through usltun every byte arrived unchanged, with no application error;")
 		con.say("over plain TCP the same resets killed the connection with ECONNRESET;")
 		con.say("nc inside usltun exec got every line while the plain nc next to it died.")
+		con.say("with two links and mirror, the same cut cost no stall.")
+	case !res.mirrorVerified:
+		con.say("Result: FAILED: the two-link transfer did not verify (see above and the logs).")
 	case !res.tunnelVerified:
 		con.say("Result: FAILED: the transfer through usltun did not verify (see above and the logs).")
 	case !res.execShown:

@@ -115,6 +115,8 @@ func TestDemoEndToEnd(t *testing.T) {
 		"ECONNRESET on ",
 		"Result: through usltun every byte arrived unchanged",
 		"nc inside usltun exec got every line while the plain nc next to it died.",
+		"Second act: two A—B links",
+		"Cutting link 1 for 2 s; link 2 stays up.",
 	} {
 		if !strings.Contains(text, want) {
 			t.Errorf("output lacks %q", want)
@@ -132,6 +134,12 @@ func TestDemoEndToEnd(t *testing.T) {
 		if h[1] != h[2] {
 			t.Errorf("row says identical for different hashes: %s", h[0])
 		}
+	}
+	// The second act's stall is far below the first's (the cut's length).
+	if m := regexp.MustCompile(`longest stall +([0-9.]+) s \(one path, the same cut: ([0-9.]+) s\)`).FindStringSubmatch(text); m == nil {
+		t.Error("no two-link stall in the summary")
+	} else if two, _ := strconv.ParseFloat(m[1], 64); two > 0.5 {
+		t.Errorf("two links with mirror stalled %s s across the cut of one", m[1])
 	}
 	// At least the cut and the two resets were reconnects.
 	m := regexp.MustCompile(`tunnel +(\d+) reconnects`).FindStringSubmatch(text)

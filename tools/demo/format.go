@@ -170,3 +170,20 @@ func span(d time.Duration) string {
 	}
 	return fmt.Sprintf("%.1f s", d.Seconds())
 }
+
+// formatMultipathSummary is the second act's summary: the transfer's
+// verdict and its longest stall next to the one-path run's.
+func formatMultipathSummary(rep *loadgen.Report, onePath time.Duration) string {
+	var b strings.Builder
+	row := func(k, f string, a ...any) { fmt.Fprintf(&b, "  %-20s "+f+"\n", append([]any{k}, a...)...) }
+	for _, d := range directions(rep) {
+		verdict := "sha256 identical at both ends"
+		if !d.Match {
+			verdict = "sha256 DIFFERENT"
+		}
+		row(d.name, "%-10s  %-10s  %s", human.Bytes(d.Sent), human.Bytes(d.Received), verdict)
+	}
+	errorRows(row, rep)
+	row("longest stall", "%s (one path, the same cut: %s)", seconds(rep.LongestStall), seconds(onePath))
+	return b.String()
+}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -157,11 +158,15 @@ func TestHumanUnits(t *testing.T) {
 }
 
 func TestParseStatus(t *testing.T) {
-	st, err := parseStatus([]byte(`{"version":"dev","device":"usl0","session":{"state":"reconnecting","reconnects":3,"retransmitted_bytes":9933,"bytes_out":12,"last_error":"path dead"},"flows":{"tcp":1}}`))
+	st, err := parseStatus([]byte(`{"version":"dev","device":"usl0","session":{"state":"reconnecting","reconnects":3,"retransmitted_bytes":9933,"bytes_out":12,"last_error":"path dead","paths":[{"state":"up"},{"state":"dead"}]},"flows":{"tcp":1}}`))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st != (sessionStatus{Device: "usl0", State: "reconnecting", Reconnects: 3, RetransmittedBytes: 9933, BytesOut: 12, LastError: "path dead"}) {
+	if st.upPaths() != 1 || len(st.Paths) != 2 {
+		t.Errorf("paths %+v", st.Paths)
+	}
+	st.Paths = nil
+	if !reflect.DeepEqual(st, sessionStatus{Device: "usl0", State: "reconnecting", Reconnects: 3, RetransmittedBytes: 9933, BytesOut: 12, LastError: "path dead"}) {
 		t.Errorf("parsed %+v", st)
 	}
 	// A listener without a peer yet reports a null session.

@@ -33,6 +33,9 @@ const (
 	plainNet    = "10.61.3.0/24"
 	tunnelDst   = "10.61.2.2:9000"
 	plainDst    = "10.61.3.2:9000"
+	addrA2      = "10.61.4.1/24" // the second A—B link, used by the multipath act
+	addrB2      = "10.61.4.2/24"
+	peerB2      = "10.61.4.2"
 	sessionPort = 7400 // usltun's default port, which B listens on
 	appPort     = 9000
 )
@@ -46,8 +49,12 @@ type world struct {
 	a, b   *testenv.Host
 	c      *testenv.Host
 	ab     *testenv.LinkPair
+	ab2    *testenv.LinkPair        // idle until the multipath act
 	usltun map[string]*testenv.Proc // by host label
-	server *loadgen.Server
+	keys   struct{ a, pubA, b, pubB string }
+	// onePathStall is the first act's longest stall, for the comparison.
+	onePathStall time.Duration
+	server       *loadgen.Server
 
 	delivered atomic.Int64 // bytes C's application has read, both paths
 }
@@ -58,6 +65,7 @@ func buildWorld(lab *testenv.Lab, bin, dir string, log *slog.Logger) (*world, er
 	w := &world{lab: lab, bin: bin, dir: dir, usltun: map[string]*testenv.Proc{}}
 	w.a, w.b, w.c = testenv.NewHost(lab, "a"), testenv.NewHost(lab, "b"), testenv.NewHost(lab, "c")
 	w.ab = testenv.Link(lab, w.a, w.b, addrA, addrB)
+	w.ab2 = testenv.Link(lab, w.a, w.b, addrA2, addrB2)
 	testenv.Link(lab, w.b, w.c, addrsBC, addrsC)
 	w.b.EnableForwarding()
 	w.a.AddRoute(plainNet, peerB)
@@ -84,6 +92,7 @@ func (w *world) startTunnel(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	w.keys.a, w.keys.pubA, w.keys.b, w.keys.pubB = keyA, pubA, keyB, pubB
 	w.usltun["b"] = w.b.Start(w.lab, "usltun", w.bin, "up",
 		"--key", keyB, "--peer-key", pubA, "--listen", peerB, "--export", tunnelNet)
 	w.usltun["a"] = w.a.Start(w.lab, "usltun", w.bin, "up",
@@ -154,6 +163,20 @@ type sessionStatus struct {
 	RetransmittedBytes uint64 `json:"retransmitted_bytes"`
 	BytesOut           uint64 `json:"bytes_out"`
 	LastError          string `json:"last_error"`
+	Paths              []struct {
+		State string `json:"state"`
+	} `json:"paths"`
+}
+
+// upPaths counts the session's paths that are up.
+func (s *sessionStatus) upPaths() int {
+	n := 0
+	for _, p := range s.Paths {
+		if p.State == "up" {
+			n++
+		}
+	}
+	return n
 }
 
 // parseStatus reads the session out of a status document; a daemon whose

@@ -86,6 +86,7 @@ func (w *world) tunnelPart(ctx context.Context, o *options, con *console) (bool,
 		}
 	}
 	verified := rep.Verified && len(rep.Errors) == 0
+	w.onePathStall = rep.LongestStall
 	con.say("")
 	con.say("Through usltun:")
 	con.say("%s", strings.TrimRight(formatTunnelSummary(rep, sessionSummary{Reconnects: st.Reconnects, Retransmitted: st.RetransmittedBytes}, recovery), "\n"))
@@ -229,4 +230,73 @@ func (w *world) plainPart(ctx context.Context, o *options, con *console) (bool, 
 	con.say("Over plain TCP:")
 	con.say("%s", strings.TrimRight(formatPlainSummary(rep), "\n"))
 	return died, nil
+}
+
+// multipathPart is the second act: the same daemons restarted with two
+// A—B links as two paths of one session and --scheduler mirror, the same
+// streaming, and link 1 cut for as long as in the first act. Every frame
+// travels both links, so the cut costs (almost) nothing.
+func (w *world) multipathPart(ctx context.Context, o *options, con *console) (bool, error) {
+	con.say("Second act: two A—B links (%s and %s), each a path of one usltun session, --scheduler mirror.", ip(addrB), ip(addrB2))
+	w.usltun["b"] = w.b.Start(w.lab, "usltun", w.bin, "up", "--key", w.keys.b, "--peer-key", w.keys.pubA,
+		"--listen", peerB, "--listen", peerB2, "--export", tunnelNet, "--scheduler", "mirror")
+	w.usltun["a"] = w.a.Start(w.lab, "usltun", w.bin, "up", "--key", w.keys.a, "--peer-key", w.keys.pubB,
+		"--peer", peerB, "--peer", peerB2, "--route", tunnelNet, "--scheduler", "mirror")
+	if _, err := w.waitSession(ctx, 15*time.Second, func(s *sessionStatus) bool { return s.State == "up" && s.Device != "" && s.upPaths() == 2 }); err != nil {
+		return false, fmt.Errorf("the two-path tunnel did not come up: %w", err)
+	}
+	if err := w.a.WaitDial("tcp", tunnelDst, 10*time.Second); err != nil {
+		return false, fmt.Errorf("the two-path tunnel does not carry connections: %w", err)
+	}
+	duration := o.Warmup + o.Blackhole + o.Tail
+	run, err := loadgen.Start(ctx, loadgen.Config{
+		Addr: tunnelDst, Dial: w.a.DialContext, Dirs: loadgen.Both, Duration: duration, Seed: 3,
+		ReportWait: 15 * time.Second,
+	})
+	if err != nil {
+		return false, err
+	}
+	lv := w.startLive(con, run, true)
+	if !sleepCtx(ctx, o.Warmup) {
+		lv.stop()
+		run.Cancel()
+		return false, ctx.Err()
+	}
+	con.say("Cutting link 1 for %s; link 2 stays up.", span(o.Blackhole))
+	if err := w.ab.Blackhole(); err != nil {
+		lv.stop()
+		return false, err
+	}
+	if !sleepCtx(ctx, o.Blackhole) {
+		lv.stop()
+		run.Cancel()
+		return false, ctx.Err()
+	}
+	if err := w.ab.Heal(); err != nil {
+		lv.stop()
+		return false, err
+	}
+	limit := time.NewTimer(duration + 45*time.Second)
+	defer limit.Stop()
+	select {
+	case <-run.Done():
+	case <-ctx.Done():
+		lv.stop()
+		return false, ctx.Err()
+	case <-limit.C:
+		con.say("The transfer did not end in time; stopping it.")
+		run.Cancel()
+		<-run.Done()
+	}
+	lv.stop()
+	rep, _ := run.Wait()
+	w.saveReport("multipath", rep)
+	if err := w.stopTunnel(); err != nil {
+		con.say("Note: %v", err)
+	}
+	verified := rep.Verified && len(rep.Errors) == 0
+	con.say("")
+	con.say("Through usltun with two links, mirror:")
+	con.say("%s", strings.TrimRight(formatMultipathSummary(rep, w.onePathStall), "\n"))
+	return verified, nil
 }

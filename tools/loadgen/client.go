@@ -35,6 +35,9 @@ type Config struct {
 
 	ReqSize, RespSize int // rr: message sizes; default 64 bytes each
 	Requests          int // rr: round trips per flow (0: until Duration)
+	// Interval paces rr: a request starts every Interval (0: back to
+	// back). A late response delays the next request, never queues two.
+	Interval time.Duration
 
 	NoVerify bool // skip hashing and comparison (for pure throughput)
 
@@ -266,7 +269,14 @@ func (r *Run) rr(f *flowEnd, lat *hist) {
 	if r.cfg.Duration > 0 {
 		until = time.Now().Add(r.cfg.Duration)
 	}
+	var next time.Time
 	for n := 0; r.cfg.Requests == 0 || n < r.cfg.Requests; n++ {
+		if r.cfg.Interval > 0 {
+			if d := time.Until(next); d > 0 {
+				time.Sleep(d)
+			}
+			next = time.Now().Add(r.cfg.Interval)
+		}
 		if !until.IsZero() && !time.Now().Before(until) {
 			break
 		}

@@ -82,3 +82,15 @@ func (t *timeline) firstAfter(heal int64) (int64, bool) {
 	}
 	return heal, true
 }
+
+// GapsOver returns the pauses of at least min this direction recorded, in
+// time order as recorded (for telling which fault caused a stall).
+func (d *Direction) GapsOver(min time.Duration) []Gap {
+	var out []Gap
+	for _, g := range d.tl.Gaps {
+		if g.End-g.Start >= int64(min) {
+			out = append(out, g)
+		}
+	}
+	return out
+}
