@@ -54,7 +54,9 @@ func (l *LinkPair) Blackhole() error {
 // ResetTCP answers every TCP segment on the link to or from port with an
 // RST, until Heal. Established connections using the port die with
 // ECONNRESET at both ends (each end as soon as it sends); new connections
-// to the port are refused.
+// to the port are refused. It takes precedence over Blackhole: Blackhole
+// then ResetTCP is a path that went silent with data in flight, then a
+// middlebox reset it, so that data is lost for certain.
 func (l *LinkPair) ResetTCP(port uint16) error {
 	return l.updateFaults(fmt.Sprintf("reset tcp port %d", port), func(f *faultSet) {
 		if f.resets == nil {
@@ -150,9 +152,6 @@ func addFaultRules(c *nftables.Conn, chain *nftables.Chain, f faultSet) {
 	add := func(exprs ...expr.Any) { c.AddRule(&nftables.Rule{Table: table, Chain: chain, Exprs: exprs}) }
 	drop := &expr.Verdict{Kind: expr.VerdictDrop}
 
-	if f.blackhole {
-		add(drop)
-	}
 	ports := slices.Sorted(maps.Keys(f.resets))
 	for _, port := range ports {
 		for _, off := range []uint32{0, 2} { // source port, destination port
@@ -169,6 +168,9 @@ func addFaultRules(c *nftables.Conn, chain *nftables.Chain, f faultSet) {
 				&expr.Reject{Type: unix.NFT_REJECT_TCP_RST},
 			)
 		}
+	}
+	if f.blackhole {
+		add(drop)
 	}
 	if f.lossPct > 0 {
 		add(
