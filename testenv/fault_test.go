@@ -163,32 +163,74 @@ func TestFlapStopsTrafficHalfTheTime(t *testing.T) {
 	requireRoot(t)
 	a, b, l := pair(t)
 	u := newUDPCounter(t, b, "10.0.0.2:7102")
+	sendUDP(t, a, "10.0.0.2:7102", 100000, 10, 10) // resolve the neighbour first
+	settle()
 	var ups atomic.Int32
 	l.OnHeal(func(time.Time) { ups.Add(1) })
 	const period, duration = 100 * time.Millisecond, 1200 * time.Millisecond
 	flapDone := make(chan error, 1)
 	go func() { flapDone <- l.Flap(period, duration) }()
-	n := int(duration / time.Millisecond)
-	start := time.Now()
-	sendUDP(t, a, "10.0.0.2:7102", 0, n, 1)
-	if err := <-flapDone; err != nil {
+	// One datagram a millisecond for exactly as long as the flapping lasts
+	// (bounded by 10 times the count it should take), so a loaded machine
+	// that sends slowly still sends across the same down and up halves.
+	dst, err := net.ResolveUDPAddr("udp", "10.0.0.2:7102")
+	if err != nil {
 		t.Fatal(err)
 	}
+	pc, err := a.ListenPacket("udp", ":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	var msg [16]byte
+	n, start := 0, time.Now()
+	var flapErr error
+send:
+	for n < 10*int(duration/time.Millisecond) {
+		select {
+		case flapErr = <-flapDone:
+			break send
+		default:
+		}
+		binary.BigEndian.PutUint32(msg[:], uint32(n))
+		pc.WriteTo(msg[:], dst) // a write may fail while the link is down
+		n++
+		time.Sleep(time.Millisecond)
+	}
+	if flapErr != nil {
+		t.Fatal(flapErr)
+	}
 	settle()
-	got := u.count()
-	// Sleeps overshoot, so fewer than n datagrams fit in the flap; the down
-	// half must have stopped roughly half of them.
-	t.Logf("flap: %d of %d datagrams arrived, %d ups, %v", got, n, ups.Load(), time.Since(start))
-	if got < n*20/100 || got > n*75/100 {
+	// Which of the numbered datagrams arrived: runs of them separated by
+	// the down halves.
+	u.mu.Lock()
+	got, runs, prev := 0, 0, false
+	for i := range n {
+		_, ok := u.seen[uint32(i)]
+		if ok {
+			got++
+			if !prev {
+				runs++
+			}
+		}
+		prev = ok
+	}
+	u.mu.Unlock()
+	t.Logf("flap: %d of %d datagrams arrived in %d runs, %d ups, %v", got, n, runs, ups.Load(), time.Since(start))
+	if got < n*20/100 || got > n*80/100 {
 		t.Fatalf("%d of %d datagrams arrived during flapping, want about half", got, n)
+	}
+	if runs < 3 {
+		t.Fatalf("datagrams arrived in %d runs, want one per up half (about %d)", runs, duration/(2*period))
 	}
 	if ups.Load() < 3 {
 		t.Fatalf("%d up transitions, want about %d", ups.Load(), duration/(2*period))
 	}
 	// The link ends up.
-	sendUDP(t, a, "10.0.0.2:7102", 100000, 20, 10)
+	before := u.count()
+	sendUDP(t, a, "10.0.0.2:7102", 200000, 20, 10)
 	settle()
-	if u.count() != got+20 {
+	if u.count() != before+20 {
 		t.Fatal("link not usable after Flap")
 	}
 }
