@@ -23,7 +23,11 @@
 //
 //	request:  {"op":"status"}
 //	          {"op":"attach-tun","attach":{"name":...,"mtu":1500,"offload":3,"routes":[...]}}
+//	          {"op":"policy-show"}
+//	          {"op":"policy-set","policy":{"file":"rules.toml","toml":"[[policy]]\n..."}}
+//	          {"op":"policy-flush"}
 //	response: {"body":{...}}            on success, body specific to op
+//	                                    (the policy ops: a PolicyState)
 //	          {"error":"one line"}      on failure
 //
 // attach-tun carries one file descriptor (SCM_RIGHTS, sent with the request
@@ -71,6 +75,13 @@ const (
 const (
 	OpStatus    = "status"
 	OpAttachTUN = "attach-tun"
+	// OpPolicyShow reports the Socket Control rules and the open flows'
+	// classes; OpPolicySet replaces the rules with Request.Policy's, all or
+	// nothing; OpPolicyFlush empties them (every flow to the default
+	// scheduler). Each answers with the PolicyState after the request.
+	OpPolicyShow  = "policy-show"
+	OpPolicySet   = "policy-set"
+	OpPolicyFlush = "policy-flush"
 )
 
 // maxFiles bounds the descriptors accepted with one request; extra ones are
@@ -79,8 +90,49 @@ const maxFiles = 1
 
 // Request is what a client sends.
 type Request struct {
-	Op     string  `json:"op"`
-	Attach *Attach `json:"attach,omitempty"` // OpAttachTUN
+	Op     string      `json:"op"`
+	Attach *Attach     `json:"attach,omitempty"` // OpAttachTUN
+	Policy *PolicyFile `json:"policy,omitempty"` // OpPolicySet
+}
+
+// PolicyFile is a rule file sent with OpPolicySet. The client reads it, so
+// the daemon needs no access to the user's files; File names it in the
+// daemon's error messages ("rules.toml:3: rule 1 ...").
+type PolicyFile struct {
+	File string `json:"file"`
+	TOML string `json:"toml"`
+}
+
+// PolicyState is the answer to the policy ops: the rules in force, their
+// generation (one more for every set and flush since the daemon started)
+// and the open flows with the class and scheduler each has now.
+type PolicyState struct {
+	Generation uint64       `json:"generation"`
+	Default    string       `json:"default_scheduler"`
+	Rules      []PolicyRule `json:"rules"`
+	Flows      []PolicyFlow `json:"flows"`
+	// FlowsTotal counts the open flows; Flows lists at most MaxPolicyFlows
+	// of them, so that the answer fits in MaxMessage.
+	FlowsTotal int `json:"flows_total"`
+}
+
+// MaxPolicyFlows bounds PolicyState.Flows.
+const MaxPolicyFlows = 1000
+
+// PolicyRule is one rule as installed.
+type PolicyRule struct {
+	Name      string `json:"name"`
+	Match     string `json:"match"`
+	Scheduler string `json:"scheduler"`
+	Pos       string `json:"pos,omitempty"` // where it was written
+}
+
+// PolicyFlow is one open flow: its destination (proto/host:port), class
+// and scheduler.
+type PolicyFlow struct {
+	Dest      string `json:"dest"`
+	Class     string `json:"class"`
+	Scheduler string `json:"scheduler"`
 }
 
 // Attach describes the TUN device passed with an OpAttachTUN request.

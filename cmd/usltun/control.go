@@ -29,6 +29,9 @@ func (d *daemon) listenControl(path string, log *slog.Logger) (*control.Server, 
 			return d.status(), nil, nil
 		case control.OpAttachTUN:
 			return d.attachTUN(req.Attach, files)
+		case control.OpPolicyShow, control.OpPolicySet, control.OpPolicyFlush:
+			closeAll(files)
+			return d.policyRequest(req)
 		}
 		closeAll(files)
 		return nil, nil, fmt.Errorf("unknown request %q (a newer usltun client than this daemon?)", req.Op)
@@ -48,4 +51,24 @@ func queryControl(ctx context.Context, path string) ([]byte, error) {
 		return nil, err
 	}
 	return body, nil
+}
+
+// policyRequest serves the policy ops (`usltun policy`): set checks the
+// whole file before it replaces anything, so a bad rule leaves the running
+// rules in force and comes back as one error line with its position.
+func (d *daemon) policyRequest(req control.Request) (any, func(), error) {
+	switch req.Op {
+	case control.OpPolicySet:
+		if req.Policy == nil {
+			return nil, nil, fmt.Errorf("%s without a rule file", req.Op)
+		}
+		if err := d.policy.set([]byte(req.Policy.TOML), req.Policy.File); err != nil {
+			return nil, nil, fmt.Errorf("rules not replaced, the running ones stay: %w", err)
+		}
+		d.policy.log.Info("policy replaced over the control socket", "file", req.Policy.File, "rules", len(d.policy.eng.Rules()), "generation", d.policy.eng.Generation())
+	case control.OpPolicyFlush:
+		d.policy.flush()
+		d.policy.log.Info("policy flushed over the control socket", "generation", d.policy.eng.Generation())
+	}
+	return d.policy.state(), nil, nil
 }

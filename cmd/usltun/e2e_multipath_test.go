@@ -13,6 +13,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -23,6 +24,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/usltun/usltun/control"
 	"github.com/usltun/usltun/testenv"
 	"github.com/usltun/usltun/tools/loadgen"
 )
@@ -432,21 +434,34 @@ func (l *mpLab) row6(t *testing.T) string {
 	return fig
 }
 
-// writePolicy writes row 7's rules: the ssh port's flows on ssh, the
-// bulk port's on bulk; both "" writes an empty rule set (flush).
+// writePolicy writes the rules of rows 5–7 to the daemons' --policy file:
+// the ssh port's flows on ssh, the bulk port's on bulk.
 func (l *mpLab) writePolicy(t *testing.T, ssh, bulk string) {
 	t.Helper()
-	rules := ""
-	if ssh != "" {
-		rules = fmt.Sprintf("[[policy]]\nname = \"interactive\"\nmatch = 'dst.port == 22'\nscheduler = %q\n"+
-			"[[policy]]\nname = \"bulk\"\nmatch = 'dst.port == %d'\nscheduler = %q\n", ssh, loadPort, bulk)
-	}
-	if err := os.WriteFile(l.policyFile, []byte(rules), 0o600); err != nil {
+	writeRules(t, l.policyFile, ssh, bulk)
+}
+
+func writeRules(t *testing.T, file, ssh, bulk string) {
+	t.Helper()
+	rules := fmt.Sprintf("[[policy]]\nname = \"interactive\"\nmatch = 'dst.port == 22'\nscheduler = %q\n"+
+		"[[policy]]\nname = \"bulk\"\nmatch = 'dst.port == %d'\nscheduler = %q\n", ssh, loadPort, bulk)
+	if err := os.WriteFile(file, []byte(rules), 0o600); err != nil {
 		t.Fatal(err)
 	}
 }
 
-// reloadPolicy makes both daemons re-read the rules (SIGHUP).
+// policy runs `usltun policy args...` against both daemons (each
+// schedules what it sends).
+func (l *mpLab) policy(t *testing.T, args ...string) {
+	t.Helper()
+	for _, h := range []*testenv.Host{l.A, l.B} {
+		if out, err := h.Run(append([]string{e2eBinary, "policy"}, args...)...); err != nil {
+			t.Fatalf("usltun policy %s on %s: %v: %s", strings.Join(args, " "), h, err, strings.TrimSpace(out))
+		}
+	}
+}
+
+// reloadPolicy makes both daemons re-read their --policy file (SIGHUP).
 func (l *mpLab) reloadPolicy(t *testing.T) {
 	t.Helper()
 	for _, p := range []*testenv.Proc{l.DA, l.DB} {
@@ -480,21 +495,47 @@ func (l *mpLab) waitClasses(t *testing.T, want string) string {
 	return last
 }
 
-// row7: an ssh-port flow mirrored and a bulk flow balanced; the rules
-// are swapped mid-transfer, then flushed. No loss, no reset, and status
-// shows each change.
+// shownFlows is A's `usltun policy show --json`: each open flow's
+// destination port, class and scheduler, sorted.
+func (l *mpLab) shownFlows(t *testing.T) string {
+	t.Helper()
+	out, err := l.A.Run(e2eBinary, "policy", "show", "--json")
+	if err != nil {
+		t.Fatalf("usltun policy show: %v: %s", err, out)
+	}
+	var st control.PolicyState
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("usltun policy show: %v: %q", err, out)
+	}
+	var parts []string
+	for _, f := range st.Flows {
+		parts = append(parts, fmt.Sprintf("%s %s/%s", f.Dest[strings.LastIndexByte(f.Dest, ':')+1:], f.Class, f.Scheduler))
+	}
+	return fmt.Sprintf("gen %d: %s", st.Generation, strings.Join(parts, ", "))
+}
+
+// row7: an ssh-port flow mirrored and a bulk flow balanced (the --policy
+// file); `usltun policy set` swaps them mid-transfer, `usltun policy
+// flush` sends both to the default, and SIGHUP brings the file's rules
+// back. No loss, no reset, and status and `policy show` show each change.
 func (l *mpLab) row7(t *testing.T) string {
-	ssh := l.startAt(t, net.JoinHostPort(mpC, "22"), loadgen.Config{Mode: loadgen.RR, Duration: 8 * time.Second})
-	bulk := l.start(t, loadgen.Config{Dirs: loadgen.Both, Duration: 8 * time.Second})
+	ssh := l.startAt(t, net.JoinHostPort(mpC, "22"), loadgen.Config{Mode: loadgen.RR, Duration: 9 * time.Second})
+	bulk := l.start(t, loadgen.Config{Dirs: loadgen.Both, Duration: 9 * time.Second})
 	time.Sleep(1500 * time.Millisecond)
 	seen := []string{l.waitClasses(t, "bulk=balance×1 interactive=mirror×1")}
-	l.writePolicy(t, "balance", "mirror")
-	l.reloadPolicy(t)
+	swapped := filepath.Join(l.dir, "swapped.toml")
+	writeRules(t, swapped, "balance", "mirror")
+	l.policy(t, "set", swapped)
 	seen = append(seen, l.waitClasses(t, "bulk=mirror×1 interactive=balance×1"))
+	if got, want := l.shownFlows(t), fmt.Sprintf("gen 3: 22 interactive/balance, %d bulk/mirror", loadPort); got != want {
+		t.Errorf("policy show after set: %q, want %q", got, want)
+	}
 	time.Sleep(2 * time.Second)
-	l.writePolicy(t, "", "")
-	l.reloadPolicy(t)
+	l.policy(t, "flush")
 	seen = append(seen, l.waitClasses(t, "default=lowrtt×2"))
+	time.Sleep(time.Second)
+	l.reloadPolicy(t)
+	seen = append(seen, l.waitClasses(t, "bulk=balance×1 interactive=mirror×1"))
 	sshRep := l.verify(t, ssh, 30*time.Second, "ssh-port rr across the swaps")
 	bulkRep := l.verify(t, bulk, 30*time.Second, "bulk across the swaps")
 	fig := fmt.Sprintf("status %s; rr max %v, bulk longest stall %v, 0 errors", strings.Join(seen, " → "),

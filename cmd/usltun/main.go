@@ -44,6 +44,7 @@ type cli struct {
 	Pubkey     pubkeyCmd     `cmd:"" help:"Read a private key on stdin and print its public key."`
 	Up         upCmd         `cmd:"" help:"Run the tunnel in the foreground until SIGINT or SIGTERM."`
 	Status     statusCmd     `cmd:"" help:"Show the state of the running daemon."`
+	Policy     policyCmd     `cmd:"" help:"Show, replace or flush the running daemon's Socket Control rules (which scheduler carries which flows)."`
 	Exec       execCmd       `cmd:"" help:"Run a command, without root, in a network namespace whose flows go through the running daemon."`
 	Version    versionCmd    `cmd:"" help:"Print the version."`
 	Completion completionCmd `cmd:"" help:"Print a shell completion script: bash, zsh or fish."`

@@ -1,12 +1,15 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"sort"
 	"sync"
 
+	"github.com/usltun/usltun/control"
 	"github.com/usltun/usltun/flow"
 	"github.com/usltun/usltun/policy"
 	"github.com/usltun/usltun/usl"
@@ -54,15 +57,54 @@ func (p *flowPolicy) load(file string) error {
 	if err != nil {
 		return fmt.Errorf("--policy: %w", err)
 	}
-	rules, err := policy.ParseTOML(data, file)
-	if err != nil {
+	if err := p.set(data, file); err != nil {
 		return fmt.Errorf("--policy: %w", err)
 	}
+	return nil
+}
+
+// set replaces the rules with those of a TOML document (file names it in
+// errors), all or nothing, and moves the open flows. The whole document is
+// checked before anything changes: on error the running rules stay.
+func (p *flowPolicy) set(data []byte, file string) error {
+	rules, err := policy.ParseTOML(data, file)
+	if err != nil {
+		return err
+	}
 	if err := p.eng.Set(rules); err != nil {
-		return fmt.Errorf("--policy: %w", err)
+		return err
 	}
 	p.reassign()
 	return nil
+}
+
+// flush empties the rules: every open flow moves to the default scheduler.
+func (p *flowPolicy) flush() {
+	p.eng.Flush()
+	p.reassign()
+}
+
+// state is what `usltun policy show` prints: the rules, their generation,
+// and each open flow's class and scheduler (at most control.MaxPolicyFlows
+// of them, sorted by destination).
+func (p *flowPolicy) state() control.PolicyState {
+	s := control.PolicyState{Generation: p.eng.Generation(), Default: p.eng.DefaultScheduler(),
+		Rules: []control.PolicyRule{}, Flows: []control.PolicyFlow{}}
+	for _, r := range p.eng.Rules() {
+		s.Rules = append(s.Rules, control.PolicyRule{Name: r.Name, Match: r.Match, Scheduler: r.Scheduler, Pos: r.Pos})
+	}
+	p.mu.Lock()
+	for st, dst := range p.flows {
+		name, class := st.Scheduler()
+		s.Flows = append(s.Flows, control.PolicyFlow{Dest: dst.String(), Class: class, Scheduler: name})
+	}
+	p.mu.Unlock()
+	s.FlowsTotal = len(s.Flows)
+	slices.SortFunc(s.Flows, func(a, b control.PolicyFlow) int { return cmp.Compare(a.Dest, b.Dest) })
+	if len(s.Flows) > control.MaxPolicyFlows {
+		s.Flows = s.Flows[:control.MaxPolicyFlows]
+	}
+	return s
 }
 
 // reassign evaluates every open flow again.
