@@ -46,9 +46,10 @@ type pathStats struct {
 	slot         int // -1 when not attached
 	state        PathState
 	srtt, rttvar time.Duration
-	rate         float64 // bytes/s
-	delivered    int     // bytes acked since rateStart
-	rateStart    time.Time
+	rate         float64       // bytes/s
+	delivered    int           // bytes acked in the current rate sample
+	busyStart    time.Time     // when the path last went from empty to busy
+	busyTime     time.Duration // busy time of the current rate sample before busyStart
 	inflight     int
 	lastProgress time.Time // last ack progress of a frame sent here, or when the path went from idle to busy
 	pingSent     time.Time // an unanswered PING; zero if none
@@ -208,10 +209,10 @@ func (s *Session) sentLocked(p *path, e *entry, now time.Time) {
 		e.firstSent = now
 	}
 	if p.mp.inflight == 0 {
+		// From idle to busy: the stall clock and a busy period of the
+		// delivery-rate sample start now.
 		p.mp.lastProgress = now
-		if p.mp.rateStart.IsZero() {
-			p.mp.rateStart = now
-		}
+		p.mp.busyStart = now
 	}
 	p.mp.inflight += n
 	p.mp.bytesSent += uint64(n)
@@ -247,21 +248,24 @@ func (s *Session) creditLocked(e *entry, now time.Time) {
 		if p.mp.state == PathProbing {
 			s.pathRecoveredLocked(p)
 		}
-		// Delivery rate: bytes acked per interval of at least one srtt
-		// (20 ms floor), smoothed 1/4. Idle time is excluded by
-		// restarting the interval when the path runs empty.
-		el := now.Sub(p.mp.rateStart)
-		if el >= max(p.mp.srtt, 20*time.Millisecond) {
-			sample := float64(p.mp.delivered) / el.Seconds()
+		// Delivery rate: bytes acked per busy time (time with frames in
+		// flight) of at least one srtt (20 ms floor), smoothed 1/4. Idle
+		// time is left out: counted, it made a path used now and then
+		// measure a few KB/s, and Balance starve it; and a sample that
+		// waited for a busy interval of that length never came on a
+		// path that often runs empty.
+		busy := p.mp.busyTime + now.Sub(p.mp.busyStart)
+		switch {
+		case busy >= max(p.mp.srtt, 20*time.Millisecond):
+			sample := float64(p.mp.delivered) / busy.Seconds()
 			if p.mp.rate == 0 {
 				p.mp.rate = sample
 			} else {
 				p.mp.rate = 0.75*p.mp.rate + 0.25*sample
 			}
-			p.mp.delivered, p.mp.rateStart = 0, now
-		}
-		if p.mp.inflight == 0 {
-			p.mp.delivered, p.mp.rateStart = 0, now
+			p.mp.delivered, p.mp.busyTime, p.mp.busyStart = 0, 0, now
+		case p.mp.inflight == 0:
+			p.mp.busyTime = busy // the busy period ends; sentLocked starts the next
 		}
 	}
 }

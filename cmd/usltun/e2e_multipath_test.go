@@ -44,7 +44,6 @@ const (
 // analysis). They stay runnable for measuring: USLTUN_MP_FAILING=1.
 var mpFailing = map[string]string{
 	"row1_mirror_each_link_blackholed": "rr worst 84–99 ms against an undisturbed p99 of 44–73 ms + 10 ms; rr round trips of 40–77 ms recur before the first fault as much as during the faults",
-	"row3_balance_200_50":              "one flow 194–195 Mbit/s, bound 210",
 	"row6_hedge_vs_lowrtt_10pct_loss":  "rr p99 hedge 17–19 ms, lowrtt 1.4–1.8 ms: lowrtt leaves the lossy link by itself",
 	"row2_failover_cut_in_use":         "flaky: 205–292 ms after the cut, but 1.31 s once in 3 full runs, bound 500 ms; not analysed yet",
 	"row5_no_head_of_line_1ms_100ms":   "flaky: rr p99 3.0–4.7 ms in most runs, 6.2 and 12.8 ms in two full runs, bound 6 ms",
