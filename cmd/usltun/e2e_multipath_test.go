@@ -59,13 +59,6 @@ type mpLab struct {
 
 func TestE2EMultipath(t *testing.T) {
 	requireE2E(t)
-	// Issue 9 is in progress: on the 2-core CI machine every row has failed
-	// at least once in full runs (docs/performance.md has the figures), so
-	// the rows run only on request until they are reliable. The session
-	// layer's own multipath tests (usl/multipath_test.go) run always.
-	if os.Getenv("USLTUN_MP_E2E") == "" {
-		t.Skip("multipath e2e rows are not yet reliable on this machine (issue 9); USLTUN_MP_E2E=1 runs them")
-	}
 	m := testenv.NewMultiLink(t, 2)
 	l := &mpLab{e2eLab: &e2eLab{t: t, dir: t.TempDir(), A: m.A, B: m.B, C: m.C}, m: m,
 		addr: net.JoinHostPort(mpC, fmt.Sprint(loadPort))}
@@ -345,6 +338,21 @@ func (l *mpLab) busiestLink(t *testing.T) int {
 	return best
 }
 
+// logPaths logs A's paths: state, srtt, delivery rate, bytes sent.
+func (l *mpLab) logPaths(t *testing.T) {
+	t.Helper()
+	r, err := l.status(l.A)
+	if err != nil || r.Session == nil {
+		return
+	}
+	var parts []string
+	for _, p := range r.Session.Paths {
+		parts = append(parts, fmt.Sprintf("%s %s srtt %.1f ms rate %.1f MB/s sent %d stalls %d", p.Remote, p.State, p.SRTTMs,
+			p.RateBps/1e6, p.BytesSent, p.Stalls))
+	}
+	t.Logf("paths: %s", strings.Join(parts, "; "))
+}
+
 // row3: balance; the links shaped to r1 and r2 bit/s each way: one TCP
 // flow A→C gets at least want.
 func (l *mpLab) row3(t *testing.T, r1, r2, want float64) string {
@@ -353,7 +361,13 @@ func (l *mpLab) row3(t *testing.T, r1, r2, want float64) string {
 			t.Fatal(err)
 		}
 	}
-	rep := l.verify(t, l.start(t, loadgen.Config{Dirs: loadgen.Up, Duration: 6 * time.Second}), 30*time.Second, "bulk")
+	run := l.start(t, loadgen.Config{Dirs: loadgen.Up, Duration: 10 * time.Second})
+	// Each path's share, once a second: what a low figure is about.
+	for range 9 {
+		time.Sleep(time.Second)
+		l.logPaths(t)
+	}
+	rep := l.verify(t, run, 30*time.Second, "bulk")
 	fig := fmt.Sprintf("one flow %.0f Mbit/s over %.0f + %.0f Mbit/s", rep.BitsPerSec/1e6, r1/1e6, r2/1e6)
 	t.Log(fig)
 	if rep.BitsPerSec < want {
