@@ -39,6 +39,11 @@ const (
 	// lateScan bounds the frames Late looks at per tick: the oldest
 	// unacked ones, which are the ones that can be late.
 	lateScan = 64
+	// minRTTWindow is how long a path's lowest RTT sample stands before
+	// a higher one replaces it (BBR keeps its min_rtt for 10 s too): long
+	// against the loss bursts it must see through, short enough to follow
+	// a route that really got longer.
+	minRTTWindow = 10 * time.Second
 )
 
 // pathStats is the multipath state of one path, guarded by s.mu.
@@ -46,6 +51,8 @@ type pathStats struct {
 	slot         int // -1 when not attached
 	state        PathState
 	srtt, rttvar time.Duration
+	minRTT       time.Duration // lowest RTT sample within minRTTWindow
+	minRTTAt     time.Time     // when minRTT was sampled
 	rate         float64       // bytes/s
 	delivered    int           // bytes acked in the current rate sample
 	busyStart    time.Time     // when the path last went from empty to busy
@@ -129,7 +136,7 @@ func (s *Session) infosLocked() []PathInfo {
 			w = bdp
 		}
 		s.infoBuf = append(s.infoBuf, PathInfo{ID: p.id, Preference: p.pref, State: p.mp.state,
-			SRTT: p.mp.srtt, RTTVar: p.mp.rttvar, Rate: p.mp.rate, InFlight: p.mp.inflight, Window: w})
+			SRTT: p.mp.srtt, RTTVar: p.mp.rttvar, MinRTT: p.mp.minRTT, Rate: p.mp.rate, InFlight: p.mp.inflight, Window: w})
 		s.infoSlot = append(s.infoSlot, p.mp.slot)
 	}
 	// Insertion sort by preference: at most 8 paths.
@@ -297,6 +304,9 @@ func (s *Session) sackLocked(rs []seqRange, now time.Time) error {
 // rttSampleLocked folds one PONG's RTT into p's srtt and rttvar (RFC 6298
 // gains) and the session's RTT (the lowest srtt of its paths).
 func (s *Session) rttSampleLocked(p *path, rtt time.Duration) {
+	if now := time.Now(); p.mp.minRTT == 0 || rtt <= p.mp.minRTT || now.Sub(p.mp.minRTTAt) > minRTTWindow {
+		p.mp.minRTT, p.mp.minRTTAt = rtt, now
+	}
 	if p.mp.srtt == 0 {
 		p.mp.srtt, p.mp.rttvar = rtt, rtt/2
 	} else {

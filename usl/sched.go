@@ -49,6 +49,7 @@ type PathInfo struct {
 	State      PathState     // PathUp, PathProbing or PathBackup
 	SRTT       time.Duration // smoothed RTT of this path (PING/PONG, EWMA 1/8); 0 before the first sample
 	RTTVar     time.Duration // RTT variation (EWMA 1/4 of |sample - srtt|)
+	MinRTT     time.Duration // lowest RTT sample of the last 10 s; 0 before the first
 	Rate       float64       // delivery-rate estimate in bytes/s (acked bytes per interval, EWMA); 0 before the first sample
 	InFlight   int           // frame bytes sent on this path and not yet acked or selectively acked
 	Window     int           // in-flight bytes the path is granted: max(256 KiB, 2×Rate×SRTT)
@@ -317,8 +318,14 @@ func (Mirror) Pick(f *Frame, paths []PathInfo) PathSet {
 
 // Hedge sends each frame on the lowest-RTT path, and a copy on the next
 // best path only when the frame is not acked within srtt + 2×rttvar of
-// the path it went on (plus the peer's ack delay): redundancy paid only
-// when a path misbehaves, as getlantern/multipath does.
+// the path it went on, but never later than twice that path's minimum
+// RTT (plus, either way, the peer's ack delay): redundancy paid only when
+// a path misbehaves, as getlantern/multipath does. The cap is what makes
+// hedging work on a lossy link: a path is a TCP connection, so a PONG
+// that waited for a retransmission is an RTT sample of hundreds of ms,
+// and a few of them inflate srtt and rttvar until the copy came about as
+// late as the retransmission it should beat (rr p99 140 ms against
+// lowrtt's 230 ms with 10 % loss, TestE2EMultipath/row6).
 type Hedge struct{}
 
 func (Hedge) Name() string { return "hedge" }
@@ -332,6 +339,9 @@ func (Hedge) Late(f *Frame, paths []PathInfo) PathSet {
 	for i := range paths {
 		if f.SentOn.Has(i) {
 			d := paths[i].SRTT + 2*paths[i].RTTVar
+			if m := paths[i].MinRTT; m > 0 {
+				d = min(d, 2*m)
+			}
 			if d == 0 || due != 0 && d >= due {
 				continue
 			}

@@ -54,3 +54,38 @@ func TestBalanceSharesByRate(t *testing.T) {
 		t.Errorf("no room: Pick %b, want none", set)
 	}
 }
+
+// TestHedgeLateCap: Hedge copies a frame once it is unacked for srtt +
+// 2×rttvar plus the ack slack, or for twice the path's minimum RTT plus
+// the slack when that is sooner (srtt and rttvar inflated by samples
+// that waited for a TCP retransmission).
+func TestHedgeLateCap(t *testing.T) {
+	ms := time.Millisecond
+	clean := []PathInfo{
+		{ID: 1, SRTT: 10 * ms, RTTVar: 2 * ms, MinRTT: 9 * ms, Window: 1 << 20},
+		{ID: 2, Preference: 1, SRTT: 40 * ms, RTTVar: ms, MinRTT: 40 * ms, Window: 1 << 20},
+	}
+	sent := PathSet(0).With(0)
+	for _, c := range []struct {
+		paths []PathInfo
+		age   time.Duration
+		want  PathSet
+	}{
+		{clean, 14*ms + hedgeAckSlack - ms, 0},                       // srtt + 2 rttvar = 14 ms: not yet
+		{clean, 14*ms + hedgeAckSlack, PathSet(0).With(1)},           // due
+		{inflated(clean), 18*ms + hedgeAckSlack - ms, 0},             // 2 × min RTT = 18 ms: not yet
+		{inflated(clean), 18*ms + hedgeAckSlack, PathSet(0).With(1)}, // due long before srtt + 2 rttvar (260 ms)
+	} {
+		if got := (Hedge{}).Late(&Frame{Len: 100, Age: c.age, SentOn: sent}, c.paths); got != c.want {
+			t.Errorf("srtt %v rttvar %v min %v, age %v: Late %b, want %b", c.paths[0].SRTT, c.paths[0].RTTVar, c.paths[0].MinRTT, c.age, got, c.want)
+		}
+	}
+}
+
+// inflated is paths with the first one's srtt and rttvar blown up by
+// retransmission-delayed samples, its minimum RTT unchanged.
+func inflated(paths []PathInfo) []PathInfo {
+	out := append([]PathInfo(nil), paths...)
+	out[0].SRTT, out[0].RTTVar = 60*time.Millisecond, 100*time.Millisecond
+	return out
+}
