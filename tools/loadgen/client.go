@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -32,6 +33,11 @@ type Config struct {
 	UpBytes, DownBytes int64
 	Duration           time.Duration // bulk: stop sending after this (0: until Bytes)
 	Idle               time.Duration // silence after connecting, before the transfer
+	// Rate paces bulk: each direction of each flow sends at most this
+	// many bits per second (0: as fast as the path takes them), in
+	// bursts of 10 ms worth. A link's own rate is another matter: pacing
+	// the sender keeps a flow from filling every queue on its way.
+	Rate float64
 
 	ReqSize, RespSize int // rr: message sizes; default 64 bytes each
 	Requests          int // rr: round trips per flow (0: until Duration)
@@ -198,6 +204,7 @@ func (r *Run) header(flow int) *header {
 		flow: uint32(flow), seed: c.Seed,
 		durationMs: uint32(c.Duration / time.Millisecond),
 		idleMs:     uint32(c.Idle / time.Millisecond),
+		rateKbps:   uint32(min(c.Rate/1e3, math.MaxUint32)),
 	}
 	if c.Dirs&Up != 0 {
 		h.upBytes = uint64(c.bytes(Up))
@@ -252,7 +259,7 @@ func (r *Run) runFlow(ctx context.Context, i int, cf *clientFlow) {
 		f.recvBulk(h.downBytes)
 	}()
 	if r.cfg.Dirs&Up != 0 {
-		f.sendBulk(h.upBytes, until)
+		f.sendBulk(h.upBytes, until, h.rateKbps)
 	} else {
 		f.closeWrite()
 	}

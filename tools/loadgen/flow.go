@@ -75,12 +75,24 @@ func bufSize(n uint64) int {
 }
 
 // sendBulk writes the stream until limit bytes (0: no limit) or until the
-// deadline (zero: none), then shuts down writing.
-func (f *flowEnd) sendBulk(limit uint64, until time.Time) {
+// deadline (zero: none), then shuts down writing. rateKbps > 0 paces it:
+// writes of 10 ms worth, each no earlier than the rate allows.
+func (f *flowEnd) sendBulk(limit uint64, until time.Time, rateKbps uint32) {
 	buf := make([]byte, bufSize(limit))
+	bytesPerSec := float64(rateKbps) * 1e3 / 8
+	if rateKbps > 0 {
+		buf = buf[:min(len(buf), max(int(bytesPerSec/100), 1<<10))]
+	}
+	start := time.Now()
 	for limit == 0 || uint64(f.rep.Sent.Bytes) < limit {
 		if !until.IsZero() && !time.Now().Before(until) {
 			break
+		}
+		if rateKbps > 0 {
+			due := start.Add(time.Duration(float64(f.rep.Sent.Bytes) / bytesPerSec * float64(time.Second)))
+			if d := time.Until(due); d > 0 {
+				time.Sleep(d)
+			}
 		}
 		n := len(buf)
 		if limit != 0 {

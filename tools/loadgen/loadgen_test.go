@@ -81,6 +81,23 @@ func TestDurationModeOneDirection(t *testing.T) {
 	}
 }
 
+// TestRatePacesBulk: with Rate, each direction sends about Rate×Duration,
+// not what loopback takes.
+func TestRatePacesBulk(t *testing.T) {
+	s := startServer(t)
+	const rate, dur = 40e6, 500 * time.Millisecond
+	rep := run(t, Config{Addr: s.Addr().String(), Duration: dur, Rate: rate})
+	if !rep.Verified {
+		t.Fatalf("not verified:\n%s", rep)
+	}
+	want := rate / 8 * dur.Seconds()
+	for what, got := range map[string]int64{"up": rep.BytesUp, "down": rep.BytesDown} {
+		if float64(got) < 0.8*want || float64(got) > 1.1*want {
+			t.Errorf("%s: %d bytes in %v at %.0f bit/s, want about %.0f", what, got, dur, rate, want)
+		}
+	}
+}
+
 func TestHalfClose(t *testing.T) {
 	s := startServer(t)
 	rep := run(t, Config{Addr: s.Addr().String(), Mode: HalfClose, Flows: 2, Bytes: 1 << 20})

@@ -92,6 +92,7 @@ type header struct {
 	idleMs     uint32
 	reqSize    uint32
 	respSize   uint32
+	rateKbps   uint32 // bulk: pace each direction to this (0: as fast as it goes)
 }
 
 func (h *header) marshal() []byte {
@@ -111,6 +112,7 @@ func (h *header) marshal() []byte {
 	be.PutUint32(b[56:], h.idleMs)
 	be.PutUint32(b[60:], h.reqSize)
 	be.PutUint32(b[64:], h.respSize)
+	be.PutUint32(b[68:], h.rateKbps)
 	return b
 }
 
@@ -139,6 +141,7 @@ func readHeader(r io.Reader) (header, error) {
 		idleMs:     be.Uint32(b[56:]),
 		reqSize:    be.Uint32(b[60:]),
 		respSize:   be.Uint32(b[64:]),
+		rateKbps:   be.Uint32(b[68:]),
 	}
 	switch {
 	case h.kind != kindFlow && h.kind != kindReport:

@@ -166,7 +166,7 @@ func (s *Server) serveFlow(c net.Conn, h *header) EndReport {
 			<-recvDone
 		}
 		if h.dirs&Down != 0 {
-			f.sendBulk(h.downBytes, until)
+			f.sendBulk(h.downBytes, until, h.rateKbps)
 		} else {
 			f.closeWrite()
 		}
