@@ -24,7 +24,7 @@ deb: build
 
 # deps installs what the tests and benchmarks need on a fresh Debian machine.
 # Go modules come through `go mod download`; system tools through apt-get.
-APT_PKGS := iproute2 nftables iperf3 wireguard-go wireguard-tools prometheus systemd iputils-ping curl util-linux passwd openssh-server openssh-client tmux file netcat-openbsd
+APT_PKGS := iproute2 nftables iperf3 sockperf wireguard-go wireguard-tools prometheus systemd iputils-ping curl util-linux passwd openssh-server openssh-client tmux file netcat-openbsd
 deps:
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
