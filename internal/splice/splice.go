@@ -23,8 +23,11 @@ const (
 	// 17-byte one, each with its header, replay entry and ack.
 	ChunkSize = usl.DefaultMaxFrame
 	// idleBuf is the buffer a direction without a wait function blocks in
-	// while idle: idle flows must be cheap.
-	idleBuf = 4 << 10
+	// while idle: idle flows must be cheap. It lives in the goroutine's
+	// stack frame, so its size sets the stack an idle flow keeps: 1 KiB
+	// instead of 4 KiB saves ≈ 5.8 KiB per netstack flow (TestIdleFlowMemory:
+	// 28.7 → 22.9 KB), and a busy flow leaves it after one full read.
+	idleBuf = 1 << 10
 )
 
 // WriteError is Copy's error when dst failed; any other error came from

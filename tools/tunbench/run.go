@@ -231,9 +231,10 @@ func (r *runner) idle() {
 		// Fresh daemons, so the baseline is not the heap left over from
 		// the throughput runs.
 		if u, ok := m.(*usltunMode); ok {
-			// Room for the largest level: the default --max-flows is
-			// below 10,000.
-			u.extra = []string{"--max-flows", fmt.Sprint(levels[len(levels)-1] + 1000)}
+			// Room for the largest level: the default --max-flows and
+			// --max-streams are below 10,000.
+			room := fmt.Sprint(levels[len(levels)-1] + 1000)
+			u.extra = []string{"--max-flows", room, "--max-streams", room}
 		}
 		m.Down()
 		if err := m.Up(r.ctx); err != nil {
