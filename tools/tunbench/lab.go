@@ -272,6 +272,7 @@ type usltunMode struct {
 	target string
 	mirror bool
 	extra  []string // extra flags for both daemons (the idle test raises --max-flows)
+	env    []string // extra environment of both daemons (--usltun-env)
 
 	procs    []*testenv.Proc
 	tun      string // A's TUN device
@@ -279,12 +280,12 @@ type usltunMode struct {
 	keyFiles [2]string
 }
 
-func newUsltun(l *lab, bin string) *usltunMode {
-	return &usltunMode{l: l, bin: bin, name: modeUSL, target: cUSL, tun: "tbusl" + l.tag, tunB: "usl0"}
+func newUsltun(l *lab, bin string, env []string) *usltunMode {
+	return &usltunMode{l: l, bin: bin, env: env, name: modeUSL, target: cUSL, tun: "tbusl" + l.tag, tunB: "usl0"}
 }
 
-func newUsltunMirror(l *lab, bin string) *usltunMode {
-	return &usltunMode{l: l, bin: bin, name: modeMirror, target: cMirror, mirror: true, tun: "tbmir" + l.tag, tunB: "tbmirb"}
+func newUsltunMirror(l *lab, bin string, env []string) *usltunMode {
+	return &usltunMode{l: l, bin: bin, env: env, name: modeMirror, target: cMirror, mirror: true, tun: "tbmir" + l.tag, tunB: "tbmirb"}
 }
 
 func (m *usltunMode) Name() string             { return m.name }
@@ -326,7 +327,7 @@ func (m *usltunMode) start(ctx context.Context, pubs [2]string) error {
 		argsA = append(argsA, "--peer", addrB+":"+uslPort)
 	}
 	argsB, argsA = append(argsB, m.extra...), append(argsA, m.extra...)
-	pb := l.b.Start(l.tb, m.name+"-b", argsB...)
+	pb := l.b.StartEnv(l.tb, m.name+"-b", m.env, argsB...)
 	m.procs = []*testenv.Proc{pb}
 	// Ask B's control socket rather than probing its port: a bare TCP
 	// probe would count against B's per-address handshake rate limit.
@@ -334,7 +335,7 @@ func (m *usltunMode) start(ctx context.Context, pubs [2]string) error {
 		return fmt.Errorf("%s on B: %w", m.name, err)
 	}
 	// A's daemon first: Daemons lists A, then B, as for wireguard-go.
-	m.procs = []*testenv.Proc{l.a.Start(l.tb, m.name+"-a", argsA...), pb}
+	m.procs = []*testenv.Proc{l.a.StartEnv(l.tb, m.name+"-a", m.env, argsA...), pb}
 	// Up means: a TCP connection to C through the tunnel completes (the
 	// SYN-ACK comes only after B dialed C).
 	if err := waitStatus(ctx, l.a, m.bin, m.tun, true, 15*time.Second); err != nil {

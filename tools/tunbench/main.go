@@ -61,6 +61,7 @@ type options struct {
 	usltun    string
 	wgCurrent string        // current wireguard-go binary; "" builds it
 	wgOld     string        // Debian's wireguard-go
+	uslEnv    []string      // extra environment of the usltun daemons
 	duration  time.Duration // per iperf3 run
 	repeat    int           // iperf3 runs per figure; the median counts
 	rrTime    time.Duration
@@ -82,6 +83,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.out, "out", "", "also write the JSON results to this file")
 	fs.StringVar(&o.usltun, "usltun", "", "usltun binary (default: go build ./cmd/usltun into a temporary directory)")
 	fs.StringVar(&o.wgCurrent, "wireguard-go", "", "current wireguard-go binary (default: go install "+wgModule+"@"+wgVersion+" into the user's cache directory, once)")
+	uslEnv := fs.String("usltun-env", "", "extra environment of the usltun daemons, K=V,K=V (e.g. GOGC=200,GOMAXPROCS=1): to measure runtime settings")
 	fs.StringVar(&o.wgOld, "wireguard-go-2022", "wireguard-go", "Debian's wireguard-go (0.0.20220316), the historical row")
 	fs.DurationVar(&o.duration, "duration", 5*time.Second, "length of each iperf3 run")
 	fs.IntVar(&o.repeat, "repeat", 3, "iperf3 runs per throughput figure; the table shows the median run")
@@ -102,6 +104,12 @@ func parseFlags(args []string) (*options, error) {
 	for _, p := range o.only {
 		if !slices.Contains(allParts, p) {
 			return nil, fmt.Errorf("--only: unknown part %q (parts: %s)", p, strings.Join(allParts, ","))
+		}
+	}
+	o.uslEnv = splitList(*uslEnv)
+	for _, kv := range o.uslEnv {
+		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
+			return nil, fmt.Errorf("--usltun-env: %q is not K=V", kv)
 		}
 	}
 	o.modes = splitList(*modes)
@@ -264,7 +272,7 @@ func benchmark(o *options) (res *Results, err error) {
 				res.Commit = gitDescribe(ctx)
 			}
 			uslBin = bin
-			modes = append(modes, newUsltun(l, bin))
+			modes = append(modes, newUsltun(l, bin, o.uslEnv))
 		}
 	}
 	iperf := l.c.Start(tb, "iperf3", "iperf3", "--server", "--port", fmt.Sprint(bulkPort))

@@ -176,7 +176,7 @@ func (r *runner) mirror() {
 			progress("mirror: %s: %v", what, err)
 		}
 	}
-	two := newUsltunMirror(r.l, r.uslBin)
+	two := newUsltunMirror(r.l, r.uslBin, r.o.uslEnv)
 	defer two.Down()
 	progress("%s: setting up", two.Name())
 	if err := two.Up(r.ctx); err != nil {

@@ -221,7 +221,7 @@ func TestParseFlags(t *testing.T) {
 	if !o.part("latency") || o.part("throughput") {
 		t.Fatal("--only not applied")
 	}
-	for _, bad := range [][]string{{"--only", "speed"}, {"--modes", "openvpn"}, {"--idle-flows", "100,10"}, {"--idle-flows", "x"}} {
+	for _, bad := range [][]string{{"--only", "speed"}, {"--modes", "openvpn"}, {"--idle-flows", "100,10"}, {"--idle-flows", "x"}, {"--usltun-env", "GOGC"}} {
 		if _, err := parseFlags(bad); err == nil {
 			t.Errorf("%v accepted", bad)
 		}
