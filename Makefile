@@ -24,7 +24,7 @@ deb: build
 
 # deps installs what the tests and benchmarks need on a fresh Debian machine.
 # Go modules come through `go mod download`; system tools through apt-get.
-APT_PKGS := iproute2 nftables iperf3 wireguard-go wireguard-tools prometheus systemd iputils-ping curl util-linux passwd openssh-server openssh-client tmux file netcat-openbsd
+APT_PKGS := iproute2 nftables iperf3 sockperf wireguard-go wireguard-tools prometheus systemd iputils-ping curl util-linux passwd openssh-server openssh-client tmux file netcat-openbsd
 deps:
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -62,8 +62,9 @@ demo: build
 # bench runs the micro-benchmarks (session layer, TUN + netstack data path
 # on usltun's own device and, as TCPThroughput/*/wgtun, on wireguard-go's
 # tun package for comparison, the policy's flow-open cost) and then the A—B—C lab comparison against
-# direct routing and wireguard-go, and the front ends without root (SOCKS5,
-# HTTP CONNECT, exec) against usl0.
+# direct routing and wireguard-go (Debian's 2022 build and the current one,
+# which tunbench builds once with go install from the module proxy), and the
+# front ends without root (SOCKS5, HTTP CONNECT, exec) against usl0.
 # Figures and their reading are in docs/performance.md.
 bench: deps build
 	$(GO) test -run '^$$' -bench 'RawTCP|Session|RecordSeal' -benchmem ./usl/

@@ -827,3 +827,43 @@ func TestUDPDialFailure(t *testing.T) {
 		t.Fatalf("read on a refused flow: %v, want nothing", err)
 	}
 }
+
+// TestPortReuseAfterRemoteClosedFirst: when the destination closes first,
+// the netstack sends the first FIN and its endpoint ends in TIME_WAIT,
+// while the application's kernel socket closes passively and frees its
+// port at once. A new connection from that port must be accepted at once:
+// gVisor hands a SYN that meets a TIME_WAIT endpoint only to a listening
+// endpoint, never to the forwarder, so while the netstack held TIME_WAIT
+// the SYN and its retransmissions were dropped.
+func TestPortReuseAfterRemoteClosedFirst(t *testing.T) {
+	h := newHarness(t, Config{Dialer: dialFunc(func(context.Context, flow.Dest) (flow.Conn, error) {
+		s := newSink()
+		s.Close() // the destination closes at once: EOF, then our FIN
+		return s, nil
+	})}, false)
+	const addr = "10.66.1.77:80"
+	local := &net.TCPAddr{IP: net.ParseIP("10.66.0.1")}
+	for i := range 3 {
+		var c net.Conn
+		start := time.Now()
+		err := h.ns.Do(func() (err error) {
+			d := net.Dialer{LocalAddr: local, Timeout: 3 * time.Second}
+			c, err = d.Dial("tcp", addr)
+			return err
+		})
+		if err != nil {
+			t.Fatalf("connect %d from %v: %v after %v", i, local, err, time.Since(start))
+		}
+		if d := time.Since(start); d > 500*time.Millisecond {
+			t.Errorf("connect %d from %v took %v: the SYN was dropped at least once", i, local, d)
+		}
+		local = c.LocalAddr().(*net.TCPAddr)
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if n, err := c.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+			t.Fatalf("connect %d: read %d, %v; want the destination's EOF", i, n, err)
+		}
+		c.Close()
+		// The netstack's side reaches TIME_WAIT once our FIN is acked.
+		time.Sleep(100 * time.Millisecond)
+	}
+}

@@ -2,7 +2,6 @@ package netstack
 
 import (
 	"fmt"
-	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -21,9 +20,16 @@ func newGVisorStack() *stack.Stack {
 	})
 }
 
-// timeWait is short because both ends of a terminated flow are on this host
-// (the kernel keeps its own TIME_WAIT); 60 s would pin endpoints for nothing.
-const timeWait = 5 * time.Second
+// timeWait is zero: both ends of a terminated flow are on this host, so no
+// old duplicate can arrive late, and a lost last ACK only earns the
+// application's socket, already closed, an RST. Any TIME_WAIT here is
+// harmful: when the destination closes first, the netstack's endpoint ends
+// in TIME_WAIT while the application's socket closes passively and frees
+// its port, and gVisor hands a SYN that meets a TIME_WAIT endpoint only to
+// a listening endpoint, never to the forwarder, so a new connection from
+// that port had its SYNs dropped for as long as TIME_WAIT lasted
+// (TestPortReuseAfterRemoteClosedFirst; with 5 s it timed out).
+const timeWait = 0
 
 func tune(s *stack.Stack) error {
 	sack := tcpip.TCPSACKEnabled(true) // an order of magnitude better under loss

@@ -197,7 +197,9 @@ type reader struct {
 }
 
 // readBatch reads up to readBatch packets without blocking. Returning false
-// parks the goroutine in the poller until the fd is readable.
+// parks the goroutine in the poller until the fd is readable. At EAGAIN it
+// hands what GRO holds to the stack and parks at once: returning true there
+// would cost one more read, which could only see EAGAIN again.
 func (r *reader) readBatch(fd uintptr) bool {
 	for i := 0; i < readBatch; i++ {
 		n, err := unix.Read(int(fd), r.buf)
@@ -205,7 +207,10 @@ func (r *reader) readBatch(fd uintptr) bool {
 		case err == unix.EINTR:
 			continue
 		case err == unix.EAGAIN:
-			return i > 0
+			if i > 0 {
+				r.gro.Flush()
+			}
+			return false
 		case err != nil:
 			r.err = err
 			return true

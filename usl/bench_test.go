@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"sync"
 	"syscall"
 	"testing"
@@ -220,4 +221,48 @@ func processCPU() int64 {
 	var ru syscall.Rusage
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return ru.Utime.Nano() + ru.Stime.Nano()
+}
+
+// BenchmarkSessionRR is request/response over one stream of a session on
+// loopback TCP: 64 bytes each way, one exchange at a time, as sockperf and
+// loadgen's rr mode do through the tunnel. Besides the time per exchange it
+// reports the process's CPU time per exchange (both ends run here), which
+// counts the wake-ups a message costs, and p50/p99.
+func BenchmarkSessionRR(b *testing.B) {
+	ck, sk := newKeypair(b), newKeypair(b)
+	ccfg, scfg := Config{PrivateKey: ck.priv, PeerKeys: []PublicKey{sk.pub}}, Config{PrivateKey: sk.priv, PeerKeys: []PublicKey{ck.pub}}
+	p := newTCPPair(b, ccfg, scfg)
+	defer p.close()
+	a, srv := openPair(b, p.client, p.server, "rr")
+	go func() {
+		buf := make([]byte, 64)
+		for {
+			if _, err := io.ReadFull(srv, buf); err != nil {
+				return
+			}
+			if _, err := srv.Write(buf); err != nil {
+				return
+			}
+		}
+	}()
+	msg, buf := make([]byte, 64), make([]byte, 64)
+	lat := make([]time.Duration, 0, b.N)
+	cpu0 := processCPU()
+	b.ResetTimer()
+	for range b.N {
+		t0 := time.Now()
+		if _, err := a.Write(msg); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(a, buf); err != nil {
+			b.Fatal(err)
+		}
+		lat = append(lat, time.Since(t0))
+	}
+	b.StopTimer()
+	cpu := processCPU() - cpu0
+	slices.Sort(lat)
+	b.ReportMetric(float64(cpu)/float64(b.N)/1e3, "cpu-µs/op")
+	b.ReportMetric(float64(lat[len(lat)/2].Nanoseconds())/1e3, "p50-µs")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Nanoseconds())/1e3, "p99-µs")
 }

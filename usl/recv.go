@@ -18,12 +18,25 @@ func (s *Session) noteRecvLocked(n int) {
 	s.recvSinceAck += headerLen + n
 	if s.ackDeadline.IsZero() {
 		s.ackDeadline = time.Now().Add(s.cfg.AckDelay)
-		s.kickLocked()
+		// A timer rather than a kick: a writer woken now would find the
+		// ack not yet due and go back to sleep, a wake-up per message
+		// for nothing. The reply, if any, carries the ack before then.
+		s.ackTimer.Reset(s.cfg.AckDelay)
 	}
 	if s.recvSinceAck >= s.ackThreshold && !s.ackUrgent {
 		s.ackUrgent = true
 		s.kickLocked()
 	}
+}
+
+// ackDeadlinePassed runs on the ack timer: the writers send the delayed
+// ack, unless a frame carried it since.
+func (s *Session) ackDeadlinePassed() {
+	s.mu.Lock()
+	if s.err == nil && !s.ackDeadline.IsZero() {
+		s.kickLocked()
+	}
+	s.unlock()
 }
 
 // handleFrame applies one received frame. data is the pooled buffer of a

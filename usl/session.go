@@ -66,6 +66,7 @@ type Session struct {
 	// Receive side.
 	recvSeq      uint64 // last in-order seq received
 	ackDeadline  time.Time
+	ackTimer     *time.Timer // wakes the writers at ackDeadline (noteRecvLocked)
 	ackUrgent    bool
 	recvSinceAck int
 	recvMem      int // receive buffers of all streams, as allocated, against Config.RecvBuffer
@@ -118,6 +119,8 @@ func newSession(cfg Config, dialer bool, peer PublicKey, id sessionID) *Session 
 		closeAcked:   make(chan struct{}),
 		downSince:    time.Now(),
 	}
+	s.ackTimer = time.AfterFunc(time.Hour, s.ackDeadlinePassed)
+	s.ackTimer.Stop()
 	s.nextStream = 2
 	role := "listener"
 	if dialer {
@@ -365,6 +368,7 @@ func (s *Session) endLocked(err error, state SessionState) bool {
 		s.timeout.Stop()
 		s.timeout = nil
 	}
+	s.ackTimer.Stop()
 	close(s.done)
 	if err != nil && !errors.Is(err, ErrSessionClosed) {
 		s.logLocked(slog.LevelWarn, "session ended", "err", err)

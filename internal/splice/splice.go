@@ -14,15 +14,20 @@ import (
 	"io"
 
 	"github.com/usltun/usltun/internal/bufpool"
+	"github.com/usltun/usltun/usl"
 )
 
 const (
-	// ChunkSize is the largest read. 64 KiB matches the largest USL data
-	// frame and a GSO segment, so one read usually fills one frame.
-	ChunkSize = 64 << 10
+	// ChunkSize is the largest read: one full USL data frame, which is
+	// sealed as one record. A read of 64 KiB would be a full frame plus a
+	// 17-byte one, each with its header, replay entry and ack.
+	ChunkSize = usl.DefaultMaxFrame
 	// idleBuf is the buffer a direction without a wait function blocks in
-	// while idle: idle flows must be cheap.
-	idleBuf = 4 << 10
+	// while idle: idle flows must be cheap. It lives in the goroutine's
+	// stack frame, so its size sets the stack an idle flow keeps: 1 KiB
+	// instead of 4 KiB saves ≈ 5.8 KiB per netstack flow (TestIdleFlowMemory:
+	// 28.7 → 22.9 KB), and a busy flow leaves it after one full read.
+	idleBuf = 1 << 10
 )
 
 // WriteError is Copy's error when dst failed; any other error came from

@@ -30,12 +30,12 @@ func TestQuickRun(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for network namespaces")
 	}
-	for _, bin := range []string{"iperf3", "wireguard-go", "wg"} {
+	for _, bin := range []string{"iperf3", "sockperf", "wireguard-go", "wg", "go"} {
 		if _, err := exec.LookPath(bin); err != nil {
 			t.Skipf("%s not installed (make deps)", bin)
 		}
 	}
-	o, err := parseFlags([]string{"--quick", "--only", "throughput,latency,connect,idle", "--duration", "1s", "--idle-flows", "50,200"})
+	o, err := parseFlags([]string{"--quick", "--only", "throughput,latency,connect,idle,mirror", "--duration", "1s", "--idle-flows", "50,200"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,6 +59,9 @@ func TestQuickRun(t *testing.T) {
 		if m.RR == nil || !m.RR.Verified || m.RR.P50 <= 0 {
 			t.Errorf("%s: rr %+v", m.Mode, m.RR)
 		}
+		if m.Sockperf == nil || m.Sockperf.Count == 0 || m.Sockperf.P99 < m.Sockperf.P50 {
+			t.Errorf("%s: sockperf %+v", m.Mode, m.Sockperf)
+		}
 		if m.Connect == nil || m.Connect.Count != o.connects {
 			t.Errorf("%s: connect %+v", m.Mode, m.Connect)
 		}
@@ -72,9 +75,12 @@ func TestQuickRun(t *testing.T) {
 			t.Errorf("%s: idle %+v", m.Mode, m.Idle)
 		}
 	}
-	for _, name := range []string{modeDirect, modeWG, modeUSL} {
+	for _, name := range tableModes {
 		if !seen[name] {
 			t.Errorf("mode %s missing from the results", name)
 		}
+	}
+	if mr := res.Mirror; mr == nil || len(mr.Errors) > 0 || mr.One.CoresPerGbps <= 0 || mr.Two.CoresPerGbps <= 0 {
+		t.Errorf("mirror part: %+v", mr)
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"regexp"
+	"strconv"
 	"time"
 
 	"github.com/usltun/usltun/testenv"
@@ -13,10 +15,11 @@ import (
 
 // Ports on C (and B) of the listeners the harness opens itself.
 const (
-	rrPort      = 9000
-	connectPort = 9001
-	recoverPort = 9002
-	idlePortC   = 9100
+	rrPort       = 9000
+	connectPort  = 9001
+	recoverPort  = 9002
+	idlePortC    = 9100
+	sockperfPort = 9003
 )
 
 // RR is the request/response latency of small messages over one flow.
@@ -121,4 +124,61 @@ func measureConnect(ctx context.Context, from, to *testenv.Host, addr string, n 
 	}
 	return Connect{Count: len(samples), P50: percentile(samples, 0.5), P90: percentile(samples, 0.9),
 		P99: percentile(samples, 0.99), Max: percentile(samples, 1)}, nil
+}
+
+// Sockperf is sockperf's TCP ping-pong of 64-byte messages over one flow,
+// round-trip times (--full-rtt, comparable with loadgen's): the real client
+// the issue's latency targets are set with.
+type Sockperf struct {
+	Count int64         `json:"count"`
+	P50   time.Duration `json:"p50"`
+	P99   time.Duration `json:"p99"`
+}
+
+// measureSockperf runs a sockperf server on C at dst and `sockperf
+// ping-pong --tcp` from A for dur.
+func measureSockperf(ctx context.Context, l *lab, dst string, dur time.Duration) (Sockperf, error) {
+	port := fmt.Sprint(sockperfPort)
+	srv := l.c.Start(l.tb, "sockperf-server", "sockperf", "server", "--tcp", "-i", dst, "-p", port)
+	defer srv.Kill()
+	if err := l.c.WaitDial("tcp", net.JoinHostPort(dst, port), 10*time.Second); err != nil {
+		return Sockperf{}, fmt.Errorf("sockperf server: %w", err)
+	}
+	secs := fmt.Sprint(max(int(dur/time.Second), 1))
+	out, err := run(ctx, l.a, "sockperf", "ping-pong", "--tcp", "-i", dst, "-p", port, "-m", "64", "-t", secs, "--full-rtt")
+	if err != nil {
+		return Sockperf{}, fmt.Errorf("sockperf ping-pong: %w", err)
+	}
+	return parseSockperf(out)
+}
+
+var (
+	sockperfPct   = regexp.MustCompile(`percentile (\d+\.\d+) =\s*([0-9.]+)`)
+	sockperfCount = regexp.MustCompile(`Total (\d+) observations`)
+)
+
+// parseSockperf reads the 50th and 99th percentiles (µs) and the count of
+// observations from sockperf ping-pong's summary.
+func parseSockperf(out string) (Sockperf, error) {
+	var r Sockperf
+	if m := sockperfCount.FindStringSubmatch(out); m != nil {
+		r.Count, _ = strconv.ParseInt(m[1], 10, 64)
+	}
+	for _, m := range sockperfPct.FindAllStringSubmatch(out, -1) {
+		v, err := strconv.ParseFloat(m[2], 64)
+		if err != nil {
+			continue
+		}
+		d := time.Duration(v * float64(time.Microsecond))
+		switch m[1] {
+		case "50.000":
+			r.P50 = d
+		case "99.000":
+			r.P99 = d
+		}
+	}
+	if r.Count == 0 || r.P50 == 0 || r.P99 == 0 {
+		return r, fmt.Errorf("sockperf: no percentiles in its output:\n%s", out)
+	}
+	return r, nil
 }

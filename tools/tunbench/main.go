@@ -1,14 +1,18 @@
 // Command tunbench measures usltun side by side with direct routing and
-// wireguard-go on one A—B—C lab of network namespaces (A client, B gateway,
-// C server; A—B and B—C veth links), in one run:
+// two wireguard-go builds (Debian's of 2022, kept as a historical row, and
+// the current one, built from the Go module proxy: wgbuild.go) on one
+// A—B—C lab of network namespaces (A client, B gateway, C server; A—B and
+// B—C veth links, and a second A—B link for the mirror part), in one run:
 //
 //   - TCP throughput A→C with 1 and 4 streams (iperf3, median of --repeat
 //     runs), and the CPU the tunnel daemons use per Gbit/s (utime+stime
 //     from /proc/<pid>/stat);
-//   - request/response latency of 64-byte messages, p50 and p99 (loadgen,
-//     every byte checked);
+//   - request/response latency of 64-byte messages, p50 and p99: sockperf
+//     TCP ping-pong (round trips) and loadgen (every byte checked);
 //   - connect() latency, p50 and p99, against one A—B round trip;
 //   - RSS of the daemons with 1,000 and 10,000 idle flows open;
+//   - mirror: usltun's CPU per Gbit/s mirroring over two A—B paths
+//     against one path (1 stream, runs alternating);
 //   - recovery: heal of a 20 s blackhole of A—B during a slow steady
 //     transfer → first new byte at C (usltun and wireguard-go).
 //
@@ -18,11 +22,11 @@
 //
 // It prints a markdown table with ratios against direct routing and
 // wireguard-go and the targets of the issue; --json prints the raw
-// figures. It needs root, iperf3, wireguard-go and wg. Everything it
+// figures. It needs root, iperf3, sockperf, wireguard-go, wg and go. Everything it
 // creates (namespaces, processes, keys) is removed on exit, also on
 // failure and Ctrl-C.
 //
-//	go run ./tools/tunbench [--quick] [--only throughput,latency,connect,idle,recovery] [--modes direct,wireguard-go,usltun] [--json]
+//	go run ./tools/tunbench [--quick] [--only throughput,latency,connect,idle,mirror,recovery] [--modes direct,wireguard-go-2022,wireguard-go-current,usltun] [--json]
 package main
 
 import (
@@ -46,7 +50,7 @@ import (
 )
 
 // Parts of the benchmark, selectable with --only.
-var allParts = []string{"throughput", "latency", "connect", "idle", "recovery"}
+var allParts = []string{"throughput", "latency", "connect", "idle", "mirror", "recovery"}
 
 type options struct {
 	only      []string
@@ -55,6 +59,9 @@ type options struct {
 	json      bool
 	out       string
 	usltun    string
+	wgCurrent string        // current wireguard-go binary; "" builds it
+	wgOld     string        // Debian's wireguard-go
+	uslEnv    []string      // extra environment of the usltun daemons
 	duration  time.Duration // per iperf3 run
 	repeat    int           // iperf3 runs per figure; the median counts
 	rrTime    time.Duration
@@ -70,11 +77,14 @@ func parseFlags(args []string) (*options, error) {
 	fs := flag.NewFlagSet("tunbench", flag.ContinueOnError)
 	o := &options{}
 	only := fs.String("only", strings.Join(allParts, ","), "parts to run: "+strings.Join(allParts, ","))
-	modes := fs.String("modes", strings.Join([]string{modeDirect, modeWG, modeUSL}, ","), "modes to compare")
+	modes := fs.String("modes", strings.Join(tableModes[:], ","), "modes to compare")
 	fs.BoolVar(&o.quick, "quick", false, "short runs (2 s throughput, 100/1000 idle flows, 5 s blackhole): a smoke test of the harness, not figures to publish")
 	fs.BoolVar(&o.json, "json", false, "print the results as JSON instead of the table")
 	fs.StringVar(&o.out, "out", "", "also write the JSON results to this file")
 	fs.StringVar(&o.usltun, "usltun", "", "usltun binary (default: go build ./cmd/usltun into a temporary directory)")
+	fs.StringVar(&o.wgCurrent, "wireguard-go", "", "current wireguard-go binary (default: go install "+wgModule+"@"+wgVersion+" into the user's cache directory, once)")
+	uslEnv := fs.String("usltun-env", "", "extra environment of the usltun daemons, K=V,K=V (e.g. GOGC=200,GOMAXPROCS=1): to measure runtime settings")
+	fs.StringVar(&o.wgOld, "wireguard-go-2022", "wireguard-go", "Debian's wireguard-go (0.0.20220316), the historical row")
 	fs.DurationVar(&o.duration, "duration", 5*time.Second, "length of each iperf3 run")
 	fs.IntVar(&o.repeat, "repeat", 3, "iperf3 runs per throughput figure; the table shows the median run")
 	fs.DurationVar(&o.rrTime, "rr-time", 3*time.Second, "length of the request/response run")
@@ -96,9 +106,15 @@ func parseFlags(args []string) (*options, error) {
 			return nil, fmt.Errorf("--only: unknown part %q (parts: %s)", p, strings.Join(allParts, ","))
 		}
 	}
+	o.uslEnv = splitList(*uslEnv)
+	for _, kv := range o.uslEnv {
+		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
+			return nil, fmt.Errorf("--usltun-env: %q is not K=V", kv)
+		}
+	}
 	o.modes = splitList(*modes)
 	for _, m := range o.modes {
-		if m != modeDirect && m != modeWG && m != modeUSL {
+		if !slices.Contains(tableModes[:], m) {
 			return nil, fmt.Errorf("--modes: unknown mode %q", m)
 		}
 	}
@@ -186,9 +202,16 @@ func benchmark(o *options) (res *Results, err error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("needs root: it builds network namespaces (sudo go run ./tools/tunbench)")
 	}
-	for _, bin := range []string{"iperf3", "wireguard-go", "wg", "ip"} {
+	need := []string{"iperf3", "wg", "ip", "go"}
+	if o.part("latency") {
+		need = append(need, "sockperf")
+	}
+	if slices.Contains(o.modes, modeWGOld) {
+		need = append(need, o.wgOld)
+	}
+	for _, bin := range need {
 		if _, err := exec.LookPath(bin); err != nil {
-			return nil, fmt.Errorf("%s not found: run `make deps` (apt-get install iperf3 wireguard-go wireguard-tools iproute2)", bin)
+			return nil, fmt.Errorf("%s not found: run `make deps` (apt-get install iperf3 sockperf wireguard-go wireguard-tools iproute2)", bin)
 		}
 	}
 	level := slog.LevelWarn
@@ -219,12 +242,24 @@ func benchmark(o *options) (res *Results, err error) {
 	if err != nil {
 		return nil, err
 	}
+	res.WGVersions = map[string]string{}
+	var uslBin string
 	for _, name := range o.modes {
 		switch name {
 		case modeDirect:
 			modes = append(modes, &direct{l: l})
-		case modeWG:
-			modes = append(modes, newWireguardGo(l))
+		case modeWGOld, modeWG:
+			bin, flavor := o.wgOld, wgOld
+			if name == modeWG {
+				flavor = wgCur
+				if bin, err = wireguardGoCurrent(ctx, o.wgCurrent); err != nil {
+					fmt.Fprintf(os.Stderr, "tunbench: %s skipped: %v\n", name, err)
+					res.Modes = append(res.Modes, &ModeResult{Mode: name, Errors: []string{err.Error()}})
+					continue
+				}
+			}
+			res.WGVersions[name] = wgVersionLine(ctx, bin)
+			modes = append(modes, newWireguardGo(l, flavor, bin))
 		case modeUSL:
 			bin, version, err := usltunBinary(ctx, o.usltun, l.dir)
 			if err != nil {
@@ -236,7 +271,8 @@ func benchmark(o *options) (res *Results, err error) {
 			if o.usltun == "" {
 				res.Commit = gitDescribe(ctx)
 			}
-			modes = append(modes, newUsltun(l, bin))
+			uslBin = bin
+			modes = append(modes, newUsltun(l, bin, o.uslEnv))
 		}
 	}
 	iperf := l.c.Start(tb, "iperf3", "iperf3", "--server", "--port", fmt.Sprint(bulkPort))
@@ -248,7 +284,7 @@ func benchmark(o *options) (res *Results, err error) {
 		}
 		res.ABConnect = &c
 	}
-	runModes(ctx, o, l, modes, res)
+	runModes(ctx, o, l, modes, uslBin, res)
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("interrupted: %w", err)
 	}
@@ -282,14 +318,29 @@ func report(o *options, res *Results) error {
 // renderReport is the table plus the context a reader needs to trust it.
 func renderReport(res *Results) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "`%s` — %s, kernel %s, %d CPUs, usltun %s (tree %s), took %s, load average %s → %s\n\n",
+	fmt.Fprintf(&b, "`%s` — %s, kernel %s, %d CPUs, usltun %s (tree %s), wireguard-go 2022 %s, current %s, took %s, load average %s → %s\n\n",
 		res.Command, res.Start.UTC().Format("2006-01-02 15:04 MST"), res.Kernel, res.CPUs, orDash(res.Usltun), orDash(res.Commit),
-		res.Elapsed, orDash(res.LoadAvg[0]), orDash(res.LoadAvg[1]))
+		orDash(res.WGVersions[modeWGOld]), orDash(res.WGVersions[modeWG]), res.Elapsed, orDash(res.LoadAvg[0]), orDash(res.LoadAvg[1]))
 	b.WriteString(renderTable(res.rows()))
 	if res.ABConnect != nil {
 		fmt.Fprintf(&b, "\nA—B round trip (connect() A→B, p50): %.0f µs.\n", us(res.ABConnect.P50))
 	}
+	if mr := res.Mirror; mr != nil {
+		for _, t := range []struct {
+			name string
+			t    Throughput
+		}{{"usltun, 1 path", mr.One}, {"usltun mirror, 2 paths", mr.Two}} {
+			fmt.Fprintf(&b, "mirror part, %s: runs %s Gbit/s; median run: daemons %.2f cores, %.3f cores per Gbit/s.\n",
+				t.name, floats(t.t.AllGbps), t.t.DaemonCores, t.t.CoresPerGbps)
+		}
+		for _, e := range mr.Errors {
+			fmt.Fprintf(&b, "mirror error: %s\n", e)
+		}
+	}
 	for _, m := range res.Modes {
+		if s := m.Sockperf; s != nil {
+			fmt.Fprintf(&b, "%s sockperf: %d round trips.\n", m.Mode, s.Count)
+		}
 		for _, t := range []*Throughput{m.Single, m.Multi} {
 			if t != nil {
 				fmt.Fprintf(&b, "%s, %d stream%s: runs %s Gbit/s; median run: machine CPU busy %.0f%% (all cores), daemons %.2f cores, %d retransmits.\n",
@@ -369,6 +420,16 @@ func gitDescribe(ctx context.Context) string {
 		return ""
 	}
 	return strings.TrimSpace(string(out))
+}
+
+// wgVersionLine is the first line of `bin --version`.
+func wgVersionLine(ctx context.Context, bin string) string {
+	out, err := exec.CommandContext(ctx, bin, "--version").Output()
+	if err != nil {
+		return ""
+	}
+	line, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
+	return strings.TrimSpace(line)
 }
 
 // usltunBinary returns the binary to benchmark and its version line: the

@@ -12,17 +12,19 @@ import (
 // throughput repetitions alternate between modes (A, B, C, A, B, C, …), so
 // a burst of unrelated work on the machine lands on every mode alike.
 type runner struct {
-	ctx   context.Context
-	o     *options
-	l     *lab
-	modes []mode
-	res   map[mode]*ModeResult
+	ctx    context.Context
+	o      *options
+	l      *lab
+	modes  []mode
+	res    map[mode]*ModeResult
+	all    *Results
+	uslBin string // the usltun binary, for the mirror part; "" without usltun
 }
 
 // runModes brings every mode up (all at once: each has its own address on
 // C), runs the selected parts and records the results in res.
-func runModes(ctx context.Context, o *options, l *lab, modes []mode, res *Results) {
-	r := &runner{ctx: ctx, o: o, l: l, res: map[mode]*ModeResult{}}
+func runModes(ctx context.Context, o *options, l *lab, modes []mode, uslBin string, res *Results) {
+	r := &runner{ctx: ctx, o: o, l: l, res: map[mode]*ModeResult{}, all: res, uslBin: uslBin}
 	// Stop the daemons here, gracefully, rather than in the lab's cleanups:
 	// those run newest first, so the SIGKILL registered for each process
 	// would come before its SIGTERM, and wireguard-go would leave its
@@ -58,6 +60,9 @@ func runModes(ctx context.Context, o *options, l *lab, modes []mode, res *Result
 	}
 	if r.want("throughput") {
 		r.throughput()
+	}
+	if r.want("mirror") {
+		r.mirror()
 	}
 	if r.want("latency") {
 		r.latency()
@@ -139,7 +144,70 @@ func (r *runner) latency() {
 			continue
 		}
 		r.res[m].RR = &rr
+		progress("%s: sockperf ping-pong, %v", m.Name(), r.o.rrTime)
+		sp, err := measureSockperf(r.ctx, r.l, m.Target(), r.o.rrTime)
+		if err != nil {
+			r.fail(r.res[m], "sockperf", err)
+			continue
+		}
+		r.res[m].Sockperf = &sp
 	}
+}
+
+// mirror compares usltun's CPU per Gbit/s over one path with the mirror
+// scheduler over two A—B paths: a second pair of daemons (their own C
+// address, port and keys) runs next to the one-path pair, and 1-stream
+// runs alternate between them.
+func (r *runner) mirror() {
+	var one mode
+	for _, m := range r.modes {
+		if m.Name() == modeUSL {
+			one = m
+		}
+	}
+	if one == nil || r.uslBin == "" {
+		return // the mirror figure is a ratio against usltun's one path
+	}
+	mr := &Mirror{}
+	r.all.Mirror = mr
+	fail := func(what string, err error) {
+		if r.ctx.Err() == nil {
+			mr.Errors = append(mr.Errors, what+": "+err.Error())
+			progress("mirror: %s: %v", what, err)
+		}
+	}
+	two := newUsltunMirror(r.l, r.uslBin, r.o.uslEnv)
+	defer two.Down()
+	progress("%s: setting up", two.Name())
+	if err := two.Up(r.ctx); err != nil {
+		fail("up", err)
+		return
+	}
+	if _, err := measureConnect(r.ctx, r.l.a, r.l.c, fmt.Sprintf("%s:%d", two.Target(), connectPort), 3); err != nil {
+		fail("warm-up", err)
+		return
+	}
+	progress("mirror: 1 stream, %d × %v per mode, alternating", r.o.repeat, r.o.duration)
+	var ones, twos []Throughput
+	for i := range r.o.repeat {
+		for _, m := range []mode{one, two} {
+			perf := ""
+			if i == 0 {
+				perf = r.perfOut(m, "mirror-part")
+			}
+			t, err := measureThroughput(r.ctx, r.l, m.Daemons(), m.Target(), 1, r.o.duration, perf)
+			if err != nil {
+				fail(m.Name(), err)
+				return
+			}
+			if m == one {
+				ones = append(ones, t)
+			} else {
+				twos = append(twos, t)
+			}
+		}
+	}
+	mr.One, mr.Two = medianRun(ones), medianRun(twos)
 }
 
 func (r *runner) connect() {
@@ -163,9 +231,10 @@ func (r *runner) idle() {
 		// Fresh daemons, so the baseline is not the heap left over from
 		// the throughput runs.
 		if u, ok := m.(*usltunMode); ok {
-			// Room for the largest level: the default --max-flows is
-			// below 10,000.
-			u.extra = []string{"--max-flows", fmt.Sprint(levels[len(levels)-1] + 1000)}
+			// Room for the largest level: the default --max-flows and
+			// --max-streams are below 10,000.
+			room := fmt.Sprint(levels[len(levels)-1] + 1000)
+			u.extra = []string{"--max-flows", room, "--max-streams", room}
 		}
 		m.Down()
 		if err := m.Up(r.ctx); err != nil {
