@@ -71,6 +71,7 @@ const (
 const (
 	OpStatus    = "status"
 	OpAttachTUN = "attach-tun"
+	OpReload    = "reload" // re-read the peer table; the body says what changed
 )
 
 // maxFiles bounds the descriptors accepted with one request; extra ones are

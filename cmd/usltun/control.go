@@ -29,6 +29,10 @@ func (d *daemon) listenControl(path string, log *slog.Logger) (*control.Server, 
 			return d.status(), nil, nil
 		case control.OpAttachTUN:
 			return d.attachTUN(req.Attach, files)
+		case control.OpReload:
+			closeAll(files)
+			ch, err := d.reload("usltun reload")
+			return ch, nil, err
 		}
 		closeAll(files)
 		return nil, nil, fmt.Errorf("unknown request %q (a newer usltun client than this daemon?)", req.Op)
