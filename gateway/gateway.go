@@ -120,6 +120,7 @@ type Gateway struct {
 	bufs    bufpool.Pool // relay buffers, borrowed only while data moves
 	flows   atomic.Int64 // relaying (MaxFlows)
 	dials   atomic.Int64 // in flight (MaxDials)
+	refused refusalLog   // what MaxFlows and MaxDials turned away
 }
 
 // New returns a gateway with cfg's defaults filled in.
@@ -144,6 +145,28 @@ func (g *Gateway) Allowed(dst netip.Addr) bool {
 
 // Flows is the number of flows relaying now.
 func (g *Gateway) Flows() int { return int(g.flows.Load()) }
+
+// refusalLog logs flows refused at a limit at most once a second, with
+// their count: a peer flooding the gateway must not also flood the log.
+type refusalLog struct {
+	mu   sync.Mutex
+	last time.Time
+	n    int
+}
+
+func (r *refusalLog) add(log *slog.Logger, msg, limit string, max int) {
+	r.mu.Lock()
+	r.n++
+	now := time.Now()
+	if now.Sub(r.last) < time.Second {
+		r.mu.Unlock()
+		return
+	}
+	n := r.n
+	r.n, r.last = 0, now
+	r.mu.Unlock()
+	log.Warn(msg, "refused", n, limit, max)
+}
 
 // take reserves one unit of a bounded counter; false when it is at max.
 func take(c *atomic.Int64, max int) bool {
@@ -195,7 +218,7 @@ func (g *Gateway) handle(ctx context.Context, peer string, st *usl.Stream) {
 		return
 	}
 	if !take(&g.flows, g.cfg.MaxFlows) {
-		log.Warn("flow refused: the peer's flow limit is reached", "peer", peer, "dst", dst.String(), "max_flows", g.cfg.MaxFlows)
+		g.refused.add(log, "flows refused: the peer is at its flow limit", "max_flows", g.cfg.MaxFlows)
 		st.Reject(usl.ResetLimit)
 		return
 	}
@@ -204,7 +227,7 @@ func (g *Gateway) handle(ctx context.Context, peer string, st *usl.Stream) {
 		return
 	}
 	if !take(&g.dials, g.cfg.MaxDials) {
-		log.Warn("flow refused: the peer's dials in flight are at the limit", "peer", peer, "dst", dst.String(), "max_dials", g.cfg.MaxDials)
+		g.refused.add(log, "flows refused: the peer's dials in flight are at their limit", "max_dials", g.cfg.MaxDials)
 		st.Reject(usl.ResetLimit)
 		return
 	}

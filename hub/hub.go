@@ -120,7 +120,7 @@ func (h *Hub) startLocked(p *Peer) (*Live, error) {
 	gc := h.cfg.Gateway
 	gc.Exports, gc.ExportDNS = p.Exports, p.ExportDNS
 	gc.MaxFlows, gc.MaxDials = p.Limits.MaxFlows, p.Limits.MaxDials
-	gc.Logger = h.log.With("component", "gateway", "peer", p.Name)
+	gc.Logger = h.log.With("component", "gateway", "name", p.Name)
 	base := gc.OnFlow
 	gc.OnFlow = func(st *usl.Stream, dst flow.Dest) func() {
 		l.track(st)
