@@ -63,7 +63,7 @@ demo: build
 # on usltun's own device and, as TCPThroughput/*/wgtun, on wireguard-go's
 # tun package for comparison, the policy's flow-open cost) and then the A—B—C lab comparison against
 # direct routing and wireguard-go, and the front ends without root (SOCKS5,
-# HTTP CONNECT, exec) against usl0.
+# HTTP CONNECT, exec) against usl0, and one hub with 100 peers × 100 flows.
 # Figures and their reading are in docs/performance.md.
 bench: deps build
 	$(GO) test -run '^$$' -bench 'RawTCP|Session|RecordSeal' -benchmem ./usl/
@@ -72,6 +72,7 @@ bench: deps build
 	$(GO) test -run '^$$' -bench . -benchmem ./policy/
 	$(GO) run ./tools/tunbench
 	$(GO) run ./tools/proxybench
+	$(GO) run ./tools/hubbench --usltun bin/usltun
 
 # fuzz runs every fuzz target in the tree for FUZZTIME each; the checked-in
 # corpus under testdata/fuzz already runs as plain tests in `make test`.

@@ -281,7 +281,7 @@ func (h *Hub) OpenStream(ctx context.Context, dst flow.Dest) (st *usl.Stream, en
 
 func (l *Live) open(ctx context.Context, dst flow.Dest) (*usl.Stream, func(), error) {
 	p := l.Peer()
-	if max := p.Limits.MaxFlows; l.out.Add(1) > int64(max) {
+	if max := p.Limits.MaxFlows; l.out.Add(1) > int64(max) && max > 0 {
 		l.out.Add(-1)
 		return nil, nil, &flow.Error{Reason: flow.Limit, Err: fmt.Errorf("peer %s has %d flows open (max_flows)", p.Name, max)}
 	}

@@ -2,9 +2,11 @@ package hub
 
 import "github.com/usltun/usltun/usl"
 
-// Limits are one peer's budgets on this host. The zero value of a field
-// means the default below. They bound what one peer can take from the
-// others: a peer that floods the hub meets its own limits first.
+// Limits are one peer's budgets on this host. They bound what one peer can
+// take from the others: a peer that floods the hub meets its own limits
+// first. WithDefaults fills zero fields; a Hub given a zero MaxFlows or
+// MaxDials leaves that bound off (the command line's single peer, whose
+// flows --max-flows bounds at the device, as before there was a hub).
 type Limits struct {
 	// MaxFlows bounds the peer's concurrent flows in each direction: flows
 	// this host sends to it, and flows it opens through this host's

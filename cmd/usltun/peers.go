@@ -92,7 +92,7 @@ func (c *upCmd) parseOptions(self usl.PublicKey) hub.ParseOptions {
 		Export:    c.Export,
 		ExportDNS: c.ExportDNS,
 		Self:      self,
-		Defaults:  hub.Limits{MaxFlows: c.MaxFlows, MaxStreams: c.MaxStreams, ReplayBuffer: int(c.ReplayBuffer)},
+		Defaults:  hub.Limits{MaxStreams: c.MaxStreams, ReplayBuffer: int(c.ReplayBuffer)},
 		Endpoint:  parsePeer,
 		Size: func(s string) (int, error) {
 			var b byteSize
@@ -126,7 +126,10 @@ func (c *upCmd) peerTable(self usl.PublicKey) (*hub.Table, error) {
 		}
 		return f.Table, nil
 	}
-	lim := hub.Limits{MaxFlows: c.MaxFlows, MaxStreams: c.MaxStreams, ReplayBuffer: int(c.ReplayBuffer)}.WithDefaults(hub.Limits{})
+	// The command line's peers have the session limits of the flags and,
+	// as before there were hubs, no per-peer flow or dial bound.
+	lim := hub.Limits{MaxStreams: c.MaxStreams, ReplayBuffer: int(c.ReplayBuffer)}.WithDefaults(hub.Limits{})
+	lim.MaxFlows, lim.MaxDials = 0, 0
 	var peers []*hub.Peer
 	for i, k := range c.PeerKey {
 		key, err := usl.ParsePublicKey(k) // checkPeers checked it

@@ -53,8 +53,8 @@ type peerReport struct {
 	Routes    []string       `json:"routes"`
 	Exports   []string       `json:"exports"`
 	Flows     int            `json:"flows"`
-	MaxFlows  int            `json:"max_flows"`
-	Session   *sessionReport `json:"session"` // null until the peer first connects
+	MaxFlows  int            `json:"max_flows"` // 0: no per-peer bound
+	Session   *sessionReport `json:"session"`   // null until the peer first connects
 }
 
 type sessionReport struct {
@@ -299,7 +299,7 @@ func renderPeer(w io.Writer, pr *peerReport) {
 	s := pr.Session
 	if s == nil {
 		p("session", "never connected")
-		p("flows", "%d open (max %d)", pr.Flows, pr.MaxFlows)
+		p("flows", "%s", flowsLine(pr))
 		return
 	}
 	p("session", "%s (id %s)", s.State, s.ID)
@@ -311,7 +311,14 @@ func renderPeer(w io.Writer, pr *peerReport) {
 	}
 	p("transfer", "%s received, %s sent", human.Bytes(int64(s.BytesIn)), human.Bytes(int64(s.BytesOut)))
 	p("reliability", "%d reconnects, %d fences, %s retransmitted", s.Reconnects, s.Fences, human.Bytes(int64(s.RetransmittedBytes)))
-	p("flows", "%d open (max %d), %d streams", pr.Flows, pr.MaxFlows, s.Streams)
+	p("flows", "%s, %d streams", flowsLine(pr), s.Streams)
+}
+
+func flowsLine(pr *peerReport) string {
+	if pr.MaxFlows == 0 {
+		return fmt.Sprintf("%d open", pr.Flows)
+	}
+	return fmt.Sprintf("%d open (max %d)", pr.Flows, pr.MaxFlows)
 }
 
 func prefixList(ps []netip.Prefix) []string {
