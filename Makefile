@@ -3,7 +3,7 @@
 # integration tests build hosts from network namespaces).
 
 GO      ?= go
-PKGS_RACE := ./usl/... ./flow/... ./gateway/... ./policy/...
+PKGS_RACE := ./usl/... ./flow/... ./gateway/... ./policy/... ./hub/...
 export GOFLAGS := -buildvcs=false
 
 .PHONY: all build test test-long vet deps bench fuzz demo clean deb
@@ -38,15 +38,15 @@ vet:
 	@d="$$($(GO) mod tidy -diff 2>&1)" || { echo "$$d"; echo "go.mod/go.sum are not tidy: run 'go mod tidy'"; exit 1; }
 	$(GO) vet ./...
 
-# The session layer (and the gateway on top of it) and the policy engine
-# (rule sets replaced under concurrent evaluation) run under the race
-# detector. Everything else, including the namespace-based integration tests
+# The session layer (and the gateway on top of it), the policy engine
+# (rule sets replaced under concurrent evaluation) and the hub (peer tables
+# replaced under concurrent flows) run under the race detector. Everything else, including the namespace-based integration tests
 # that need root, runs one package at a time (-p 1): the end-to-end tests
 # assert recovery times, and two packages' labs competing for the 2 cores
 # would measure each other.
 test: deps vet
 	$(GO) test -race -count=1 -timeout 10m $(PKGS_RACE)
-	$(GO) test -p 1 -count=1 -timeout 30m $$($(GO) list ./... | grep -v -e /usl$$ -e /flow$$ -e /gateway$$ -e /policy$$)
+	$(GO) test -p 1 -count=1 -timeout 30m $$($(GO) list ./... | grep -v -e /usl$$ -e /flow$$ -e /gateway$$ -e /policy$$ -e /hub$$)
 
 test-long:
 	USLTUN_LONG=1 $(MAKE) test

@@ -42,10 +42,13 @@ type Hub struct {
 	ctx   context.Context
 	table atomic.Pointer[Table]
 
-	mu   sync.Mutex // serialises Reload, Adopt and Close against each other
+	mu   sync.Mutex // serialises Reload, New and Close; guards live
 	live map[usl.PublicKey]*Live
-	wg   sync.WaitGroup
-	bufs bufpool.Pool // relay buffers, borrowed only while data moves
+	// liveSnap is a copy of live, replaced whole under mu, for the lookups
+	// of every flow (route) and handshake (Adopt) without the lock.
+	liveSnap atomic.Pointer[map[usl.PublicKey]*Live]
+	wg       sync.WaitGroup
+	bufs     bufpool.Pool // relay buffers, borrowed only while data moves
 }
 
 // Live is a peer's running state: its session slot, its gateway, its
@@ -84,7 +87,31 @@ func New(ctx context.Context, cfg Config, t *Table) (*Hub, error) {
 			return nil, err
 		}
 	}
+	h.publishLocked()
 	return h, nil
+}
+
+// publishLocked makes the lock-free snapshot of live current.
+func (h *Hub) publishLocked() {
+	m := make(map[usl.PublicKey]*Live, len(h.live))
+	for k, l := range h.live {
+		m[k] = l
+	}
+	h.liveSnap.Store(&m)
+}
+
+// lookup is the live state of key k, or nil, without the lock. In the
+// moment of a Reload between the new table and the new snapshot a key
+// missing from the snapshot is looked up under the lock.
+func (h *Hub) lookup(k usl.PublicKey) *Live {
+	if m := h.liveSnap.Load(); m != nil {
+		if l := (*m)[k]; l != nil {
+			return l
+		}
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.live[k]
 }
 
 // Table is the current peer table.
@@ -157,6 +184,8 @@ func (h *Hub) startLocked(p *Peer) (*Live, error) {
 // use it. A session whose key is no longer in the table (removed by a
 // reload while it handshook) is closed.
 func (h *Hub) Adopt(s *usl.Session) {
+	// Under the lock: a Reload that admitted this key has finished
+	// creating its live state.
 	h.mu.Lock()
 	l := h.live[s.PeerKey()]
 	h.mu.Unlock()
@@ -242,9 +271,7 @@ func (h *Hub) Get(nameOrKey string) *Live {
 	if p == nil {
 		return nil
 	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.live[p.Key]
+	return h.lookup(p.Key)
 }
 
 // errNoRoute is why a flow to an address no peer routes is unreachable.
@@ -261,9 +288,7 @@ func (h *Hub) route(dst flow.Dest) *Live {
 	if !ok {
 		return nil
 	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.live[p.Key]
+	return h.lookup(p.Key)
 }
 
 // OpenStream opens the far half of a front end's flow to dst on the
@@ -410,6 +435,7 @@ func (h *Hub) Reload(t *Table) (Change, error) {
 		}
 		c.Added = append(c.Added, np.Name)
 	}
+	h.publishLocked()
 	return c, nil
 }
 
