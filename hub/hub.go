@@ -45,7 +45,7 @@ type Hub struct {
 	mu   sync.Mutex // serialises Reload, New and Close; guards live
 	live map[usl.PublicKey]*Live
 	// liveSnap is a copy of live, replaced whole under mu, for the lookups
-	// of every flow (route) and handshake (Adopt) without the lock.
+	// of every flow (route) without the lock.
 	liveSnap atomic.Pointer[map[usl.PublicKey]*Live]
 	wg       sync.WaitGroup
 	bufs     bufpool.Pool // relay buffers, borrowed only while data moves

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"testing"
 	"time"
 
@@ -272,5 +273,37 @@ func TestHubPerPeerFlowLimit(t *testing.T) {
 	}
 	if n := l.hub.Get("anna").Flows(); n != 2 {
 		t.Errorf("anna's flows = %d, want 2", n)
+	}
+}
+
+// Peers lists the most recent handshake first and peers that never
+// connected last, as wg show sorts.
+func TestHubPeersIdleLast(t *testing.T) {
+	var keys []usl.PrivateKey
+	var peers []*Peer
+	for _, name := range []string{"a-idle", "b-first", "c-second"} {
+		k, _ := usl.GeneratePrivateKey()
+		keys = append(keys, k)
+		peers = append(peers, &Peer{Name: name, Key: k.Public(), Limits: Limits{}.WithDefaults(Limits{})})
+	}
+	l := newLab(t, peers...)
+	l.dial(keys[1])
+	time.Sleep(20 * time.Millisecond)
+	l.dial(keys[2])
+	for i := 0; ; i++ {
+		if s := l.hub.Get("c-second").Session(); s != nil && !s.Stats().LastHandshake.IsZero() {
+			break
+		}
+		if i == 200 {
+			t.Fatal("c-second never adopted")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	var got []string
+	for _, p := range l.hub.Peers() {
+		got = append(got, p.Peer().Name)
+	}
+	if want := []string{"c-second", "b-first", "a-idle"}; !slices.Equal(got, want) {
+		t.Fatalf("Peers() = %v, want %v", got, want)
 	}
 }
