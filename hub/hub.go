@@ -383,7 +383,9 @@ func closeBounded(s *usl.Session) {
 
 // Change summarises what a Reload did.
 type Change struct {
-	Added, Removed, Changed []string // peer names
+	Added   []string `json:"added"` // peer names
+	Removed []string `json:"removed"`
+	Changed []string `json:"changed"`
 }
 
 // Reload makes t the table. Peers whose key is new are started; peers
