@@ -232,7 +232,7 @@ func (l *hubLab) peers(first, last int, extra map[int]string) string {
 
 func (l *hubLab) writeConfig(peers string) {
 	l.t.Helper()
-	doc := fmt.Sprintf("key = %q\nlisten = [\"0.0.0.0:%d\"]\nexport = [%q, %q]\nlog_level = \"info\"\n%s", l.hubKey, sessionPort, hubNetC, hubNetD, peers)
+	doc := fmt.Sprintf("key = %q\nlisten = [\"0.0.0.0:%d\"]\nexport = [%q, %q]\nlog_level = \"info\"\nmetrics = %q\n%s", l.hubKey, sessionPort, hubNetC, hubNetD, metricsAddr, peers)
 	if err := os.WriteFile(l.config, []byte(doc), 0o600); err != nil {
 		l.t.Fatal(err)
 	}
@@ -415,6 +415,22 @@ func (l *hubLab) twentyPeers(t *testing.T) {
 	one, err := l.H.Run(e2eBinary, "status", "p7")
 	if err != nil || !strings.HasPrefix(one, "peer: p7\n") || strings.Count(one, "peer: ") != 1 {
 		t.Errorf("usltun status p7: %v\n%s", err, one)
+	}
+	// Metrics: one series per peer, labelled with its own name and key.
+	resp, err := httpClientOn(l.H).Get("http://" + metricsAddr + "/metrics")
+	if err != nil {
+		t.Fatalf("scrape the hub: %v", err)
+	}
+	scraped, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for i, key := range l.keys[:hubSpokes] {
+		series := fmt.Sprintf(`usltun_peer_transmit_bytes_total{device="usl0",name="p%d",public_key=%q}`, i+1, key)
+		if !strings.Contains(string(scraped), series) {
+			t.Errorf("metrics lack %s", series)
+		}
+	}
+	if n := strings.Count(string(scraped), "usltun_peer_transmit_bytes_total{"); n != hubSpokes {
+		t.Errorf("%d usltun_peer_transmit_bytes_total series, want %d", n, hubSpokes)
 	}
 	for _, p := range r.Peers {
 		if p.Session.Reconnects < 3 {
