@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -167,13 +168,22 @@ func (h *Hub) startLocked(p *Peer) (*Live, error) {
 	}
 	l.gw = gateway.New(gc)
 	if len(p.Endpoints) > 0 {
-		s, err := usl.DialPaths(ctx, p.Endpoints, h.sessionConfig(p))
+		c := h.sessionConfig(p)
+		s, err := usl.DialPaths(ctx, p.Endpoints, c)
 		if err != nil {
 			cancel()
 			return nil, fmt.Errorf("peer %s: %w", p.Name, err)
 		}
 		l.dialed = s
-		h.log.Info("dialing peer", "peer", p.Name, "endpoints", len(p.Endpoints), "peer_key", p.Key.String())
+		eps := make([]string, len(p.Endpoints))
+		for i, ep := range p.Endpoints {
+			eps[i] = ep.String()
+		}
+		sched := usl.Scheduler(usl.Failover{}) // usl's default
+		if c.Scheduler != nil {
+			sched = c.Scheduler
+		}
+		h.log.Info("dialing peer", "peer", p.Name, "addr", strings.Join(eps, ", "), "scheduler", sched.Name(), "peer_key", p.Key.String())
 		l.serve(s)
 	}
 	h.live[p.Key] = l
@@ -451,8 +461,9 @@ func samePeer(a, b *Peer) bool {
 func (h *Hub) Close() {
 	h.mu.Lock()
 	var ss []*usl.Session
+	var cancels []context.CancelFunc
 	for _, l := range h.live {
-		l.cancel()
+		cancels = append(cancels, l.cancel)
 		if s := l.slot.Current(); s != nil {
 			ss = append(ss, s)
 		}
@@ -467,6 +478,10 @@ func (h *Hub) Close() {
 		go func() { defer wg.Done(); closeBounded(s) }()
 	}
 	wg.Wait()
+	// The sessions' reliable close first, then the gateways' loops.
+	for _, cancel := range cancels {
+		cancel()
+	}
 	h.wg.Wait()
 	h.mu.Lock()
 	gws := make([]*gateway.Gateway, 0, len(h.live))

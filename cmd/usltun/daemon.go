@@ -78,9 +78,6 @@ func (c *upCmd) start(parent context.Context, key usl.PrivateKey, table *hub.Tab
 	if err != nil {
 		return d, err
 	}
-	if !c.hubMode && len(c.Peer) > 0 {
-		log.Info("dialing peer", "addr", c.address(), "scheduler", c.Scheduler, "peer_key", table.Peers()[0].Key.String())
-	}
 	lcfg := scfg
 	lcfg.Allow, lcfg.PeerLimits = d.hub.Allow, d.hub.PeerLimits
 
