@@ -307,3 +307,34 @@ func TestHubPeersIdleLast(t *testing.T) {
 		t.Fatalf("Peers() = %v, want %v", got, want)
 	}
 }
+
+// A flow towards a peer that has not connected waits for it, as any USL
+// flow waits across a partition, and goes through once it is there.
+func TestHubFlowWaitsForItsPeer(t *testing.T) {
+	kb, _ := usl.GeneratePrivateKey()
+	bert := &Peer{Name: "bert", Key: kb.Public(), Routes: pfx("10.30.2.0/24"), Limits: Limits{}.WithDefaults(Limits{})}
+	l := newLab(t, bert)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	type opened struct {
+		st  *usl.Stream
+		err error
+	}
+	done := make(chan opened, 1)
+	go func() {
+		st, _, err := l.hub.OpenStream(ctx, tcpDest("10.30.2.5:80"))
+		done <- opened{st, err}
+	}()
+	select {
+	case o := <-done:
+		t.Fatalf("flow to a peer not connected returned at once: %v", o.err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	sb := l.dial(kb)
+	go serveEcho(t, sb, "tcp/10.30.2.5:80")
+	o := <-done
+	if o.err != nil {
+		t.Fatalf("flow after the peer connected: %v", o.err)
+	}
+	roundTrip(t, o.st, "waited")
+}
