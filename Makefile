@@ -3,7 +3,7 @@
 # integration tests build hosts from network namespaces).
 
 GO      ?= go
-PKGS_RACE := ./usl/... ./flow/... ./gateway/... ./policy/...
+PKGS_RACE := ./usl/... ./flow/... ./gateway/... ./policy/... ./hub/...
 export GOFLAGS := -buildvcs=false
 
 .PHONY: all build test test-long vet deps bench fuzz demo clean deb
@@ -38,15 +38,15 @@ vet:
 	@d="$$($(GO) mod tidy -diff 2>&1)" || { echo "$$d"; echo "go.mod/go.sum are not tidy: run 'go mod tidy'"; exit 1; }
 	$(GO) vet ./...
 
-# The session layer (and the gateway on top of it) and the policy engine
-# (rule sets replaced under concurrent evaluation) run under the race
-# detector. Everything else, including the namespace-based integration tests
+# The session layer (and the gateway on top of it), the policy engine
+# (rule sets replaced under concurrent evaluation) and the hub (peer tables
+# replaced under concurrent flows) run under the race detector. Everything else, including the namespace-based integration tests
 # that need root, runs one package at a time (-p 1): the end-to-end tests
 # assert recovery times, and two packages' labs competing for the 2 cores
 # would measure each other.
 test: deps vet
 	$(GO) test -race -count=1 -timeout 10m $(PKGS_RACE)
-	$(GO) test -p 1 -count=1 -timeout 30m $$($(GO) list ./... | grep -v -e /usl$$ -e /flow$$ -e /gateway$$ -e /policy$$)
+	$(GO) test -p 1 -count=1 -timeout 30m $$($(GO) list ./... | grep -v -e /usl$$ -e /flow$$ -e /gateway$$ -e /policy$$ -e /hub$$)
 
 test-long:
 	USLTUN_LONG=1 $(MAKE) test
@@ -63,8 +63,9 @@ demo: build
 # on usltun's own device and, as TCPThroughput/*/wgtun, on wireguard-go's
 # tun package for comparison, the policy's flow-open cost) and then the A—B—C lab comparison against
 # direct routing and wireguard-go (Debian's 2022 build and the current one,
-# which tunbench builds once with go install from the module proxy), and the
-# front ends without root (SOCKS5, HTTP CONNECT, exec) against usl0.
+# which tunbench builds once with go install from the module proxy), the
+# front ends without root (SOCKS5, HTTP CONNECT, exec) against usl0, and one
+# hub with 100 peers × 100 flows.
 # Figures and their reading are in docs/performance.md.
 bench: deps build
 	$(GO) test -run '^$$' -bench 'RawTCP|Session|RecordSeal' -benchmem ./usl/
@@ -73,6 +74,7 @@ bench: deps build
 	$(GO) test -run '^$$' -bench . -benchmem ./policy/
 	$(GO) run ./tools/tunbench
 	$(GO) run ./tools/proxybench
+	$(GO) run ./tools/hubbench --usltun bin/usltun
 
 # fuzz runs every fuzz target in the tree for FUZZTIME each; the checked-in
 # corpus under testdata/fuzz already runs as plain tests in `make test`.

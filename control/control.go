@@ -82,6 +82,7 @@ const (
 	OpPolicyShow  = "policy-show"
 	OpPolicySet   = "policy-set"
 	OpPolicyFlush = "policy-flush"
+	OpReload      = "reload" // re-read the peer table; the body says what changed
 )
 
 // maxFiles bounds the descriptors accepted with one request; extra ones are

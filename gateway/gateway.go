@@ -26,8 +26,10 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -71,7 +73,17 @@ type Config struct {
 	// relays (the daemon applies its policy: the stream's scheduler), and
 	// the function it returns when the flow has ended. Optional.
 	OnFlow func(st *usl.Stream, dst flow.Dest) (ended func())
-	Logger *slog.Logger
+	// Forward, when set, may take an exported destination's stream before
+	// the gateway dials it: a hub relays a flow addressed to another
+	// peer's route to that peer. It returns false to let the gateway dial;
+	// once it returns true the stream is its own to answer. Optional.
+	Forward func(ctx context.Context, st *usl.Stream, dst flow.Dest) bool
+	// MaxFlows bounds the flows relaying at once, MaxDials the dials in
+	// flight; a stream beyond either is rejected with ResetLimit. 0: no
+	// bound. A hub gives each peer its own gateway with its own bounds.
+	MaxFlows int
+	MaxDials int
+	Logger   *slog.Logger
 }
 
 func (c *Config) setDefaults() {
@@ -101,21 +113,68 @@ func (c *Config) setDefaults() {
 // Gateway serves the streams of sessions. One Gateway may serve several
 // sessions (a listener accepts a fresh one after a peer restart).
 type Gateway struct {
-	cfg   Config
-	local localAddrs
-	wg    sync.WaitGroup
-	bufs  bufpool.Pool // relay buffers, borrowed only while data moves
+	cfg     Config
+	exports atomic.Pointer[[]netip.Prefix] // cfg.Exports, replaced by SetExports
+	local   localAddrs
+	wg      sync.WaitGroup
+	bufs    bufpool.Pool // relay buffers, borrowed only while data moves
+	flows   atomic.Int64 // relaying (MaxFlows)
+	dials   atomic.Int64 // in flight (MaxDials)
+	refused refusalLog   // what MaxFlows and MaxDials turned away
 }
 
 // New returns a gateway with cfg's defaults filled in.
 func New(cfg Config) *Gateway {
 	cfg.setDefaults()
-	return &Gateway{cfg: cfg, local: localAddrs{list: cfg.LocalAddrs}}
+	g := &Gateway{cfg: cfg, local: localAddrs{list: cfg.LocalAddrs}}
+	g.SetExports(cfg.Exports)
+	return g
+}
+
+// SetExports replaces the exported prefixes for flows that start from now
+// on; flows already open keep running.
+func (g *Gateway) SetExports(ps []netip.Prefix) {
+	ps = slices.Clone(ps)
+	g.exports.Store(&ps)
 }
 
 // Allowed reports whether the export policy lets a peer reach dst.
 func (g *Gateway) Allowed(dst netip.Addr) bool {
-	return allowed(g.cfg.Exports, dst, g.local.has(dst))
+	return allowed(*g.exports.Load(), dst, g.local.has(dst))
+}
+
+// Flows is the number of flows relaying now.
+func (g *Gateway) Flows() int { return int(g.flows.Load()) }
+
+// refusalLog logs flows refused at a limit at most once a second, with
+// their count: a peer flooding the gateway must not also flood the log.
+type refusalLog struct {
+	mu   sync.Mutex
+	last time.Time
+	n    int
+}
+
+func (r *refusalLog) add(log *slog.Logger, msg, limit string, max int) {
+	r.mu.Lock()
+	r.n++
+	now := time.Now()
+	if now.Sub(r.last) < time.Second {
+		r.mu.Unlock()
+		return
+	}
+	n := r.n
+	r.n, r.last = 0, now
+	r.mu.Unlock()
+	log.Warn(msg, "refused", n, limit, max)
+}
+
+// take reserves one unit of a bounded counter; false when it is at max.
+func take(c *atomic.Int64, max int) bool {
+	if c.Add(1) > int64(max) && max > 0 {
+		c.Add(-1)
+		return false
+	}
+	return true
 }
 
 // Serve accepts streams on s until ctx ends or the session ends for good.
@@ -158,9 +217,24 @@ func (g *Gateway) handle(ctx context.Context, peer string, st *usl.Stream) {
 		g.handleEcho(peer, st, dst)
 		return
 	}
+	if !take(&g.flows, g.cfg.MaxFlows) {
+		g.refused.add(log, "flows refused: the peer is at its flow limit", "max_flows", g.cfg.MaxFlows)
+		st.Reject(usl.ResetLimit)
+		return
+	}
+	defer g.flows.Add(-1)
+	if g.cfg.Forward != nil && dst.Name == "" && g.Allowed(dst.Addr.Addr()) && g.cfg.Forward(ctx, st, dst) {
+		return
+	}
+	if !take(&g.dials, g.cfg.MaxDials) {
+		g.refused.add(log, "flows refused: the peer's dials in flight are at their limit", "max_dials", g.cfg.MaxDials)
+		st.Reject(usl.ResetLimit)
+		return
+	}
 	dctx, cancel := context.WithTimeout(ctx, g.cfg.DialTimeout)
 	c, code, err := g.dial(dctx, dst)
 	cancel()
+	g.dials.Add(-1)
 	if err != nil {
 		if code == usl.ResetForbidden {
 			log.Warn("forbidden: destination is not exported", "peer", peer, "dst", dst.String(), "why", err)

@@ -280,3 +280,30 @@ func (p *Proc) RSS() (int64, error) {
 	}
 	return 0, fmt.Errorf("testenv: rss of %s: no VmRSS in /proc/%d/status", p.name, p.Pid())
 }
+
+// CPUTime is the user+system CPU time the current incarnation used so far
+// (all threads), from /proc/<pid>/stat, in clock ticks of 1/100 s (Linux's
+// USER_HZ).
+func (p *Proc) CPUTime() (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.Pid()))
+	if err != nil {
+		return 0, fmt.Errorf("testenv: cpu time of %s: %w", p.name, err)
+	}
+	// The command name in parentheses may hold spaces: fields count from
+	// after its closing parenthesis, where utime and stime are the 12th
+	// and 13th.
+	i := bytes.LastIndexByte(b, ')')
+	f := strings.Fields(string(b[i+1:]))
+	if i < 0 || len(f) < 13 {
+		return 0, fmt.Errorf("testenv: cpu time of %s: short /proc/%d/stat", p.name, p.Pid())
+	}
+	var ticks int64
+	for _, s := range f[11:13] {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("testenv: cpu time of %s: %q: %w", p.name, s, err)
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * 10 * time.Millisecond, nil
+}

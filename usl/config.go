@@ -18,6 +18,15 @@ type Config struct {
 	// rejected. Dial uses PeerKeys[0] as the listener's key (Noise IK needs
 	// it before the first byte is sent).
 	PeerKeys []PublicKey
+	// Allow, when set, is the listener's allowlist instead of PeerKeys,
+	// asked once per handshake: a daemon with a peer table swaps the table
+	// under it, so a reload admits added keys and refuses removed ones
+	// without a new listener. It must be cheap and safe for concurrent use.
+	Allow func(PublicKey) bool
+	// PeerLimits, when set, gives the listener the limits of the sessions
+	// it creates for one key: that peer's MaxStreams and ReplayBuffer
+	// (zero keeps this Config's). Each peer of a hub has its own budget.
+	PeerLimits func(PublicKey) (maxStreams, replayBuffer int)
 
 	ReplayBuffer       int           // bytes of unacked stream data per session; default 32 MiB
 	StreamWindow       int           // per-stream credit window; default 256 KiB
@@ -196,7 +205,7 @@ func (c Config) withDefaults() (Config, error) {
 	if c.PrivateKey == (PrivateKey{}) {
 		return c, errors.New("usl: Config.PrivateKey is not set")
 	}
-	if len(c.PeerKeys) == 0 {
+	if len(c.PeerKeys) == 0 && c.Allow == nil {
 		return c, errors.New("usl: Config.PeerKeys is empty: no peer could ever be allowed")
 	}
 	if c.Scheduler == nil {
@@ -212,6 +221,9 @@ func (c Config) withDefaults() (Config, error) {
 }
 
 func (c *Config) allowed(k PublicKey) bool {
+	if c.Allow != nil {
+		return c.Allow(k)
+	}
 	for _, p := range c.PeerKeys {
 		if p == k {
 			return true

@@ -54,6 +54,9 @@ func DialPaths(ctx context.Context, eps []Endpoint, cfg Config) (*Session, error
 	if err != nil {
 		return nil, err
 	}
+	if len(cfg.PeerKeys) == 0 {
+		return nil, errors.New("usl: Dial needs Config.PeerKeys[0], the listener's key")
+	}
 	s := newSession(cfg, true, cfg.PeerKeys[0], newSessionID())
 	s.eps = make([]endpointState, len(eps))
 	for i, ep := range eps {

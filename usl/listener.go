@@ -426,13 +426,29 @@ func (l *Listener) commit(sh *serverHello) (s *Session, fenced, replaced []*Sess
 		delete(l.sessions, o.id)
 		l.acceptQ.removeLocked(o)
 	}
-	s = newSession(l.cfg, false, sh.peer, h.id)
+	s = newSession(l.sessionConfig(sh.peer), false, sh.peer, h.id)
 	s.peerEpoch = h.epoch
 	s.onEnd = l.forget
 	l.created++
 	s.created = l.created
 	l.sessions[h.id] = s
 	return s, fenced, replaced, nil
+}
+
+// sessionConfig is the listener's Config with key's own limits applied.
+func (l *Listener) sessionConfig(key PublicKey) Config {
+	cfg := l.cfg
+	if cfg.PeerLimits == nil {
+		return cfg
+	}
+	streams, replay := cfg.PeerLimits(key)
+	if streams > 0 {
+		cfg.MaxStreams = streams
+	}
+	if replay > 0 {
+		cfg.ReplayBuffer = min(replay, 1<<40)
+	}
+	return cfg
 }
 
 func (l *Listener) forget(s *Session) {

@@ -26,6 +26,11 @@ func loadConfig(r io.Reader) (kong.Resolver, error) {
 	if _, err := toml.Decode(string(b), &values); err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
+	// [[peer]] sections are the hub's peer table (peers.go reads them), not
+	// values of the --peer flag.
+	if _, ok := values["peer"].([]map[string]any); ok {
+		delete(values, "peer")
+	}
 	// kong's JSON resolver already knows how to match keys to flags and hand
 	// values to the flags' own parsers; re-encoding reuses it exactly.
 	j, err := json.Marshal(values)

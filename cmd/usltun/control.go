@@ -32,6 +32,10 @@ func (d *daemon) listenControl(path string, log *slog.Logger) (*control.Server, 
 		case control.OpPolicyShow, control.OpPolicySet, control.OpPolicyFlush:
 			closeAll(files)
 			return d.policyRequest(req)
+		case control.OpReload:
+			closeAll(files)
+			ch, err := d.reload("usltun reload")
+			return ch, nil, err
 		}
 		closeAll(files)
 		return nil, nil, fmt.Errorf("unknown request %q (a newer usltun client than this daemon?)", req.Op)

@@ -17,6 +17,7 @@ import (
 	"github.com/usltun/usltun/flow"
 	"github.com/usltun/usltun/gateway"
 	"github.com/usltun/usltun/httpproxy"
+	"github.com/usltun/usltun/hub"
 	"github.com/usltun/usltun/netstack"
 	"github.com/usltun/usltun/proxy"
 	"github.com/usltun/usltun/socks"
@@ -31,8 +32,10 @@ type daemon struct {
 	cmd      *upCmd
 	log      *slog.Logger
 	started  time.Time
-	sessions *sessionSlot
-	gw       *gateway.Gateway
+	hub      *hub.Hub       // the peers: their sessions and gateways
+	self     usl.PublicKey  // this host's key
+	routes   []netip.Prefix // the device's: --route and the peers' routes
+	reloadMu sync.Mutex
 	ln       *usl.Listener
 	dev      *tun.Device
 	stack    *netstack.Stack
@@ -47,9 +50,9 @@ type daemon struct {
 	wg     sync.WaitGroup
 }
 
-func (c *upCmd) start(parent context.Context, key usl.PrivateKey, peerKey usl.PublicKey, log *slog.Logger) (_ *daemon, err error) {
+func (c *upCmd) start(parent context.Context, key usl.PrivateKey, table *hub.Table, log *slog.Logger) (_ *daemon, err error) {
 	ctx, cancel := context.WithCancel(parent)
-	d := &daemon{cmd: c, log: log, started: time.Now(), sessions: newSessionSlot(), cancel: cancel}
+	d := &daemon{cmd: c, log: log, started: time.Now(), cancel: cancel, routes: c.tunRoutes(table), self: key.Public()}
 	defer func() {
 		if err != nil {
 			d.shutdown()
@@ -58,8 +61,25 @@ func (c *upCmd) start(parent context.Context, key usl.PrivateKey, peerKey usl.Pu
 	if d.policy, err = newFlowPolicy(c.Policy, c.Scheduler, log.With("component", "policy")); err != nil {
 		return d, err
 	}
-	d.gw = gateway.New(gateway.Config{Exports: c.Export, ExportDNS: c.ExportDNS, OnFlow: d.policy.assign, Logger: log.With("component", "gateway")})
-	scfg := c.sessionConfig(key, peerKey, log)
+	for _, p := range table.Peers() {
+		for _, ep := range p.Endpoints {
+			if err := checkRouteLoop(ctx, ep.Addr, d.routes); err != nil {
+				return d, err
+			}
+		}
+	}
+	scfg := c.sessionConfig(key, log)
+	d.hub, err = hub.New(ctx, hub.Config{
+		Session: scfg,
+		Gateway: gateway.Config{OnFlow: d.policy.assign},
+		Relay:   c.hubMode,
+		Logger:  log,
+	}, table)
+	if err != nil {
+		return d, err
+	}
+	lcfg := scfg
+	lcfg.Allow, lcfg.PeerLimits = d.hub.Allow, d.hub.PeerLimits
 
 	ctlPath, err := controlPath(c.Control, c.Tun)
 	if err != nil {
@@ -83,7 +103,7 @@ func (c *upCmd) start(parent context.Context, key usl.PrivateKey, peerKey usl.Pu
 		for i, l := range c.Listen {
 			addr := withDefaultPort(l)
 			if i == 0 {
-				d.ln, err = usl.Listen("tcp", addr, scfg)
+				d.ln, err = usl.Listen("tcp", addr, lcfg)
 			} else {
 				_, err = d.ln.ListenAlso("tcp", addr)
 			}
@@ -96,29 +116,16 @@ func (c *upCmd) start(parent context.Context, key usl.PrivateKey, peerKey usl.Pu
 				}
 				return d, fmt.Errorf("listen %s: %w", addr, err)
 			}
-			log.Info("listening for peer", "addr", addr, "peer_key", peerKey.String())
+			log.Info("listening for peers", "addr", addr, "peers", table.Len())
 		}
 		d.wg.Add(1)
 		go d.acceptLoop(ctx)
-	} else {
-		eps := c.endpoints()
-		for _, ep := range eps {
-			if err := checkRouteLoop(ctx, ep.Addr, c.Route); err != nil {
-				return d, err
-			}
-		}
-		s, err := usl.DialPaths(ctx, eps, scfg)
-		if err != nil {
-			return d, fmt.Errorf("peer %s: %w", c.address(), err)
-		}
-		log.Info("dialing peer", "addr", c.address(), "scheduler", c.Scheduler, "peer_key", peerKey.String())
-		d.adopt(ctx, s)
 	}
 
-	if len(c.Route) == 0 {
+	if len(d.routes) == 0 {
 		return d, nil
 	}
-	d.dev, err = tun.Create(tun.Config{Name: c.Tun, MTU: c.MTU, Addrs: c.devAddrs, Routes: c.Route})
+	d.dev, err = tun.Create(tun.Config{Name: c.Tun, MTU: c.MTU, Addrs: c.devAddrs, Routes: d.routes})
 	if err != nil {
 		return d, err
 	}
@@ -131,7 +138,7 @@ func (c *upCmd) start(parent context.Context, key usl.PrivateKey, peerKey usl.Pu
 	if err != nil {
 		return d, err
 	}
-	log.Info("routing through tunnel", "dev", c.Tun, "mtu", c.MTU, "routes", prefixes(c.Route), "offloads", d.dev.Offloads())
+	log.Info("routing through tunnel", "dev", c.Tun, "mtu", c.MTU, "routes", prefixes(d.routes), "offloads", d.dev.Offloads())
 	return d, nil
 }
 
@@ -145,7 +152,7 @@ func (d *daemon) readyStatus() string {
 		s = "dialing " + c.address()
 	}
 	if d.dev != nil {
-		s += fmt.Sprintf("; %s routes %s", d.dev.Name(), prefixes(c.Route))
+		s += fmt.Sprintf("; %s routes %s", d.dev.Name(), prefixes(d.routes))
 	}
 	return s
 }
@@ -204,21 +211,8 @@ func (d *daemon) acceptLoop(ctx context.Context) {
 			}
 			return
 		}
-		d.log.Info("peer connected", "peer_key", s.PeerKey().String())
-		d.adopt(ctx, s)
+		d.hub.Adopt(s)
 	}
-}
-
-// adopt makes s the session new flows use and serves the peer's streams on it.
-func (d *daemon) adopt(ctx context.Context, s *usl.Session) {
-	d.sessions.set(s)
-	d.wg.Add(1)
-	go func() {
-		defer d.wg.Done()
-		if err := d.gw.Serve(ctx, s); err != nil {
-			d.log.Info("session ended", "peer_key", s.PeerKey().String(), "err", err)
-		}
-	}()
 }
 
 // shutdown closes flows cleanly (FIN, not RST), then the session, so that
@@ -235,15 +229,14 @@ func (d *daemon) shutdown() error {
 	if d.stack != nil {
 		errs = append(errs, d.stack.Close())
 	}
-	if s := d.sessions.current(); s != nil {
-		closeBounded(s, 5*time.Second, d.log)
+	if d.hub != nil {
+		d.hub.Close()
 	}
 	d.cancel()
 	if d.ln != nil {
 		d.ln.Close()
 	}
 	d.wg.Wait()
-	d.gw.Wait()
 	if d.dev != nil {
 		errs = append(errs, d.dev.Close())
 	}
@@ -255,18 +248,6 @@ func (d *daemon) shutdown() error {
 	}
 	d.log.Info("stopped")
 	return errors.Join(errs...)
-}
-
-// closeBounded closes the session, giving its reliable close this long to
-// deliver what was written.
-func closeBounded(s *usl.Session, limit time.Duration, log *slog.Logger) {
-	done := make(chan struct{})
-	go func() { s.Close(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(limit):
-		log.Warn("session close did not finish; unacknowledged data is dropped", "after", limit)
-	}
 }
 
 // checkRouteLoop refuses a --route that would carry the tunnel's own packets
@@ -315,79 +296,27 @@ func hasCapNetAdmin(status string) bool {
 	return false
 }
 
-// sessionSlot holds the session new flows go to. In dial mode it is set once;
-// in listen mode each accepted session replaces the previous one.
-type sessionSlot struct {
-	mu      sync.Mutex
-	s       *usl.Session
-	changed chan struct{}
-}
-
-func newSessionSlot() *sessionSlot { return &sessionSlot{changed: make(chan struct{})} }
-
-func (m *sessionSlot) set(s *usl.Session) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.s = s
-	close(m.changed)
-	m.changed = make(chan struct{})
-}
-
-func (m *sessionSlot) current() *usl.Session {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.s
-}
-
-// wait returns a live session, waiting for the peer to connect if there is
-// none yet: a SYN during a partition waits for the heal, bounded by ctx.
-func (m *sessionSlot) wait(ctx context.Context) (*usl.Session, error) {
-	for {
-		m.mu.Lock()
-		s, changed := m.s, m.changed
-		m.mu.Unlock()
-		if s != nil && !ended(s) {
-			return s, nil
-		}
-		select {
-		case <-changed:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-	}
-}
-
-func ended(s *usl.Session) bool {
-	select {
-	case <-s.Done():
-		return true
-	default:
-		return false
-	}
-}
-
 // streamDialer opens the remote half of a front end's flow as a USL stream.
 type streamDialer struct {
-	sessions *sessionSlot
-	policy   *flowPolicy
+	hub    *hub.Hub
+	policy *flowPolicy
 }
 
 var _ flow.Dialer = streamDialer{}
 
 // tunnelDialer is what every front end (usl0's netstack, the proxies, exec
 // namespaces) dials through: the session, with the flow policy applied.
-func (d *daemon) tunnelDialer() streamDialer { return streamDialer{d.sessions, d.policy} }
+func (d *daemon) tunnelDialer() streamDialer { return streamDialer{d.hub, d.policy} }
 
+// DialFlow opens the flow on the session of the peer that routes dst
+// (the one peer of a command-line daemon).
 func (d streamDialer) DialFlow(ctx context.Context, dst flow.Dest) (flow.Conn, error) {
-	s, err := d.sessions.wait(ctx)
-	if err != nil {
-		return nil, err
-	}
-	st, err := s.OpenStream(ctx, dst.Marshal())
+	st, hubEnded, err := d.hub.OpenStream(ctx, dst)
 	if err != nil {
 		return nil, flowError(err)
 	}
-	return streamConn{st, d.policy.assign(st, dst)}, nil
+	policyEnded := d.policy.assign(st, dst)
+	return streamConn{st, func() { policyEnded(); hubEnded() }}, nil
 }
 
 // streamConn is a USL stream as a flow.Conn: its resets surface as the

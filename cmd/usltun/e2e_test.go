@@ -25,6 +25,9 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	if spec := os.Getenv(floodEnv); spec != "" {
+		os.Exit(runFlood(spec)) // a helper process of TestE2EHub
+	}
 	os.Exit(runTests(m))
 }
 

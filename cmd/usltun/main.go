@@ -45,6 +45,7 @@ type cli struct {
 	Up         upCmd         `cmd:"" help:"Run the tunnel in the foreground until SIGINT or SIGTERM."`
 	Status     statusCmd     `cmd:"" help:"Show the state of the running daemon."`
 	Policy     policyCmd     `cmd:"" help:"Show, replace or flush the running daemon's Socket Control rules (which scheduler carries which flows)."`
+	Reload     reloadCmd     `cmd:"" help:"Make the running daemon re-read the [[peer]] sections of its --config (as SIGHUP does)."`
 	Exec       execCmd       `cmd:"" help:"Run a command, without root, in a network namespace whose flows go through the running daemon."`
 	Version    versionCmd    `cmd:"" help:"Print the version."`
 	Completion completionCmd `cmd:"" help:"Print a shell completion script: bash, zsh or fish."`

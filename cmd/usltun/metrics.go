@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/usltun/usltun/hub"
 	"github.com/usltun/usltun/usl"
 )
 
@@ -64,9 +65,13 @@ func (c daemonCollector) Collect(ch chan<- prometheus.Metric) {
 	d := c.d
 	dev := d.cmd.Tun
 	ch <- prometheus.MustNewConstMetric(mInfo, prometheus.GaugeValue, 1, version, fmt.Sprint(usl.ProtocolVersion))
-	if s := d.sessions.current(); s != nil {
+	for _, l := range d.hub.Peers() {
+		s := l.Session()
+		if s == nil {
+			continue
+		}
 		st := s.Stats()
-		lv := []string{dev, st.PeerKey.String(), d.cmd.PeerName}
+		lv := []string{dev, st.PeerKey.String(), d.metricsName(l.Peer())}
 		counter := func(desc *prometheus.Desc, v uint64) {
 			ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, float64(v), lv...)
 		}
@@ -92,7 +97,7 @@ func (c daemonCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		gauge(mStreams, float64(st.Streams))
 		gauge(mReplayUsed, float64(st.Unacked))
-		gauge(mReplayLimit, float64(d.cmd.ReplayBuffer))
+		gauge(mReplayLimit, float64(l.Peer().Limits.ReplayBuffer))
 		if st.Remote != "" {
 			gauge(mPathUp, 1, st.Remote)
 			gauge(mSRTT, st.RTT.Seconds(), st.Remote)
@@ -152,4 +157,13 @@ func (m *metricsServer) Close() error {
 	err := m.srv.Shutdown(ctx)
 	<-m.done
 	return err
+}
+
+// metricsName is a peer's name label: its [[peer]] name, or for the
+// command line's one peer --peer-name (empty when not given).
+func (d *daemon) metricsName(p *hub.Peer) string {
+	if d.cmd.hubMode {
+		return p.Name
+	}
+	return d.cmd.PeerName
 }

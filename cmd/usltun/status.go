@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
@@ -37,6 +38,23 @@ type statusReport struct {
 	Execs     int    `json:"exec_namespaces"`
 	// Policy counts the open flows per class and scheduler.
 	Policy []classReport `json:"policy"`
+	// Hub is true when the peers come from [[peer]] sections; Peers has
+	// one entry per peer either way, the most recent handshake first.
+	Hub   bool         `json:"hub"`
+	Peers []peerReport `json:"peers"`
+}
+
+// peerReport is one peer of the table: `usltun status` prints a block of
+// it, `usltun status NAME` only that block.
+type peerReport struct {
+	Name      string         `json:"name"`
+	PublicKey string         `json:"public_key"`
+	Endpoints []string       `json:"endpoints"` // empty: the peer dials in
+	Routes    []string       `json:"routes"`
+	Exports   []string       `json:"exports"`
+	Flows     int            `json:"flows"`
+	MaxFlows  int            `json:"max_flows"` // 0: no per-peer bound
+	Session   *sessionReport `json:"session"`   // null until the peer first connects
 }
 
 type sessionReport struct {
@@ -96,14 +114,18 @@ func (d *daemon) status() any {
 		UptimeS: time.Since(d.started).Seconds(),
 		Mode:    "dial",
 		Address: c.address(),
-		PeerKey: c.PeerKey,
-		Routes:  strings.Split(prefixes(c.Route), ","),
+		Routes:  strings.Split(prefixes(d.routes), ","),
 		Exports: strings.Split(prefixes(c.Export), ","),
+		Hub:     c.hubMode,
+		Peers:   []peerReport{},
+	}
+	if ps := d.hub.Table().Peers(); len(ps) > 0 {
+		r.PeerKey = ps[0].Key.String()
 	}
 	if len(c.Listen) > 0 {
 		r.Mode = "listen"
 	}
-	if len(c.Route) == 0 {
+	if len(d.routes) == 0 {
 		r.Routes = []string{}
 	}
 	if len(c.Export) == 0 {
@@ -112,9 +134,21 @@ func (d *daemon) status() any {
 	if d.dev != nil {
 		r.Device, r.MTU, r.Offloads = d.dev.Name(), c.MTU, d.dev.Offloads()
 	}
-	if s := d.sessions.current(); s != nil {
-		r.Session = newSessionReport(s.Stats())
-		r.Session.Scheduler = c.Scheduler
+	for _, l := range d.hub.Peers() {
+		p := l.Peer()
+		pr := peerReport{Name: p.Name, PublicKey: p.Key.String(), Endpoints: []string{}, Routes: prefixList(p.Routes),
+			Exports: prefixList(p.Exports), Flows: l.Flows(), MaxFlows: p.Limits.MaxFlows}
+		for _, ep := range p.Endpoints {
+			pr.Endpoints = append(pr.Endpoints, ep.String())
+		}
+		if s := l.Session(); s != nil {
+			pr.Session = newSessionReport(s.Stats())
+			pr.Session.Scheduler = c.Scheduler
+		}
+		r.Peers = append(r.Peers, pr)
+	}
+	if !c.hubMode && len(r.Peers) == 1 {
+		r.Session = r.Peers[0].Session
 	}
 	if d.stack != nil {
 		r.Flows = newFlowReport(d.stack.Stats())
@@ -176,6 +210,7 @@ func newFlowReport(st netstack.Stats) flowReport {
 }
 
 type statusCmd struct {
+	Name    string `arg:"" optional:"" help:"Show only this peer (its name or public key)."`
 	JSON    bool   `help:"Print the status as JSON."`
 	Tun     string `default:"usl0" help:"Device name of the daemon to ask."`
 	Control string `placeholder:"PATH" help:"Control socket (default: @usltun/<tun> for root, $XDG_RUNTIME_DIR/usltun/<tun>.sock for a user)."`
@@ -192,7 +227,7 @@ func (c *statusCmd) Run(o cmdIO) error {
 	if err != nil {
 		return err
 	}
-	if c.JSON {
+	if c.JSON && c.Name == "" {
 		_, err := o.stdout.Write(b)
 		return err
 	}
@@ -200,8 +235,98 @@ func (c *statusCmd) Run(o cmdIO) error {
 	if err := json.Unmarshal(b, &r); err != nil {
 		return fmt.Errorf("daemon on %s sent a status this build cannot read (version mismatch?): %w", path, err)
 	}
+	if c.Name != "" {
+		pr, err := r.peer(c.Name)
+		if err != nil {
+			return err
+		}
+		if c.JSON {
+			return json.NewEncoder(o.stdout).Encode(pr)
+		}
+		renderPeer(o.stdout, pr)
+		return nil
+	}
+	if r.Hub {
+		renderHub(o.stdout, &r)
+		return nil
+	}
 	renderStatus(o.stdout, &r)
 	return nil
+}
+
+// peer finds a peer by name or public key.
+func (r *statusReport) peer(name string) (*peerReport, error) {
+	var names []string
+	for i := range r.Peers {
+		if r.Peers[i].Name == name || r.Peers[i].PublicKey == name {
+			return &r.Peers[i], nil
+		}
+		names = append(names, r.Peers[i].Name)
+	}
+	return nil, fmt.Errorf("no peer %q: the daemon has %s", name, strings.Join(names, ", "))
+}
+
+// renderHub prints the daemon, then one block per peer, as wg show does.
+func renderHub(w io.Writer, r *statusReport) {
+	p := func(k, f string, a ...any) { fmt.Fprintf(w, "%-17s "+f+"\n", append([]any{k + ":"}, a...)...) }
+	p("hub", "%d peers, listening on %s", len(r.Peers), orDash(r.Address))
+	if r.Device != "" {
+		p("device", "%s, mtu %d, offloads %s, routes %s", r.Device, r.MTU, r.Offloads, strings.Join(r.Routes, ", "))
+	}
+	p("daemon", "pid %d, up %s, usltun %s", r.PID, (time.Duration(r.UptimeS) * time.Second).String(), r.Version)
+	for i := range r.Peers {
+		fmt.Fprintln(w)
+		renderPeer(w, &r.Peers[i])
+	}
+}
+
+// renderPeer prints one peer's block.
+func renderPeer(w io.Writer, pr *peerReport) {
+	p := func(k, f string, a ...any) { fmt.Fprintf(w, "  %-17s "+f+"\n", append([]any{k + ":"}, a...)...) }
+	fmt.Fprintf(w, "peer: %s\n", pr.Name)
+	p("public key", "%s", pr.PublicKey)
+	if len(pr.Endpoints) > 0 {
+		p("endpoints", "%s", strings.Join(pr.Endpoints, ", "))
+	}
+	if len(pr.Routes) > 0 {
+		p("routes", "%s", strings.Join(pr.Routes, ", "))
+	}
+	if len(pr.Exports) > 0 {
+		p("exports", "%s", strings.Join(pr.Exports, ", "))
+	} else {
+		p("exports", "none")
+	}
+	s := pr.Session
+	if s == nil {
+		p("session", "never connected")
+		p("flows", "%s", flowsLine(pr))
+		return
+	}
+	p("session", "%s (id %s)", s.State, s.ID)
+	for _, ph := range s.Paths {
+		p("path", "%s → %s, %s, srtt %.2f ms", orDash(ph.Local), ph.Remote, ph.State, ph.SRTTMs)
+	}
+	if s.LastHandshake != "" {
+		p("latest handshake", "%s ago", human.Age(time.Duration(s.LastHandshakeAgoS*float64(time.Second))))
+	}
+	p("transfer", "%s received, %s sent", human.Bytes(int64(s.BytesIn)), human.Bytes(int64(s.BytesOut)))
+	p("reliability", "%d reconnects, %d fences, %s retransmitted", s.Reconnects, s.Fences, human.Bytes(int64(s.RetransmittedBytes)))
+	p("flows", "%s, %d streams", flowsLine(pr), s.Streams)
+}
+
+func flowsLine(pr *peerReport) string {
+	if pr.MaxFlows == 0 {
+		return fmt.Sprintf("%d open", pr.Flows)
+	}
+	return fmt.Sprintf("%d open (max %d)", pr.Flows, pr.MaxFlows)
+}
+
+func prefixList(ps []netip.Prefix) []string {
+	out := make([]string, 0, len(ps))
+	for _, p := range ps {
+		out = append(out, p.String())
+	}
+	return out
 }
 
 func renderStatus(w io.Writer, r *statusReport) {

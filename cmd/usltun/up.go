@@ -23,7 +23,7 @@ import (
 type upCmd struct {
 	Config         kong.ConfigFlag `placeholder:"FILE" help:"Read options from a TOML file (or JSON); flags on the command line win."`
 	Key            string          `required:"" placeholder:"FILE" help:"This host's private key file, written by 'usltun genkey'."`
-	PeerKey        string          `required:"" placeholder:"BASE64" help:"The peer's public key, printed by 'usltun pubkey'. Only this key is admitted."`
+	PeerKey        []string        `sep:"none" placeholder:"BASE64" help:"The peer's public key, printed by 'usltun pubkey'. Only the keys given are admitted. Repeatable: each key is a peer of its own, with its own session, that may reach --export; for per-peer routes, exports and endpoints write [[peer]] sections in --config instead (README: a hub)."`
 	Peer           []string        `sep:"none" placeholder:"HOST[:PORT][@IFACE|@LOCALADDR]" help:"Dial the peer here (default port ${default_port}). Repeatable: each --peer is one path of the same session; @IFACE binds the path to an interface (SO_BINDTODEVICE), @LOCALADDR to a local address, so two uplinks reach one server."`
 	Listen         []string        `sep:"none" placeholder:"ADDR[:PORT]" help:"Listen for the peer here (default port ${default_port}). Repeatable: a dialer's paths may arrive on any of them, into one session."`
 	Scheduler      string          `enum:"failover,lowrtt,balance,mirror,hedge" default:"${default_scheduler}" help:"Which paths carry the frames of flows no policy rule matches: failover (first --peer that is up), lowrtt (lowest RTT with room, as MPTCP), balance (by measured delivery rate: one flow gets about the sum of the links), mirror (every frame on every path: a dead link costs nothing, at twice the traffic), hedge (lowrtt, plus a copy on the next path when a frame is not acked within srtt + 2 rttvar). Default ${default_scheduler}: with healthy links it costs nothing over one path and takes the fastest one, and a stalled link is left within max(3 srtt, 200 ms) by reinjection (longest stall 205-243 ms measured with real daemons; docs/design.md has the measurements of all five). With one path they are all the same."`
@@ -48,6 +48,7 @@ type upCmd struct {
 	HTTPProxy      string          `name:"http-proxy" placeholder:"ADDR:PORT" help:"Serve an HTTP proxy (CONNECT, http:// requests) here, for https_proxy. Needs no root."`
 	ProxyAuth      string          `placeholder:"FILE" help:"Require these users (lines user:password, file mode 0600) on --socks and --http-proxy; needed to listen beyond loopback."`
 
+	hubMode          bool           // --config has [[peer]] sections (peers.go)
 	addressDefaulted bool           // no --address was given: Address holds the defaults
 	devAddrs         []netip.Prefix // what the device gets on this host (see deviceAddrs)
 }
@@ -59,11 +60,8 @@ func (c *upCmd) AfterApply() error {
 	if len(c.Address) == 0 {
 		c.Address, c.addressDefaulted = []netip.Prefix{defaultAddress4, defaultAddress6}, true
 	}
-	if _, err := usl.ParsePublicKey(c.PeerKey); err != nil {
-		return fmt.Errorf("--peer-key: %w (run 'usltun pubkey < peer.key' on the peer)", err)
-	}
-	if (len(c.Peer) == 0) == (len(c.Listen) == 0) {
-		return errors.New("give exactly one of --peer HOST[:PORT] (dial the peer; repeatable, one path each) or --listen ADDR[:PORT] (wait for it; repeatable)")
+	if err := c.checkPeers(); err != nil {
+		return err
 	}
 	if len(c.Peer) > usl.DefaultMaxPathsPerSession {
 		return fmt.Errorf("%d --peer paths: a session has at most %d", len(c.Peer), usl.DefaultMaxPathsPerSession)
@@ -171,12 +169,13 @@ func (c *upCmd) logger(w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
 }
 
-func (c *upCmd) sessionConfig(key usl.PrivateKey, peer usl.PublicKey, log *slog.Logger) usl.Config {
+// sessionConfig is every peer's session template; the peer table sets
+// the key and the per-peer limits.
+func (c *upCmd) sessionConfig(key usl.PrivateKey, log *slog.Logger) usl.Config {
 	sched, _ := usl.NewScheduler(c.Scheduler) // kong's enum checked the name
 	return usl.Config{
 		Scheduler:      sched,
 		PrivateKey:     key,
-		PeerKeys:       []usl.PublicKey{peer},
 		ReplayBuffer:   int(c.ReplayBuffer),
 		MaxStreams:     c.MaxStreams,
 		DeadInterval:   c.DeadInterval,
@@ -192,14 +191,11 @@ func (c *upCmd) Run(o cmdIO) error {
 	if err != nil {
 		return err
 	}
-	peerKey, err := usl.ParsePublicKey(c.PeerKey) // Validate checked it
+	table, err := c.peerTable(key.Public())
 	if err != nil {
-		return fmt.Errorf("--peer-key: %w", err)
+		return err
 	}
-	if peerKey == key.Public() {
-		return errors.New("--peer-key is this host's own public key: pass the other host's key (usltun pubkey < peer.key)")
-	}
-	if len(c.Route) > 0 {
+	if len(c.tunRoutes(table)) > 0 {
 		if err := checkNetAdmin(); err != nil {
 			return err
 		}
@@ -210,7 +206,7 @@ func (c *upCmd) Run(o cmdIO) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	d, err := c.start(ctx, key, peerKey, log)
+	d, err := c.start(ctx, key, table, log)
 	if err != nil {
 		return err
 	}
@@ -232,6 +228,9 @@ func (c *upCmd) Run(o cmdIO) error {
 				log.Warn("SIGHUP: policy not replaced, the old rules stay", "err", err)
 			} else {
 				log.Info("SIGHUP: policy replaced; open flows moved", "file", c.Policy, "rules", len(d.policy.eng.Rules()))
+			}
+			if c.hubMode {
+				d.reload("SIGHUP")
 			}
 		}
 	}
