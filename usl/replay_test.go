@@ -292,6 +292,13 @@ func TestReplayAfterDialerRestart(t *testing.T) {
 	r := &recorder{}
 	ccfg, scfg := fastCfg(t, ck, sk.pub), fastCfg(t, sk, ck.pub)
 	ccfg.Dial = r.dial
+	// The production liveness timers, as in TestReplayLiveSession: the
+	// check is that no replay disturbs the new session, and with the fast
+	// 300 ms dead interval a loaded machine (the race detector beside
+	// other builds) reconnected it once by itself.
+	for _, c := range []*Config{&ccfg, &scfg} {
+		c.KeepaliveInterval, c.DeadInterval = DefaultKeepaliveInterval, DefaultDeadInterval
+	}
 	p := newTCPPair(t, ccfg, scfg)
 	defer p.close()
 	a, b := openPair(t, p.client, p.server, "old")
