@@ -45,10 +45,10 @@ const (
 // 2-core CI machine, with what was measured (docs/performance.md has the
 // analysis). They stay runnable for measuring: USLTUN_MP_FAILING=1.
 var mpFailing = map[string]string{
-	"row1_mirror_each_link_blackholed": "rr worst 92–93 ms against an undisturbed p99 of 1.2 ms (57 ms in a run while the machine was busier; 335 ms against 4 ms at load average 10); with the bulk flow paced to 100 Mbit/s the pauses left are not at the cuts but 2–5 s into a blackhole and 1–3 s after a path rejoins, in rr and bulk at once; not analysed further",
-	"row2_failover_cut_in_use":         "flaky: 201–292 ms after the cut in most runs, 1.31 s once; the stall detection (200 ms floor) is the same as lowrtt's row, which stays on at 205–323 ms (505 ms once in 3 full runs)",
-	"row5_no_head_of_line_1ms_100ms":   "rr p99 77–318 ms, bound 6 ms, since balance sends where a frame arrives first: the bulk flow now runs on the 1 ms link at what 2 shared cores allow (the old window-share rule kept half its window on the 100 ms link and so throttled it: 3.9–5.2 ms at the same time and load), and round trips beside an unpaced bulk flow measure CPU scheduling, as in row 1; paced to 100 Mbit/s, 6.7 and 14.9 ms",
-	"row8_mirror_roaming":              "flaky: longest stall 18–169 ms, bound 100 ms (136 ms once with the bulk flow paced to 100 Mbit/s); not analysed further",
+	"row1_mirror_each_link_blackholed": "rr worst 136–272 ms against an undisturbed p99 of 1–75 ms (load 7–10), bulk longest stall 196–239 ms; pauses of 40–250 ms in rr and bulk at once, also before the first cut, and around each blackholed path's dead interval; not the pin (TestMultipathBlockedPathHoldsNoBuffers: 0 buffers deferred while a path is blocked in Write), not GC (gctrace: heaps 3–5 MB, pauses under 5 ms); cause not found",
+	"row2_failover_cut_in_use":         "flaky: the gap across the cut is 194–294 ms in every run (the 200 ms stall floor plus detection), but the figure is the longest pause of the whole flow, and pauses of 100–511 ms in all flows at once come before the cut too (srtt 1–3 ms, no fault; kernel TCP timeouts in A's namespace during them): 213–384 ms in 7 runs, 511 ms once; lowrtt 276 ms",
+	"row5_no_head_of_line_1ms_100ms":   "rr p99 4.2–23 ms (bound 6 ms) in 9 runs at load 3–7; the 1 ms path's srtt under the unpaced bulk flow is 2–5 ms, so its window sits at the 256 KiB floor (about 5 ms at the 50 MB/s the cores allow): the 100 ms-of-queue hypothesis does not hold here, and a window of 2 × rate × min RTT instead changed nothing (p99 6.2–19.4 ms; 96 ms at load 8) and cost row 3 throughput under load, so it is not in; round trips beside an unpaced bulk flow measure CPU scheduling",
+	"row8_mirror_roaming":              "flaky: longest stall 10–35 ms in 6 of 8 runs, 99 and 208 ms in the others (bound 100 ms): one pause in all flows at once, 0.7–1.6 s after the change and before the redial at the dead interval (2 s); not GC (gctrace); cause not found",
 }
 
 type mpLab struct {
@@ -324,6 +324,8 @@ func (l *mpLab) row2(t *testing.T) string {
 	// Link 1 is the first --peer: failover's choice, and lowrtt's on two
 	// equal links it is as likely as link 2; cutting the one that carried
 	// the most so far is cutting the one in use.
+	// The srtts before the cut: the stall interval is max(3×srtt, 200 ms).
+	l.logPaths(t)
 	in := l.busiestLink(t)
 	cut := time.Now()
 	blackhole(t, l.m.AB[in])
@@ -433,8 +435,13 @@ func (l *mpLab) row5(t *testing.T) string {
 	// The paths' srtts at the new delays and the bulk flow past its start.
 	time.Sleep(1500 * time.Millisecond)
 	rr := l.startAt(t, net.JoinHostPort(mpC, "22"), loadgen.Config{Mode: loadgen.RR, Interval: rrEvery, Duration: 5 * time.Second})
+	for range 4 {
+		time.Sleep(time.Second)
+		l.logPaths(t)
+	}
 	rrRep := l.verify(t, rr, 30*time.Second, "rr")
-	l.verify(t, bulk, 30*time.Second, "bulk")
+	bulkRep := l.verify(t, bulk, 30*time.Second, "bulk")
+	t.Logf("bulk %.0f Mbit/s", bulkRep.BitsPerSec/1e6)
 	fig := fmt.Sprintf("rr p50 %v, p99 %v, max %v (link 1 RTT 1 ms, link 2 100 ms)", rrRep.Latency.P50.Round(10*time.Microsecond),
 		rrRep.Latency.P99.Round(10*time.Microsecond), rrRep.Latency.Max.Round(time.Millisecond))
 	t.Log(fig)
@@ -589,11 +596,14 @@ func (l *mpLab) row8(t *testing.T) string {
 	rr := l.start(t, loadgen.Config{Mode: loadgen.RR, Duration: 6 * time.Second})
 	bulk := l.start(t, loadgen.Config{Dirs: loadgen.Both, Duration: 6 * time.Second, Rate: mpBulkRate})
 	time.Sleep(1500 * time.Millisecond)
+	change := time.Now()
 	if err := testenv.ChangeAddress(l.A, l.m.AB[0], "10.1.0.9/24"); err != nil {
 		t.Fatal(err)
 	}
 	rrRep := l.verify(t, rr, 30*time.Second, "rr")
 	bulkRep := l.verify(t, bulk, 30*time.Second, "bulk")
+	// Where the pauses fell, against the change: what a failure is about.
+	logPauses(t, change, 40*time.Millisecond, map[string]*loadgen.Report{"rr": rrRep, "bulk": bulkRep})
 	stall := max(rrRep.LongestStall, bulkRep.LongestStall)
 	fig := fmt.Sprintf("longest stall %v (rr max %v)", stall.Round(time.Millisecond), rrRep.Latency.Max.Round(time.Millisecond))
 	t.Log(fig)
