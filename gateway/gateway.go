@@ -36,6 +36,7 @@ import (
 	"github.com/usltun/usltun/direct"
 	"github.com/usltun/usltun/flow"
 	"github.com/usltun/usltun/internal/bufpool"
+	"github.com/usltun/usltun/internal/ratelog"
 	"github.com/usltun/usltun/usl"
 )
 
@@ -120,13 +121,13 @@ type Gateway struct {
 	bufs    bufpool.Pool // relay buffers, borrowed only while data moves
 	flows   atomic.Int64 // relaying (MaxFlows)
 	dials   atomic.Int64 // in flight (MaxDials)
-	refused refusalLog   // what MaxFlows and MaxDials turned away
+	refused *ratelog.Log // what MaxFlows, MaxDials and the export policy turned away
 }
 
 // New returns a gateway with cfg's defaults filled in.
 func New(cfg Config) *Gateway {
 	cfg.setDefaults()
-	g := &Gateway{cfg: cfg, local: localAddrs{list: cfg.LocalAddrs}}
+	g := &Gateway{cfg: cfg, local: localAddrs{list: cfg.LocalAddrs}, refused: ratelog.New(cfg.Logger, slog.LevelWarn, time.Second)}
 	g.SetExports(cfg.Exports)
 	return g
 }
@@ -145,28 +146,6 @@ func (g *Gateway) Allowed(dst netip.Addr) bool {
 
 // Flows is the number of flows relaying now.
 func (g *Gateway) Flows() int { return int(g.flows.Load()) }
-
-// refusalLog logs flows refused at a limit at most once a second, with
-// their count: a peer flooding the gateway must not also flood the log.
-type refusalLog struct {
-	mu   sync.Mutex
-	last time.Time
-	n    int
-}
-
-func (r *refusalLog) add(log *slog.Logger, msg, limit string, max int) {
-	r.mu.Lock()
-	r.n++
-	now := time.Now()
-	if now.Sub(r.last) < time.Second {
-		r.mu.Unlock()
-		return
-	}
-	n := r.n
-	r.n, r.last = 0, now
-	r.mu.Unlock()
-	log.Warn(msg, "refused", n, limit, max)
-}
 
 // take reserves one unit of a bounded counter; false when it is at max.
 func take(c *atomic.Int64, max int) bool {
@@ -210,7 +189,7 @@ func (g *Gateway) handle(ctx context.Context, peer string, st *usl.Stream) {
 	}
 	if dst.Proto == flow.ICMP {
 		if !g.Allowed(dst.Addr.Addr()) {
-			log.Warn("forbidden: destination is not exported", "peer", peer, "dst", dst.String())
+			g.refused.Add(msgForbidden, "peer", peer, "last_dst", dst.String())
 			st.Reject(usl.ResetForbidden)
 			return
 		}
@@ -218,7 +197,7 @@ func (g *Gateway) handle(ctx context.Context, peer string, st *usl.Stream) {
 		return
 	}
 	if !take(&g.flows, g.cfg.MaxFlows) {
-		g.refused.add(log, "flows refused: the peer is at its flow limit", "max_flows", g.cfg.MaxFlows)
+		g.refused.Add("flows refused: the peer is at its flow limit", "max_flows", g.cfg.MaxFlows)
 		st.Reject(usl.ResetLimit)
 		return
 	}
@@ -227,7 +206,7 @@ func (g *Gateway) handle(ctx context.Context, peer string, st *usl.Stream) {
 		return
 	}
 	if !take(&g.dials, g.cfg.MaxDials) {
-		g.refused.add(log, "flows refused: the peer's dials in flight are at their limit", "max_dials", g.cfg.MaxDials)
+		g.refused.Add("flows refused: the peer's dials in flight are at their limit", "max_dials", g.cfg.MaxDials)
 		st.Reject(usl.ResetLimit)
 		return
 	}
@@ -237,7 +216,7 @@ func (g *Gateway) handle(ctx context.Context, peer string, st *usl.Stream) {
 	g.dials.Add(-1)
 	if err != nil {
 		if code == usl.ResetForbidden {
-			log.Warn("forbidden: destination is not exported", "peer", peer, "dst", dst.String(), "why", err)
+			g.refused.Add(msgForbidden, "peer", peer, "last_dst", dst.String(), "why", err.Error())
 		} else {
 			log.Info("dial failed", "peer", peer, "dst", dst.String(), "reason", code.String(), "err", err)
 		}
@@ -283,6 +262,9 @@ func (g *Gateway) handleEcho(peer string, st *usl.Stream, dst flow.Dest) {
 	relayEcho(&g.bufs, st, e, addr.Is4(), g.cfg.UDPIdleTimeout)
 	log.Debug("echo flow closed", "peer", peer, "dst", dst.String())
 }
+
+// msgForbidden is the (aggregated) line of flows the export policy refused.
+const msgForbidden = "forbidden: destination is not exported"
 
 // errNotExported is why a destination is forbidden.
 var errNotExported = errors.New("outside this host's exports")
