@@ -38,6 +38,7 @@ import (
 	"github.com/usltun/usltun/internal/bufpool"
 	"github.com/usltun/usltun/internal/ratelog"
 	"github.com/usltun/usltun/usl"
+	"golang.org/x/time/rate"
 )
 
 // Config says what a peer may reach and how to reach it.
@@ -84,6 +85,14 @@ type Config struct {
 	// bound. A hub gives each peer its own gateway with its own bounds.
 	MaxFlows int
 	MaxDials int
+	// MaxOpens bounds the streams the peer may open per second, with a
+	// burst of as many: a token bucket taken as each stream arrives,
+	// before any work for it (no goroutine, no socket, no dial). A stream
+	// beyond it is rejected with ResetLimit at once. A connect flood costs
+	// the gateway's host a kernel socket, a connect and its packets per
+	// stream, CPU that other peers' flows need; the bucket keeps one
+	// peer's share of it bounded. 0: no bound.
+	MaxOpens int
 	Logger   *slog.Logger
 }
 
@@ -118,10 +127,11 @@ type Gateway struct {
 	exports atomic.Pointer[[]netip.Prefix] // cfg.Exports, replaced by SetExports
 	local   localAddrs
 	wg      sync.WaitGroup
-	bufs    bufpool.Pool // relay buffers, borrowed only while data moves
-	flows   atomic.Int64 // relaying (MaxFlows)
-	dials   atomic.Int64 // in flight (MaxDials)
-	refused *ratelog.Log // what MaxFlows, MaxDials and the export policy turned away
+	bufs    bufpool.Pool  // relay buffers, borrowed only while data moves
+	flows   atomic.Int64  // relaying (MaxFlows)
+	dials   atomic.Int64  // in flight (MaxDials)
+	refused *ratelog.Log  // what MaxFlows, MaxDials, MaxOpens and the export policy turned away
+	opens   *rate.Limiter // MaxOpens, or nil
 }
 
 // New returns a gateway with cfg's defaults filled in.
@@ -129,6 +139,9 @@ func New(cfg Config) *Gateway {
 	cfg.setDefaults()
 	g := &Gateway{cfg: cfg, local: localAddrs{list: cfg.LocalAddrs}, refused: ratelog.New(cfg.Logger, slog.LevelWarn, time.Second)}
 	g.SetExports(cfg.Exports)
+	if cfg.MaxOpens > 0 {
+		g.opens = rate.NewLimiter(rate.Limit(cfg.MaxOpens), cfg.MaxOpens)
+	}
 	return g
 }
 
@@ -167,6 +180,11 @@ func (g *Gateway) Serve(ctx context.Context, s *usl.Session) error {
 				return nil
 			}
 			return fmt.Errorf("accept stream from %s: %w", peer, err)
+		}
+		if g.opens != nil && !g.opens.Allow() {
+			g.refused.Add("flows refused: the peer opens flows faster than its limit", "max_opens", g.cfg.MaxOpens)
+			st.Reject(usl.ResetLimit)
+			continue
 		}
 		g.wg.Add(1)
 		go func() {
