@@ -213,6 +213,11 @@ func tickStream(h *testenv.Host, addr string, interval, dur time.Duration) (r ti
 	return r
 }
 
+// hubRouteOf is the route of spoke i (1-based) in the hub's table, for
+// the spokes that have one of their own (p11, p21): the reload must add
+// p21's to the hub's device and remove p11's.
+func hubRouteOf(i int) string { return fmt.Sprintf("10.55.%d.0/24", i) }
+
 // peers are [[peer]] sections for spokes first..last (1-based); extra
 // adds lines to some of them.
 func (l *hubLab) peers(first, last int, extra map[int]string) string {
@@ -224,6 +229,8 @@ func (l *hubLab) peers(first, last int, extra map[int]string) string {
 			fmt.Fprintf(&b, "export = [%q, %q]\n", hubServer+"/32", hubNetD)
 		case 2:
 			fmt.Fprintf(&b, "export = [%q]\nroute = [%q]\n", hubNetC, hubNetD)
+		case 11, 21: // the reload removes p11 and adds p21, and their routes
+			fmt.Fprintf(&b, "route = [%q]\n", hubRouteOf(i))
 		}
 		b.WriteString(extra[i])
 	}
@@ -460,7 +467,8 @@ func (l *hubLab) relay(t *testing.T) {
 // untouched streams see no error and no stall over 100 ms from the reload
 // until 3 s after it (the added peers' handshakes are in that window); the
 // removed ones' applications get ECONNRESET; the narrowed one's new flow is
-// refused while its open one goes on. A config with a syntax error is
+// refused while its open one goes on. The hub's device gains the added
+// p21's route and loses the removed p11's. A config with a syntax error is
 // refused with its line and changes nothing.
 //
 // Each stream is paced (tickStream): a 1-byte request and a 4 KiB response
@@ -482,6 +490,14 @@ func (l *hubLab) reload(t *testing.T) {
 	for _, i := range streaming {
 		results[i] = make(chan tickResult, 1)
 		go func() { results[i] <- tickStream(l.P[i], l.tick, 20*time.Millisecond, 8*time.Second) }()
+	}
+	nl := netlinkIn(t, l.H)
+	dev, err := nl.LinkByName("usl0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := tunnelRoutes(t, nl, dev.Attrs().Index); !r[hubRouteOf(11)] || r[hubRouteOf(21)] {
+		t.Fatalf("hub's usl0 routes before the reload: %v, want p11's %s and not p21's %s", r, hubRouteOf(11), hubRouteOf(21))
 	}
 	time.Sleep(2 * time.Second)
 	// Remove P11 and P12, narrow P10, add P21..P25.
@@ -519,6 +535,11 @@ func (l *hubLab) reload(t *testing.T) {
 	}
 	if !strings.Contains(l.hub.Output(), "peer removed: flows reset, session closed") {
 		t.Error("the hub logged no removal")
+	}
+	// The device's routes followed: p21's added, p11's removed.
+	routes := tunnelRoutes(t, nl, dev.Attrs().Index)
+	if !routes[hubRouteOf(21)] || routes[hubRouteOf(11)] || !routes[hubNetD] {
+		t.Errorf("hub's usl0 routes after the reload: %v, want %s (p21's, added) and %s, not %s (p11's, removed)", routes, hubRouteOf(21), hubNetD, hubRouteOf(11))
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	c, err := l.P[9].DialContext(ctx, "tcp", net.JoinHostPort(hubServerAlt, fmt.Sprint(hubLoadPort)))
