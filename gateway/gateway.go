@@ -36,7 +36,9 @@ import (
 	"github.com/usltun/usltun/direct"
 	"github.com/usltun/usltun/flow"
 	"github.com/usltun/usltun/internal/bufpool"
+	"github.com/usltun/usltun/internal/ratelog"
 	"github.com/usltun/usltun/usl"
+	"golang.org/x/time/rate"
 )
 
 // Config says what a peer may reach and how to reach it.
@@ -83,6 +85,14 @@ type Config struct {
 	// bound. A hub gives each peer its own gateway with its own bounds.
 	MaxFlows int
 	MaxDials int
+	// MaxOpens bounds the streams the peer may open per second, with a
+	// burst of as many: a token bucket taken as each stream arrives,
+	// before any work for it (no goroutine, no socket, no dial). A stream
+	// beyond it is rejected with ResetLimit at once. A connect flood costs
+	// the gateway's host a kernel socket, a connect and its packets per
+	// stream, CPU that other peers' flows need; the bucket keeps one
+	// peer's share of it bounded. 0: no bound.
+	MaxOpens int
 	Logger   *slog.Logger
 }
 
@@ -117,17 +127,21 @@ type Gateway struct {
 	exports atomic.Pointer[[]netip.Prefix] // cfg.Exports, replaced by SetExports
 	local   localAddrs
 	wg      sync.WaitGroup
-	bufs    bufpool.Pool // relay buffers, borrowed only while data moves
-	flows   atomic.Int64 // relaying (MaxFlows)
-	dials   atomic.Int64 // in flight (MaxDials)
-	refused refusalLog   // what MaxFlows and MaxDials turned away
+	bufs    bufpool.Pool  // relay buffers, borrowed only while data moves
+	flows   atomic.Int64  // relaying (MaxFlows)
+	dials   atomic.Int64  // in flight (MaxDials)
+	refused *ratelog.Log  // what MaxFlows, MaxDials, MaxOpens and the export policy turned away
+	opens   *rate.Limiter // MaxOpens, or nil
 }
 
 // New returns a gateway with cfg's defaults filled in.
 func New(cfg Config) *Gateway {
 	cfg.setDefaults()
-	g := &Gateway{cfg: cfg, local: localAddrs{list: cfg.LocalAddrs}}
+	g := &Gateway{cfg: cfg, local: localAddrs{list: cfg.LocalAddrs}, refused: ratelog.New(cfg.Logger, slog.LevelWarn, time.Second)}
 	g.SetExports(cfg.Exports)
+	if cfg.MaxOpens > 0 {
+		g.opens = rate.NewLimiter(rate.Limit(cfg.MaxOpens), cfg.MaxOpens)
+	}
 	return g
 }
 
@@ -145,28 +159,6 @@ func (g *Gateway) Allowed(dst netip.Addr) bool {
 
 // Flows is the number of flows relaying now.
 func (g *Gateway) Flows() int { return int(g.flows.Load()) }
-
-// refusalLog logs flows refused at a limit at most once a second, with
-// their count: a peer flooding the gateway must not also flood the log.
-type refusalLog struct {
-	mu   sync.Mutex
-	last time.Time
-	n    int
-}
-
-func (r *refusalLog) add(log *slog.Logger, msg, limit string, max int) {
-	r.mu.Lock()
-	r.n++
-	now := time.Now()
-	if now.Sub(r.last) < time.Second {
-		r.mu.Unlock()
-		return
-	}
-	n := r.n
-	r.n, r.last = 0, now
-	r.mu.Unlock()
-	log.Warn(msg, "refused", n, limit, max)
-}
 
 // take reserves one unit of a bounded counter; false when it is at max.
 func take(c *atomic.Int64, max int) bool {
@@ -189,6 +181,11 @@ func (g *Gateway) Serve(ctx context.Context, s *usl.Session) error {
 			}
 			return fmt.Errorf("accept stream from %s: %w", peer, err)
 		}
+		if g.opens != nil && !g.opens.Allow() {
+			g.refused.Add("flows refused: the peer opens flows faster than its limit", "max_opens", g.cfg.MaxOpens)
+			st.Reject(usl.ResetLimit)
+			continue
+		}
 		g.wg.Add(1)
 		go func() {
 			defer g.wg.Done()
@@ -210,7 +207,7 @@ func (g *Gateway) handle(ctx context.Context, peer string, st *usl.Stream) {
 	}
 	if dst.Proto == flow.ICMP {
 		if !g.Allowed(dst.Addr.Addr()) {
-			log.Warn("forbidden: destination is not exported", "peer", peer, "dst", dst.String())
+			g.refused.Add(msgForbidden, "peer", peer, "last_dst", dst.String())
 			st.Reject(usl.ResetForbidden)
 			return
 		}
@@ -218,7 +215,7 @@ func (g *Gateway) handle(ctx context.Context, peer string, st *usl.Stream) {
 		return
 	}
 	if !take(&g.flows, g.cfg.MaxFlows) {
-		g.refused.add(log, "flows refused: the peer is at its flow limit", "max_flows", g.cfg.MaxFlows)
+		g.refused.Add("flows refused: the peer is at its flow limit", "max_flows", g.cfg.MaxFlows)
 		st.Reject(usl.ResetLimit)
 		return
 	}
@@ -227,7 +224,7 @@ func (g *Gateway) handle(ctx context.Context, peer string, st *usl.Stream) {
 		return
 	}
 	if !take(&g.dials, g.cfg.MaxDials) {
-		g.refused.add(log, "flows refused: the peer's dials in flight are at their limit", "max_dials", g.cfg.MaxDials)
+		g.refused.Add("flows refused: the peer's dials in flight are at their limit", "max_dials", g.cfg.MaxDials)
 		st.Reject(usl.ResetLimit)
 		return
 	}
@@ -237,7 +234,7 @@ func (g *Gateway) handle(ctx context.Context, peer string, st *usl.Stream) {
 	g.dials.Add(-1)
 	if err != nil {
 		if code == usl.ResetForbidden {
-			log.Warn("forbidden: destination is not exported", "peer", peer, "dst", dst.String(), "why", err)
+			g.refused.Add(msgForbidden, "peer", peer, "last_dst", dst.String(), "why", err.Error())
 		} else {
 			log.Info("dial failed", "peer", peer, "dst", dst.String(), "reason", code.String(), "err", err)
 		}
@@ -283,6 +280,9 @@ func (g *Gateway) handleEcho(peer string, st *usl.Stream, dst flow.Dest) {
 	relayEcho(&g.bufs, st, e, addr.Is4(), g.cfg.UDPIdleTimeout)
 	log.Debug("echo flow closed", "peer", peer, "dst", dst.String())
 }
+
+// msgForbidden is the (aggregated) line of flows the export policy refused.
+const msgForbidden = "forbidden: destination is not exported"
 
 // errNotExported is why a destination is forbidden.
 var errNotExported = errors.New("outside this host's exports")

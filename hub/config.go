@@ -50,7 +50,7 @@ type File struct {
 }
 
 // peerKeys are the keys a [[peer]] section may have.
-var peerKeys = []string{"name", "public_key", "endpoint", "route", "export", "export_dns", "max_flows", "max_streams", "replay_buffer", "max_dials"}
+var peerKeys = []string{"name", "public_key", "endpoint", "route", "export", "export_dns", "max_flows", "max_streams", "replay_buffer", "max_dials", "max_opens"}
 
 // Parse reads the peer part of a TOML configuration. A syntax error names
 // its line; any other error names the peer. The whole file is checked
@@ -207,7 +207,7 @@ func parsePeer(sec map[string]any, global []netip.Prefix, exportDNS bool, opt Pa
 	for _, f := range []struct {
 		key string
 		dst *int
-	}{{"max_flows", &lim.MaxFlows}, {"max_streams", &lim.MaxStreams}, {"max_dials", &lim.MaxDials}} {
+	}{{"max_flows", &lim.MaxFlows}, {"max_streams", &lim.MaxStreams}, {"max_dials", &lim.MaxDials}, {"max_opens", &lim.MaxOpens}} {
 		v, ok := lookup(sec, f.key)
 		if !ok {
 			continue

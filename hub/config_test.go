@@ -42,6 +42,7 @@ name = "sensor-17"
 public_key = "` + b.String() + `"
 endpoint = ["198.51.100.7:7400"]
 max-flows = 7
+max_opens = 40
 replay_buffer = "2097152B"
 `
 	f, err := Parse([]byte(doc), testOptions())
@@ -61,7 +62,7 @@ replay_buffer = "2097152B"
 	if len(sensor.Endpoints) != 1 || sensor.Endpoints[0].Addr != "198.51.100.7:7400" {
 		t.Errorf("sensor endpoints %v", sensor.Endpoints)
 	}
-	if sensor.Limits.MaxFlows != 7 || sensor.Limits.ReplayBuffer != 2<<20 || sensor.Limits.MaxDials != DefaultMaxDials {
+	if sensor.Limits.MaxFlows != 7 || sensor.Limits.ReplayBuffer != 2<<20 || sensor.Limits.MaxDials != DefaultMaxDials || sensor.Limits.MaxOpens != 40 {
 		t.Errorf("sensor limits %+v", sensor.Limits)
 	}
 	if anna.Limits != (Limits{}).WithDefaults(Limits{}) {

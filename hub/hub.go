@@ -26,7 +26,7 @@ type Config struct {
 	// are set per peer.
 	Session usl.Config
 	// Gateway is the template of each peer's gateway; Exports, ExportDNS,
-	// MaxFlows, MaxDials, Forward and OnFlow are set per peer (OnFlow
+	// MaxFlows, MaxDials, MaxOpens, Forward and OnFlow are set per peer (OnFlow
 	// wraps the template's).
 	Gateway gateway.Config
 	// Relay lets a flow from one peer to another peer's route be spliced
@@ -147,7 +147,7 @@ func (h *Hub) startLocked(p *Peer) (*Live, error) {
 	l.peer.Store(p)
 	gc := h.cfg.Gateway
 	gc.Exports, gc.ExportDNS = p.Exports, p.ExportDNS
-	gc.MaxFlows, gc.MaxDials = p.Limits.MaxFlows, p.Limits.MaxDials
+	gc.MaxFlows, gc.MaxDials, gc.MaxOpens = p.Limits.MaxFlows, p.Limits.MaxDials, p.Limits.MaxOpens
 	gc.Logger = h.log.With("component", "gateway", "name", p.Name)
 	base := gc.OnFlow
 	gc.OnFlow = func(st *usl.Stream, dst flow.Dest) func() {

@@ -276,6 +276,46 @@ func TestHubPerPeerFlowLimit(t *testing.T) {
 	}
 }
 
+// A peer opening flows faster than its max_opens gets the limit reason
+// for the excess, before the hub dials them; another peer opening at the
+// same time is not refused.
+func TestHubPerPeerOpenRate(t *testing.T) {
+	ka, _ := usl.GeneratePrivateKey()
+	kb, _ := usl.GeneratePrivateKey()
+	anna := &Peer{Name: "anna", Key: ka.Public(), Exports: pfx("127.0.0.1/32"), Limits: Limits{MaxOpens: 5}.WithDefaults(Limits{})}
+	bert := &Peer{Name: "bert", Key: kb.Public(), Exports: pfx("127.0.0.1/32"), Limits: Limits{}.WithDefaults(Limits{})}
+	l := newLab(t, anna, bert)
+	sa, sb := l.dial(ka), l.dial(kb)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	echo := flow.Dest{Proto: flow.TCP, Addr: l.echo}.Marshal()
+	// 20 opens at once: the burst of 5 (and what the bucket refills
+	// meanwhile, at 5 a second) goes through, the rest is refused.
+	var ok, limited int
+	for i := 0; i < 20; i++ {
+		st, err := sa.OpenStream(ctx, echo)
+		switch {
+		case err == nil:
+			ok++
+			roundTrip(t, st, "x")
+			st.Close()
+		case resetCode(err) == usl.ResetLimit:
+			limited++
+		default:
+			t.Fatalf("anna's flow %d: %v, want accepted or limit", i, err)
+		}
+		st, err = sb.OpenStream(ctx, echo)
+		if err != nil {
+			t.Fatalf("bert's flow %d, beside anna past her max_opens: %v", i, err)
+		}
+		roundTrip(t, st, "y")
+		st.Close()
+	}
+	if ok < 5 || ok > 10 || limited != 20-ok {
+		t.Errorf("anna with max_opens 5: %d accepted, %d refused of 20 at once, want 5 to 10 accepted, the rest refused", ok, limited)
+	}
+}
+
 // Peers lists the most recent handshake first and peers that never
 // connected last, as wg show sorts.
 func TestHubPeersIdleLast(t *testing.T) {

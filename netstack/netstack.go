@@ -38,6 +38,7 @@ import (
 
 	"github.com/usltun/usltun/flow"
 	"github.com/usltun/usltun/internal/bufpool"
+	"github.com/usltun/usltun/internal/ratelog"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 )
@@ -131,6 +132,7 @@ type Stack struct {
 	refused      atomic.Uint64
 	dialErrors   atomic.Uint64
 	lastLimitLog atomic.Int64 // unix nanos; limit logs at most every 10 s
+	failed       *ratelog.Log // connects that failed (not refused), a line a second at most
 
 	echoMu sync.Mutex
 	echoes map[echoKey]*echoFlow // open ICMP flows, found by the packet path
@@ -153,7 +155,8 @@ func New(ep stack.LinkEndpoint, cfg Config) (*Stack, error) {
 		return nil, fmt.Errorf("netstack: MTU %d differs from the link's MTU %d", cfg.MTU, ep.MTU())
 	}
 	cfg.setDefaults()
-	st := &Stack{cfg: cfg, log: cfg.Logger, flows: make(map[flowCloser]struct{}), nicID: 1}
+	st := &Stack{cfg: cfg, log: cfg.Logger, flows: make(map[flowCloser]struct{}), nicID: 1,
+		failed: ratelog.New(cfg.Logger, slog.LevelInfo, time.Second)}
 	st.ctx, st.cancel = context.WithCancel(context.Background())
 	st.s = newGVisorStack()
 	if err := tune(st.s); err != nil {

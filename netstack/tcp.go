@@ -70,11 +70,13 @@ func (st *Stack) handleTCP(r *tcp.ForwarderRequest) {
 func (st *Stack) reject(r *tcp.ForwarderRequest, syn []byte, dest flow.Dest, err error) {
 	icmp := errors.Is(err, flow.ErrUnreachable) || errors.Is(err, flow.ErrTimeout) ||
 		(errors.Is(err, context.DeadlineExceeded) && st.ctx.Err() == nil)
-	level := st.log.Debug
-	if !errors.Is(err, flow.ErrRefused) {
-		level = st.log.Info // refused ports are routine; the rest says something about the path
+	if errors.Is(err, flow.ErrRefused) {
+		st.log.Debug("tcp connect failed", "dest", dest.String(), "err", err) // refused ports are routine
+	} else {
+		// The rest says something about the path, but an application
+		// connecting in a loop must not flood the log: aggregated.
+		st.failed.Add("tcp connect failed", "last_dest", dest.String(), "err", err.Error())
 	}
-	level("tcp connect failed", "dest", dest.String(), "err", err)
 	if icmp && st.link.unreachable(syn) {
 		r.Complete(false)
 		return

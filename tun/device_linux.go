@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -22,9 +23,12 @@ type Device struct {
 	file    *os.File
 	nl      *netlink.Handle // bound to the namespace the device was created in
 	index   int
-	routes  []netlink.Route
+	addrs   []netip.Prefix // the device's addresses, the routes' preferred sources
 	offload Offload
-	ep      *endpoint
+
+	mu     sync.Mutex      // guards routes (AddRoute, RemoveRoute, Close)
+	routes []netlink.Route // the routes Create and AddRoute added, Close removes
+	ep     *endpoint
 
 	closeOnce sync.Once
 	closeErr  error
@@ -207,6 +211,7 @@ func (d *Device) configure(cfg Config) error {
 		return fmt.Errorf("tun: find %q: %w", cfg.Name, err)
 	}
 	d.index = link.Attrs().Index
+	d.addrs = cfg.Addrs
 	if err := d.nl.LinkSetMTU(link, cfg.MTU); err != nil {
 		return fmt.Errorf("tun: set MTU %d on %s: %w", cfg.MTU, cfg.Name, err)
 	}
@@ -225,19 +230,54 @@ func (d *Device) configure(cfg Config) error {
 		return fmt.Errorf("tun: set %s up: %w", cfg.Name, err)
 	}
 	for _, p := range cfg.Routes {
-		r := netlink.Route{LinkIndex: d.index, Dst: ipNet(p.Masked()), Scope: netlink.SCOPE_LINK}
-		// The device's own address as the preferred source: flows then
-		// keep their source when the host's physical address changes
-		// (roaming), since netstack's replies go to an address that stays.
-		if src, ok := sourceFor(p, cfg.Addrs); ok {
-			r.Src = src.AsSlice()
+		if err := d.AddRoute(p); err != nil {
+			return err
 		}
-		if err := d.nl.RouteAdd(&r); err != nil {
-			return fmt.Errorf("tun: add route %v via %s: %w", p, cfg.Name, err)
-		}
-		d.routes = append(d.routes, r)
 	}
 	return d.waitLocal(cfg.Addrs)
+}
+
+// AddRoute routes p into the device, as Create does with Config.Routes;
+// Close removes it with the others. A device from FromFile has no routes
+// of its own to change.
+func (d *Device) AddRoute(p netip.Prefix) error {
+	if d.nl == nil {
+		return fmt.Errorf("tun: %s was configured elsewhere: its routes are not this process's to change", d.name)
+	}
+	r := netlink.Route{LinkIndex: d.index, Dst: ipNet(p.Masked()), Scope: netlink.SCOPE_LINK}
+	// The device's own address as the preferred source: flows then
+	// keep their source when the host's physical address changes
+	// (roaming), since netstack's replies go to an address that stays.
+	if src, ok := sourceFor(p, d.addrs); ok {
+		r.Src = src.AsSlice()
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.nl.RouteAdd(&r); err != nil {
+		return fmt.Errorf("tun: add route %v via %s: %w", p, d.name, err)
+	}
+	d.routes = append(d.routes, r)
+	return nil
+}
+
+// RemoveRoute removes a route that Create or AddRoute added (one already
+// gone from the kernel's table is no error); a prefix the device was not
+// given is an error.
+func (d *Device) RemoveRoute(p netip.Prefix) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	dst := ipNet(p.Masked()).String()
+	for i := range d.routes {
+		if d.routes[i].Dst.String() != dst {
+			continue
+		}
+		if err := d.nl.RouteDel(&d.routes[i]); err != nil && !errors.Is(err, unix.ESRCH) && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("tun: remove route %v from %s: %w", p, d.name, err)
+		}
+		d.routes = slices.Delete(d.routes, i, i+1)
+		return nil
+	}
+	return fmt.Errorf("tun: %s has no route %v of its own", d.name, p)
 }
 
 // waitLocal waits until the kernel treats each IPv6 address as local. The
@@ -327,6 +367,8 @@ func (d *Device) close() error {
 		}
 		return errors.Join(errs...)
 	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	for i := range d.routes {
 		err := d.nl.RouteDel(&d.routes[i])
 		if err != nil && !errors.Is(err, unix.ESRCH) && !errors.Is(err, unix.ENOENT) {

@@ -118,6 +118,59 @@ func TestCreateConfiguresAndCloseRemoves(t *testing.T) {
 	}
 }
 
+// AddRoute and RemoveRoute change a running device's routes (a hub's
+// reload); Close removes the added ones with the others.
+func TestAddRemoveRoute(t *testing.T) {
+	ns := tuntest.NewNS(t)
+	first, added := netip.MustParsePrefix("10.78.0.0/16"), netip.MustParsePrefix("10.79.5.0/24")
+	d := mustCreate(t, ns, Config{Name: "tnt3", Addrs: []netip.Prefix{netip.MustParsePrefix("10.77.0.1/24")}, Routes: []netip.Prefix{first}})
+	routes := func() (has map[netip.Prefix]bool) {
+		has = map[netip.Prefix]bool{}
+		if err := ns.Do(func() error {
+			l, err := netlink.LinkByName("tnt3")
+			if err != nil {
+				return err
+			}
+			for _, p := range []netip.Prefix{first, added} {
+				has[p] = hasRoute(t, l, p)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return has
+	}
+	if err := d.AddRoute(added); err != nil {
+		t.Fatal(err)
+	}
+	if r := routes(); !r[first] || !r[added] {
+		t.Fatalf("after AddRoute(%v): %v, want both", added, r)
+	}
+	if err := d.RemoveRoute(first); err != nil {
+		t.Fatal(err)
+	}
+	if r := routes(); r[first] || !r[added] {
+		t.Fatalf("after RemoveRoute(%v): %v, want only %v", first, r, added)
+	}
+	if err := d.RemoveRoute(first); err == nil || !strings.Contains(err.Error(), "no route") {
+		t.Errorf("removing it again: %v, want an error saying the device has no such route", err)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := ns.Do(func() error {
+		all, err := netlink.RouteList(nil, netlink.FAMILY_ALL)
+		for _, r := range all {
+			if r.Dst != nil && r.Dst.String() == added.String() {
+				t.Errorf("added route %v left behind after Close", added)
+			}
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func hasAddr(addrs []netlink.Addr, p netip.Prefix) bool {
 	for _, a := range addrs {
 		if a.IPNet.String() == p.String() {

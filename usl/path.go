@@ -228,8 +228,22 @@ func (p *path) readFrames() error {
 func (p *path) writeLoop() {
 	defer p.s.wg.Done()
 	s := p.s
-	ping := time.NewTicker(s.cfg.KeepaliveInterval)
+	// Keepalive from the side that needs it. The dialer pings every
+	// KeepaliveInterval, and every PING is answered with a PONG: the
+	// dialer's dead-interval watchdog is fed by the PONGs, the listener's
+	// by the PINGs. So the listener ticks at half the rate, and pings on
+	// every other tick only (for its RTT estimate) while it hears from the
+	// path, on every tick once the path has gone quiet for an interval.
+	// Dead-peer detection is the watchdog's, unchanged; a hub with 100
+	// idle peers handles 10 records and 2 timer wakeups per peer every 2 s
+	// instead of 16 and 4.
+	every := s.cfg.KeepaliveInterval
+	if !s.dialer {
+		every *= 2
+	}
+	ping := time.NewTicker(every)
 	defer ping.Stop()
+	pingTicks := 0
 	ackTimer := time.NewTimer(time.Hour)
 	ackTimer.Stop()
 	defer ackTimer.Stop()
@@ -300,6 +314,10 @@ func (p *path) writeLoop() {
 		case <-p.kick:
 		case <-ackTimer.C:
 		case <-ping.C:
+			pingTicks++
+			if !s.dialer && pingTicks%2 == 0 && p.conn.idle() < s.cfg.KeepaliveInterval {
+				break
+			}
 			s.mu.Lock()
 			p.pingDue = true
 			s.unlock()

@@ -34,7 +34,8 @@ type daemon struct {
 	started  time.Time
 	hub      *hub.Hub       // the peers: their sessions and gateways
 	self     usl.PublicKey  // this host's key
-	routes   []netip.Prefix // the device's: --route and the peers' routes
+	routes   []netip.Prefix // the device's: --route and the peers' routes (routesMu)
+	routesMu sync.Mutex     // guards routes, which a reload changes
 	reloadMu sync.Mutex
 	ln       *usl.Listener
 	dev      *tun.Device

@@ -213,6 +213,11 @@ func tickStream(h *testenv.Host, addr string, interval, dur time.Duration) (r ti
 	return r
 }
 
+// hubRouteOf is the route of spoke i (1-based) in the hub's table, for
+// the spokes that have one of their own (p11, p21): the reload must add
+// p21's to the hub's device and remove p11's.
+func hubRouteOf(i int) string { return fmt.Sprintf("10.55.%d.0/24", i) }
+
 // peers are [[peer]] sections for spokes first..last (1-based); extra
 // adds lines to some of them.
 func (l *hubLab) peers(first, last int, extra map[int]string) string {
@@ -224,6 +229,8 @@ func (l *hubLab) peers(first, last int, extra map[int]string) string {
 			fmt.Fprintf(&b, "export = [%q, %q]\n", hubServer+"/32", hubNetD)
 		case 2:
 			fmt.Fprintf(&b, "export = [%q]\nroute = [%q]\n", hubNetC, hubNetD)
+		case 11, 21: // the reload removes p11 and adds p21, and their routes
+			fmt.Fprintf(&b, "route = [%q]\n", hubRouteOf(i))
 		}
 		b.WriteString(extra[i])
 	}
@@ -460,7 +467,8 @@ func (l *hubLab) relay(t *testing.T) {
 // untouched streams see no error and no stall over 100 ms from the reload
 // until 3 s after it (the added peers' handshakes are in that window); the
 // removed ones' applications get ECONNRESET; the narrowed one's new flow is
-// refused while its open one goes on. A config with a syntax error is
+// refused while its open one goes on. The hub's device gains the added
+// p21's route and loses the removed p11's. A config with a syntax error is
 // refused with its line and changes nothing.
 //
 // Each stream is paced (tickStream): a 1-byte request and a 4 KiB response
@@ -482,6 +490,14 @@ func (l *hubLab) reload(t *testing.T) {
 	for _, i := range streaming {
 		results[i] = make(chan tickResult, 1)
 		go func() { results[i] <- tickStream(l.P[i], l.tick, 20*time.Millisecond, 8*time.Second) }()
+	}
+	nl := netlinkIn(t, l.H)
+	dev, err := nl.LinkByName("usl0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := tunnelRoutes(t, nl, dev.Attrs().Index); !r[hubRouteOf(11)] || r[hubRouteOf(21)] {
+		t.Fatalf("hub's usl0 routes before the reload: %v, want p11's %s and not p21's %s", r, hubRouteOf(11), hubRouteOf(21))
 	}
 	time.Sleep(2 * time.Second)
 	// Remove P11 and P12, narrow P10, add P21..P25.
@@ -519,6 +535,11 @@ func (l *hubLab) reload(t *testing.T) {
 	}
 	if !strings.Contains(l.hub.Output(), "peer removed: flows reset, session closed") {
 		t.Error("the hub logged no removal")
+	}
+	// The device's routes followed: p21's added, p11's removed.
+	routes := tunnelRoutes(t, nl, dev.Attrs().Index)
+	if !routes[hubRouteOf(21)] || routes[hubRouteOf(11)] || !routes[hubNetD] {
+		t.Errorf("hub's usl0 routes after the reload: %v, want %s (p21's, added) and %s, not %s (p11's, removed)", routes, hubRouteOf(21), hubNetD, hubRouteOf(11))
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	c, err := l.P[9].DialContext(ctx, "tcp", net.JoinHostPort(hubServerAlt, fmt.Sprint(hubLoadPort)))
@@ -579,15 +600,21 @@ func (l *hubLab) reload(t *testing.T) {
 // the lab's scheduler shares P13's processes with P14's.
 //
 // It fails on the development machine (2 cores shared with other test
-// runs, load average 5 to 8): 2,000 connects/s are reached (7–15 % refused
-// at p13's max_dials, the budget at work) and p50 is unchanged, but p99
-// goes from 1.9–2.8 ms undisturbed to 4.6–14 ms beside the flood and the
-// bulk (the flood alone: 1.4 → 2.6 ms, within 2×). So it runs only with
-// USLTUN_HUB_ISOLATION=1 until its cause is found and fixed
+// runs, load average 5 to 12). The hub's per-peer max_opens (500/s) now
+// refuses 70 % of p13's connects before any work (they count: the budget
+// at work) and the hub's CPU in the flood fell from 1.5–1.9 s to
+// 0.8–1.4 s, but p14's p99 still goes past 2×: run alone (-run
+// TestE2EHub/isolation) 0.87 → 1.74, 2.75 → 3.28 ms (pass), 1.15 → 2.75,
+// 2.95 → 10.5 ms (fail); after the other checks, in the full test, 4 of 5
+// runs fail with the undisturbed p99 itself at 8–23 ms and the disturbed
+// at 39–128 ms. A direct rr from the hub's namespace to C, beside p14's,
+// stays at 0.2–0.6 ms in both phases, so the tail is in the tunnel's
+// processes, not the lab's links. So it runs only with
+// USLTUN_HUB_ISOLATION=1 until that is found and fixed
 // (docs/performance.md says what is known).
 func (l *hubLab) isolation(t *testing.T) {
 	if os.Getenv("USLTUN_HUB_ISOLATION") == "" {
-		t.Skip("the p99 within 2× check fails on a loaded 2-core machine (4.6–14 ms against 1.9–2.8 ms); set USLTUN_HUB_ISOLATION=1 to run it")
+		t.Skip("the p99 within 2× check fails on a loaded 2-core machine (see the comment); set USLTUN_HUB_ISOLATION=1 to run it")
 	}
 	const (
 		rate     = 2000

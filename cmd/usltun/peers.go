@@ -127,9 +127,9 @@ func (c *upCmd) peerTable(self usl.PublicKey) (*hub.Table, error) {
 		return f.Table, nil
 	}
 	// The command line's peers have the session limits of the flags and,
-	// as before there were hubs, no per-peer flow or dial bound.
+	// as before there were hubs, no per-peer flow, dial or open-rate bound.
 	lim := hub.Limits{MaxStreams: c.MaxStreams, ReplayBuffer: int(c.ReplayBuffer)}.WithDefaults(hub.Limits{})
-	lim.MaxFlows, lim.MaxDials = 0, 0
+	lim.MaxFlows, lim.MaxDials, lim.MaxOpens = 0, 0, 0
 	var peers []*hub.Peer
 	for i, k := range c.PeerKey {
 		key, err := usl.ParsePublicKey(k) // checkPeers checked it

@@ -114,7 +114,7 @@ func (d *daemon) status() any {
 		UptimeS: time.Since(d.started).Seconds(),
 		Mode:    "dial",
 		Address: c.address(),
-		Routes:  strings.Split(prefixes(d.routes), ","),
+		Routes:  strings.Split(prefixes(d.deviceRoutes()), ","),
 		Exports: strings.Split(prefixes(c.Export), ","),
 		Hub:     c.hubMode,
 		Peers:   []peerReport{},
@@ -125,7 +125,7 @@ func (d *daemon) status() any {
 	if len(c.Listen) > 0 {
 		r.Mode = "listen"
 	}
-	if len(d.routes) == 0 {
+	if r.Routes[0] == "" {
 		r.Routes = []string{}
 	}
 	if len(c.Export) == 0 {
