@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -28,32 +29,50 @@ type halfCloser interface {
 // Relay buffers come from pool only once data is ready to read (see
 // waitStream and copySocket), so idle flows pin no buffer: 10,000 idle
 // flows would otherwise pin 1.25 GiB.
+// The caller's goroutine copies socket → stream itself and one goroutine
+// copies stream → socket: an idle flow costs two parked goroutines, not
+// three (a parked goroutine's stack is most of what an idle flow costs).
 func relayTCP(pool *bufpool.Pool, st *usl.Stream, c *net.TCPConn, halfClose time.Duration) {
-	done := make(chan error, 2)
-	go func() { done <- copyHalf(pool, c, st, func() error { return waitStream(st) }) }()
-	go func() { done <- copySocket(pool, st, c) }()
-	pending := 2
-	err := <-done
-	pending--
-	if err == nil {
-		t := time.NewTimer(halfClose)
-		select {
-		case err = <-done:
-			pending--
-		case <-t.C:
-			err = errHalfCloseTimeout
-		}
-		t.Stop()
+	var end sync.Once // the first to end the flow, cleanly or not, decides how
+	fail := func(err error) { end.Do(func() { abortTCP(st, c, err) }) }
+	type result struct {
+		err   error
+		timer *time.Timer // the bound on the other direction, once this one ended cleanly
 	}
-	if err == nil {
-		st.Close()
-		c.Close()
+	down := make(chan result, 1)
+	go func() {
+		var r result
+		if r.err = copyHalf(pool, c, st, func() error { return waitStream(st) }); r.err != nil {
+			fail(r.err) // closes c, which ends copySocket below
+		} else {
+			r.timer = time.AfterFunc(halfClose, func() { fail(errHalfCloseTimeout) })
+		}
+		down <- r
+	}()
+	if err := copySocket(pool, st, c); err != nil {
+		fail(err) // closes st, which ends the other copy
+		if r := <-down; r.timer != nil {
+			r.timer.Stop()
+		}
 		return
 	}
-	abortTCP(st, c, err)
-	// Both sides are closed now, so the remaining copy returns promptly.
-	for ; pending > 0; pending-- {
-		<-done
+	var r result
+	t := time.NewTimer(halfClose)
+	select {
+	case r = <-down:
+	case <-t.C:
+		fail(errHalfCloseTimeout)
+		r = <-down
+	}
+	t.Stop()
+	if r.timer != nil {
+		r.timer.Stop()
+	}
+	if r.err == nil {
+		end.Do(func() {
+			st.Close()
+			c.Close()
+		})
 	}
 }
 
