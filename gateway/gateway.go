@@ -219,7 +219,12 @@ func (g *Gateway) handle(ctx context.Context, peer string, st *usl.Stream) {
 		st.Reject(usl.ResetLimit)
 		return
 	}
-	defer g.flows.Add(-1)
+	handedOff := false // once the relay runs in its own goroutine, it gives the flow back
+	defer func() {
+		if !handedOff {
+			g.flows.Add(-1)
+		}
+	}()
 	if g.cfg.Forward != nil && dst.Name == "" && g.Allowed(dst.Addr.Addr()) && g.cfg.Forward(ctx, st, dst) {
 		return
 	}
@@ -246,16 +251,27 @@ func (g *Gateway) handle(ctx context.Context, peer string, st *usl.Stream) {
 		return
 	}
 	log.Debug("flow open", "peer", peer, "dst", dst.String())
+	ended := func() {}
 	if g.cfg.OnFlow != nil {
-		defer g.cfg.OnFlow(st, dst)()
+		ended = g.cfg.OnFlow(st, dst)
 	}
-	switch dst.Proto {
-	case flow.TCP:
-		relayTCP(&g.bufs, st, c.(*net.TCPConn), g.cfg.HalfCloseTimeout)
-	case flow.UDP:
-		relayUDP(&g.bufs, st, c.(*net.UDPConn), g.cfg.UDPIdleTimeout)
-	}
-	log.Debug("flow closed", "peer", peer, "dst", dst.String())
+	// The relay runs in a fresh goroutine and this one ends: the dial grew
+	// this goroutine's stack, and a goroutine keeps its stack while its
+	// flow idles, so an idle flow would keep that stack for its life.
+	handedOff = true
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		defer g.flows.Add(-1)
+		defer ended()
+		switch dst.Proto {
+		case flow.TCP:
+			relayTCP(&g.bufs, st, c.(*net.TCPConn), g.cfg.HalfCloseTimeout)
+		case flow.UDP:
+			relayUDP(&g.bufs, st, c.(*net.UDPConn), g.cfg.UDPIdleTimeout)
+		}
+		log.Debug("flow closed", "peer", peer, "dst", dst.String())
+	}()
 }
 
 // handleEcho serves an ICMP flow (ping) to an exported address.

@@ -24,13 +24,22 @@ func (st *Stack) handleTCP(r *tcp.ForwarderRequest) {
 		r.Complete(true) // shutting down
 		return
 	}
-	defer st.untrack(f)
+	handedOff := false // once the splice runs in its own goroutine, it releases f
+	defer func() {
+		if !handedOff {
+			st.untrack(f)
+		}
+	}()
 	if !st.acquireFlow(dest) {
 		st.link.takeSYN(id)
 		r.Complete(true)
 		return
 	}
-	defer st.releaseFlow()
+	defer func() {
+		if !handedOff {
+			st.releaseFlow()
+		}
+	}()
 
 	st.pending.Add(1)
 	ctx, cancel := context.WithTimeout(st.ctx, st.cfg.ConnectTimeout)
@@ -59,8 +68,17 @@ func (st *Stack) handleTCP(r *tcp.ForwarderRequest) {
 	r.Complete(false)
 	f.attach(gonet.NewTCPConn(&wq, ep), ep, &wq, remote)
 	st.tcpFlows.Add(1)
-	defer st.tcpFlows.Add(-1)
-	f.splice()
+	// The splice runs in a fresh goroutine, not in this one: the handshake
+	// and the dial grew this goroutine's stack, and a goroutine keeps its
+	// stack while its flow idles, so an idle flow would keep that stack for
+	// its life.
+	handedOff = true
+	go func() {
+		defer st.untrack(f)
+		defer st.releaseFlow()
+		defer st.tcpFlows.Add(-1)
+		f.splice()
+	}()
 }
 
 // reject answers a SYN whose dial failed. Refusals become an RST, so the
