@@ -169,11 +169,8 @@ func execScenarios(t *testing.T, l *noRootLab) {
 		out, _ = run(30*time.Second, "--", probe, bDirectEcho)
 		// B logs refusals aggregated (internal/ratelog): the line naming the
 		// most recent one may come up to a second later.
-		refusedByB := func() bool { return strings.Contains(l.DB.Output(), "dst=tcp/"+bDirectEcho) }
-		for deadline := time.Now().Add(5 * time.Second); !refusedByB() && time.Now().Before(deadline); {
-			time.Sleep(100 * time.Millisecond)
-		}
-		if !strings.Contains(out, bDirectEcho+" error") || !refusedByB() {
+		refusedByB := eventually(5*time.Second, func() bool { return strings.Contains(l.DB.Output(), "dst=tcp/"+bDirectEcho) })
+		if !strings.Contains(out, bDirectEcho+" error") || !refusedByB {
 			t.Errorf("without --route: %s; want the flow refused by B", out)
 		}
 	})

@@ -165,6 +165,16 @@ func (l *e2eLab) status(h *testenv.Host) (*statusReport, error) {
 	return &r, nil
 }
 
+// eventually polls cond every 100 ms until it holds or timeout passes, and
+// returns its last value: for log lines a daemon writes a moment later
+// (aggregated lines come at the end of their interval).
+func eventually(timeout time.Duration, cond func() bool) bool {
+	for deadline := time.Now().Add(timeout); !cond() && time.Now().Before(deadline); {
+		time.Sleep(100 * time.Millisecond)
+	}
+	return cond()
+}
+
 // waitUp waits until h's daemon reports its session "up".
 func (l *e2eLab) waitUp(h *testenv.Host, timeout time.Duration) {
 	l.t.Helper()

@@ -357,10 +357,7 @@ func TestE2ENoRoot(t *testing.T) {
 				t.Errorf("A's log does not show B's forbidden reset for %s", dst)
 			}
 		}
-		deadline := time.Now().Add(5 * time.Second)
-		for forbiddenLogged(l.DB.Output())-forbiddenBefore < forbidden && time.Now().Before(deadline) {
-			time.Sleep(100 * time.Millisecond)
-		}
+		eventually(5*time.Second, func() bool { return forbiddenLogged(l.DB.Output())-forbiddenBefore >= forbidden })
 		if n := forbiddenLogged(l.DB.Output()) - forbiddenBefore; n < forbidden {
 			t.Errorf("B's log counts %d forbidden flows, want %d", n, forbidden)
 		}
