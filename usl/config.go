@@ -29,7 +29,8 @@ type Config struct {
 	PeerLimits func(PublicKey) (maxStreams, replayBuffer int)
 
 	ReplayBuffer       int           // bytes of unacked stream data per session; default 32 MiB
-	StreamWindow       int           // per-stream credit window; default 256 KiB
+	StreamWindow       int           // per-stream credit window a stream starts with (announced in the handshake); default 256 KiB
+	MaxStreamWindow    int           // largest a stream's window grows to (auto-tuning); default 4 MiB, at least StreamWindow
 	MaxStreams         int           // open streams per session; default 4096
 	MaxFrame           int           // largest data payload per frame; default 65519 (one record), at least 4096
 	RecvBuffer         int           // bytes of receive buffers per session, counted as allocated; default 64 MiB
@@ -82,7 +83,16 @@ type Config struct {
 const (
 	DefaultReplayBuffer = 32 << 20
 	DefaultStreamWindow = 256 << 10
-	DefaultMaxStreams   = 4096
+	// DefaultMaxStreamWindow: a stream whose reader keeps up with a fast
+	// sender gets its window doubled, up to this (see Stream.tuneLocked).
+	// The credit loop is longer than a path's RTT (the far side's write to
+	// its destination, the ack delay, reordering over the slower of two
+	// paths): 256 KiB held one flow to 330 Mbit/s over two 200 Mbit/s
+	// links at a few ms, and 4 MiB covers 200 + 50 Mbit/s with the slow
+	// link's 50 ms queue. The growth of all streams of a session together
+	// is bounded by a quarter of RecvBuffer.
+	DefaultMaxStreamWindow = 4 << 20
+	DefaultMaxStreams      = 4096
 	// DefaultMaxFrame is the largest payload one record carries
 	// (maxRecordPlain): a full DATA frame's payload is sealed and opened
 	// as exactly one record, straight from and into its buffer, and its
@@ -168,6 +178,8 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	def(&c.ReplayBuffer, DefaultReplayBuffer)
 	def(&c.StreamWindow, DefaultStreamWindow)
+	def(&c.MaxStreamWindow, DefaultMaxStreamWindow)
+	c.MaxStreamWindow = max(c.MaxStreamWindow, c.StreamWindow)
 	def(&c.MaxStreams, DefaultMaxStreams)
 	def(&c.MaxFrame, DefaultMaxFrame)
 	def(&c.RecvBuffer, DefaultRecvBuffer)
@@ -199,7 +211,7 @@ func (c Config) withDefaults() (Config, error) {
 	if c.MaxFrame > maxFrameLimit || c.MaxFrame < MinMaxFrame {
 		return c, fmt.Errorf("usl: MaxFrame %d outside [%d, %d]", c.MaxFrame, MinMaxFrame, maxFrameLimit)
 	}
-	if c.StreamWindow > 1<<30 || c.ReplayBuffer > 1<<40 {
+	if c.MaxStreamWindow > 1<<30 || c.ReplayBuffer > 1<<40 {
 		return c, errors.New("usl: StreamWindow or ReplayBuffer unreasonably large")
 	}
 	if c.PrivateKey == (PrivateKey{}) {

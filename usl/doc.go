@@ -70,7 +70,9 @@
 // ReplayBuffer 32 MiB per session (writers block when full), RecvBuffer
 // 64 MiB of receive buffers per session counted by allocation,
 // ControlBuffer 2 MiB of unacked control frames the peer caused,
-// StreamWindow 256 KiB credit per stream, MaxStreams 4096, MaxFrame 65519
+// StreamWindow 256 KiB credit per stream to start with, grown for a fast
+// reader up to MaxStreamWindow 4 MiB (within RecvBuffer/4 for all streams
+// of a session), MaxStreams 4096, MaxFrame 65519
 // (at least 4096), MaxSessionsPerKey 4, MaxPathsPerSession 8,
 // PendingHandshakes 512, HandshakeRate 10/s per source prefix. Every
 // default is an exported constant in config.go.

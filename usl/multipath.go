@@ -58,6 +58,7 @@ type pathStats struct {
 	busyStart    time.Time     // when the path last went from empty to busy
 	busyTime     time.Duration // busy time of the current rate sample before busyStart
 	inflight     int
+	queued       int       // bytes of frames scheduled onto the path and not yet sent on it
 	lastProgress time.Time // last ack progress of a frame sent here, or when the path went from idle to busy
 	pingSent     time.Time // an unanswered PING; zero if none
 	lastPing     time.Time
@@ -93,6 +94,7 @@ func (s *Session) detachLocked(p *path) {
 	s.slots[p.mp.slot] = nil
 	p.mp.slot = -1
 	p.mp.state = PathDead
+	p.mp.queued = 0
 	var rewind uint64
 	for i := 0; i < s.replay.len(); i++ {
 		e := s.replay.at(i)
@@ -122,6 +124,20 @@ func (s *Session) detachLocked(p *path) {
 	}
 }
 
+// pathWindow bounds what a scheduler that checks room may have queued and
+// in flight on p: 2 × delivery rate × min RTT (a BDP with BBR's gain),
+// and at least minPathWindow. The min RTT rather than the srtt: a
+// saturated path's PONGs wait behind its own queue, so an srtt window
+// grew with the queue it built (a 200 Mbit/s path held 787 KB, 30 ms,
+// in TestE2EMultipath/row3) and the other path's frames waited for it.
+func pathWindow(p *path) int {
+	w := minPathWindow
+	if bdp := int(2 * p.mp.rate * p.mp.minRTT.Seconds()); bdp > w {
+		w = bdp
+	}
+	return w
+}
+
 // infosLocked is the scheduler's view of the live paths, in preference
 // order; s.infoSlot maps its indices to slots.
 func (s *Session) infosLocked() []PathInfo {
@@ -131,12 +147,9 @@ func (s *Session) infosLocked() []PathInfo {
 		if p.closed || p.mp.slot < 0 {
 			continue
 		}
-		w := minPathWindow
-		if bdp := int(2 * p.mp.rate * p.mp.srtt.Seconds()); bdp > w {
-			w = bdp
-		}
+		w := pathWindow(p)
 		s.infoBuf = append(s.infoBuf, PathInfo{ID: p.id, Preference: p.pref, State: p.mp.state,
-			SRTT: p.mp.srtt, RTTVar: p.mp.rttvar, MinRTT: p.mp.minRTT, Rate: p.mp.rate, InFlight: p.mp.inflight, Window: w})
+			SRTT: p.mp.srtt, RTTVar: p.mp.rttvar, MinRTT: p.mp.minRTT, Rate: p.mp.rate, InFlight: p.mp.inflight + p.mp.queued, Window: w})
 		s.infoSlot = append(s.infoSlot, p.mp.slot)
 	}
 	// Insertion sort by preference: at most 8 paths.
@@ -197,6 +210,23 @@ func (s *Session) pickLocked(e *entry, seq uint64, now time.Time, late bool) uin
 	return m
 }
 
+// queueLocked adds slots m to e's mask and counts e as queued on the
+// paths that have not carried it yet: a scheduler asked about the next
+// frame must see the bytes already given to a path whose writer has not
+// sent them (else one writer's round could hand a path far more than its
+// window).
+func (s *Session) queueLocked(e *entry, m uint8) {
+	n := len(*e.buf)
+	for q := m &^ e.mask &^ e.sent; q != 0; {
+		i := bits.TrailingZeros8(q)
+		q &^= 1 << i
+		if p := s.slots[i]; p != nil {
+			p.mp.queued += n
+		}
+	}
+	e.mask |= m
+}
+
 // pokeSlotsLocked wakes the writers of the slots in m.
 func (s *Session) pokeSlotsLocked(m uint8) {
 	for m != 0 {
@@ -211,6 +241,9 @@ func (s *Session) pokeSlotsLocked(m uint8) {
 // sentLocked records that p carried e.
 func (s *Session) sentLocked(p *path, e *entry, now time.Time) {
 	n := len(*e.buf)
+	if e.mask&^e.sent&(1<<p.mp.slot) != 0 {
+		p.mp.queued = max(p.mp.queued-n, 0)
+	}
 	e.sent |= 1 << p.mp.slot
 	if e.firstSent.IsZero() {
 		e.firstSent = now
@@ -233,6 +266,13 @@ func (s *Session) sentLocked(p *path, e *entry, now time.Time) {
 // that carried it made progress.
 func (s *Session) creditLocked(e *entry, now time.Time) {
 	n := len(*e.buf)
+	for q := e.mask &^ e.sent; q != 0; {
+		i := bits.TrailingZeros8(q)
+		q &^= 1 << i
+		if p := s.slots[i]; p != nil {
+			p.mp.queued = max(p.mp.queued-n, 0)
+		}
+	}
 	m := e.sent
 	// A frame that went on one path proves that path delivers. A copy on
 	// several proves only that one of them does: it keeps the healthy
@@ -326,6 +366,18 @@ func (s *Session) rttSampleLocked(p *path, rtt time.Duration) {
 	s.rtt = best
 }
 
+// slowestRTTLocked is the highest srtt of the paths that carry frames
+// (up or backup); 0 before the first sample.
+func (s *Session) slowestRTTLocked() time.Duration {
+	var worst time.Duration
+	for _, p := range s.paths {
+		if !p.closed && p.mp.slot >= 0 && (p.mp.state == PathUp || p.mp.state == PathBackup) {
+			worst = max(worst, p.mp.srtt)
+		}
+	}
+	return worst
+}
+
 // stallAfter is how long a path may go without ack progress while it has
 // frames (or a PING) in flight before it counts as stalled.
 func (s *Session) stallAfter(p *path) time.Duration {
@@ -370,30 +422,64 @@ func (s *Session) stalledLocked(p *path, now time.Time) {
 		if e.sacked || e.mask&bit == 0 || e.sent&^bit&healthy != 0 {
 			continue
 		}
-		s.rescheduleLocked(e, s.acked+1+uint64(i), now, false)
+		seq := s.acked + 1 + uint64(i)
+		if !s.rescheduleLocked(e, seq, now, false) {
+			// The scheduler wants room that the healthy paths do not
+			// have now. A frame held back on a stalled path is late
+			// already, and waiting for room here would make it wait for
+			// the dead interval instead: it goes on the healthy path
+			// with the lowest srtt, room or not (bounded, as any frame,
+			// by the replay buffer).
+			s.forceLocked(e, seq, healthy)
+		}
 	}
 }
 
-// rescheduleLocked offers e to its scheduler again and queues it on the
-// newly chosen paths.
-func (s *Session) rescheduleLocked(e *entry, seq uint64, now time.Time, late bool) {
-	m := s.pickLocked(e, seq, now, late) &^ (e.sent | e.mask)
-	if m == 0 {
+// forceLocked queues e on the healthy path of the lowest srtt that has not
+// carried it.
+func (s *Session) forceLocked(e *entry, seq uint64, healthy uint8) {
+	var best *path
+	for m := healthy &^ (e.sent | e.mask); m != 0; {
+		i := bits.TrailingZeros8(m)
+		m &^= 1 << i
+		if q := s.slots[i]; q != nil && (best == nil || q.mp.srtt < best.mp.srtt) {
+			best = q
+		}
+	}
+	if best == nil {
 		return
 	}
-	e.mask |= m
+	s.queueLocked(e, 1<<best.mp.slot)
+	e.again = true
+	s.resendOnLocked(best, seq)
+}
+
+// rescheduleLocked offers e to its scheduler again and queues it on the
+// newly chosen paths; false if the scheduler chose none.
+func (s *Session) rescheduleLocked(e *entry, seq uint64, now time.Time, late bool) bool {
+	m := s.pickLocked(e, seq, now, late) &^ (e.sent | e.mask)
+	if m == 0 {
+		return false
+	}
+	s.queueLocked(e, m)
 	e.again = true
 	for m != 0 {
 		i := bits.TrailingZeros8(m)
 		m &^= 1 << i
 		if q := s.slots[i]; q != nil {
-			if len(q.mp.resend) > 2*s.replay.len()+64 {
-				q.compactResendLocked()
-			}
-			q.mp.resend = append(q.mp.resend, seq)
-			q.poke()
+			s.resendOnLocked(q, seq)
 		}
 	}
+	return true
+}
+
+// resendOnLocked puts seq on q's resend list and wakes its writer.
+func (s *Session) resendOnLocked(q *path, seq uint64) {
+	if len(q.mp.resend) > 2*s.replay.len()+64 {
+		q.compactResendLocked()
+	}
+	q.mp.resend = append(q.mp.resend, seq)
+	q.poke()
 }
 
 // compactResendLocked drops resend entries that no longer need sending.

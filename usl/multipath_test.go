@@ -394,3 +394,47 @@ func TestMultipathBlockedPathHoldsNoBuffers(t *testing.T) {
 		t.Errorf("%d acked replay buffers held back from the pool while a path was blocked", maxDeferred)
 	}
 }
+
+// holdAll defers every frame: no path ever has room for it.
+type holdAll struct{}
+
+func (holdAll) Name() string                    { return "hold-all" }
+func (holdAll) Pick(*Frame, []PathInfo) PathSet { return 0 }
+
+// TestMultipathDeferredFrameBlocksNoOtherStream: a stream whose scheduler
+// defers its frames (Balance waiting for the faster path's room) must not
+// hold back another stream's frames queued behind them; the deferred
+// stream's bytes follow, in order, once its scheduler takes them.
+func TestMultipathDeferredFrameBlocksNoOtherStream(t *testing.T) {
+	lab := newMPLab(t, Failover{})
+	ba, bb := openPair(t, lab.client, lab.server, "bulk")
+	ra, rb := openPair(t, lab.client, lab.server, "rr")
+	ba.SetScheduler(holdAll{}, "held")
+	want := make([]byte, 100<<10)
+	for i := range want {
+		want[i] = byte(i * 7)
+	}
+	if _, err := ba.Write(want); err != nil { // within the stream window: returns at once
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	time.AfterFunc(300*time.Millisecond, func() { close(stop) })
+	ra.SetReadDeadline(time.Now().Add(3 * time.Second)) // a held rr fails instead of hanging
+	worst, n, err := rr(t, ra, rb, 20*time.Millisecond, stop)
+	if err != nil || n < 5 {
+		t.Fatalf("rr beside a deferred stream: %d round trips, %v", n, err)
+	}
+	if worst > 200*time.Millisecond {
+		t.Errorf("rr worst %v beside a deferred stream", worst)
+	}
+	bb.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	if k, _ := bb.Read(make([]byte, 1)); k != 0 {
+		t.Fatal("the deferred stream's bytes arrived while its scheduler held them")
+	}
+	ba.SetScheduler(Failover{}, "")
+	got := make([]byte, len(want))
+	bb.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(bb, got); err != nil || string(got) != string(want) {
+		t.Fatalf("deferred stream after its scheduler took it: %v (bytes equal: %v)", err, string(got) == string(want))
+	}
+}

@@ -37,9 +37,10 @@ type path struct {
 	pongPending bool
 	pongVal     uint64
 	pingDue     bool
-	ackDue      bool     // dialer: the first write must go out even if empty (key confirmation)
-	stage       []byte   // small frames and headers gathered for one write
-	segs        [][]byte // plaintext pieces of one write: stage parts and replay payloads
+	ackDue      bool      // dialer: the first write must go out even if empty (key confirmation)
+	stage       []byte    // small frames and headers gathered for one write
+	segs        [][]byte  // plaintext pieces of one write: stage parts and replay payloads
+	held        []*Stream // scratch of fillLocked: streams with a deferred frame this round
 	rk          rekeyState
 	rkOut       []byte    // writer: a REKEY frame taken from rk, sealed as its own record
 	rkKey       *[32]byte // writer: the send key to install after rkOut

@@ -51,8 +51,8 @@ type PathInfo struct {
 	RTTVar     time.Duration // RTT variation (EWMA 1/4 of |sample - srtt|)
 	MinRTT     time.Duration // lowest RTT sample of the last 10 s; 0 before the first
 	Rate       float64       // delivery-rate estimate in bytes/s (acked bytes per interval, EWMA); 0 before the first sample
-	InFlight   int           // frame bytes sent on this path and not yet acked or selectively acked
-	Window     int           // in-flight bytes the path is granted: max(256 KiB, 2×Rate×SRTT)
+	InFlight   int           // frame bytes sent on this path and not yet acked or selectively acked, plus those scheduled onto it and not sent yet
+	Window     int           // bytes the path is granted: max(256 KiB, 2×Rate×MinRTT)
 }
 
 // Room reports whether the path may take n more bytes now.
@@ -240,13 +240,17 @@ func lowest(paths []PathInfo, set PathSet, n int, room bool) int {
 
 // Balance spreads frames over the usable paths in proportion to their
 // measured delivery rate, so one flow gets about the sum of the links.
-// Each frame goes on the path with room where it would arrive first: its
-// queue ahead (in-flight bytes plus the frame) drained at the path's
-// delivery rate, plus half its srtt (the earliest-completion-first rule
-// of MPTCP's ECF scheduler). A path then carries in proportion to its
-// rate, and a slow path gets a frame only when the fast one's queue would
-// make it later, so the receiver's per-stream order waits little for the
-// slow path. (The in-flight share of each path's window, the rule before,
+// Each frame goes on the path where it would arrive first: its queue
+// ahead (in-flight bytes plus the frame) drained at the path's delivery
+// rate, plus half its srtt (the earliest-completion-first rule of MPTCP's
+// ECF scheduler). When that path has no room the frame waits for it
+// instead of taking a slower path with room. A path then carries in
+// proportion to its rate, and a slow path gets a frame only when the fast
+// one's queue would make it later, so the receiver's per-stream order
+// waits little for the slow path. (Taking the best path with room, the
+// rule before, put a bulk flow's overflow on a 100 ms path beside a 1 ms
+// one, whose stalls were reinjected in bursts ahead of a mirrored rr
+// flow.) (The in-flight share of each path's window, the rule before,
 // gave paths of 200 and 50 Mbit/s equal shares while both windows sat at
 // the 256 KiB floor: one flow got 193–209 Mbit/s of 250 in
 // TestE2EMultipath/row3_balance_200_50.) While a usable path has no rate
@@ -268,7 +272,7 @@ func (Balance) Pick(f *Frame, paths []PathInfo) PathSet {
 	var bestCost float64
 	for i := range paths {
 		p := &paths[i]
-		if !set.Has(i) || !p.Room(f.Len) {
+		if !set.Has(i) {
 			continue
 		}
 		var cost float64
@@ -280,14 +284,20 @@ func (Balance) Pick(f *Frame, paths []PathInfo) PathSet {
 			rtt := p.SRTT.Seconds()
 			rate := max(p.Rate, float64(f.Len)/rtt)
 			cost = float64(p.InFlight+f.Len)/rate + rtt/2
-		} else {
+		} else if p.Room(f.Len) {
 			cost = float64(p.InFlight+f.Len) / float64(max(p.Window, 1))
+		} else {
+			continue
 		}
 		if best < 0 || cost < bestCost {
 			best, bestCost = i, cost
 		}
 	}
-	if best < 0 {
+	// The earliest completion is on a path without room: wait for its
+	// acks (the session asks again when they come) rather than send on a
+	// path where the frame would arrive later, which only makes the
+	// receiver's per-stream order wait for it (ECF's rule).
+	if best < 0 || !paths[best].Room(f.Len) {
 		return 0
 	}
 	return PathSet(0).With(best)

@@ -6,6 +6,8 @@ package usl
 import (
 	"encoding/binary"
 	"fmt"
+	"math/bits"
+	"slices"
 	"time"
 )
 
@@ -182,23 +184,81 @@ func (s *Session) fillLocked(p *path, now time.Time) (pinned bool, wait time.Dur
 	if len(p.mp.resend) == 0 {
 		p.mp.resend = p.mp.resend[:0:0]
 	}
+	// A frame its scheduler defers (no path it would take has room) must
+	// not hold back other streams' frames behind it: a mirrored rr flow
+	// would wait for a bulk flow's window, head-of-line blocking across
+	// streams at the sender. The cursor stays at the first deferred
+	// frame, and up to deferScan frames behind it are still scheduled,
+	// except those of a stream with a deferred frame (so a stream's own
+	// frames keep their order) and session frames (CLOSE), which wait.
+	// Each run of frames passed over is a gap at the receiver, and what
+	// lies past a gap is released from the room checks only by SACK,
+	// which names the lowest maxSackRanges ranges: so at most
+	// maxDeferGaps runs are passed over, or frames the peer holds beyond
+	// the SACK's reach would keep the room that the deferred ones wait
+	// for (a deadlock, measured with 200 flows on one flapping path).
+	resume, scanned, gaps, inGap := uint64(0), 0, 0, false
+	held := p.held[:0]
 	for p.next < s.nextSeq && total < batchLimit {
-		e := s.replay.at(int(p.next - s.acked - 1))
-		if !e.sacked && e.sent&bit == 0 {
-			if e.mask == 0 {
-				m := s.pickLocked(e, p.next, now, false)
-				if m == 0 {
-					s.deferredPick = true
-					break
-				}
-				e.mask = m
-				s.pokeSlotsLocked(m &^ bit)
-			}
-			if e.mask&bit != 0 && !emit(e) {
+		if resume != 0 {
+			if scanned++; scanned > deferScan {
 				break
 			}
 		}
+		e := s.replay.at(int(p.next - s.acked - 1))
+		if !e.sacked && e.sent&bit == 0 && e.mask == 0 {
+			skip := resume != 0 && (e.st == nil || slices.Contains(held, e.st))
+			if !skip {
+				m := s.pickLocked(e, p.next, now, false)
+				if m == 0 {
+					s.deferredPick = true
+					if e.st == nil {
+						break
+					}
+					if resume == 0 {
+						resume = p.next
+					}
+					held = append(held, e.st)
+					skip = true
+				} else {
+					s.queueLocked(e, m)
+					// The other chosen paths take it from their resend
+					// lists: their own scans may not reach it soon (they
+					// can stop short, past a deferred frame), and what is
+					// queued on a path counts against its room until it
+					// is sent.
+					for o := m &^ bit; o != 0; {
+						i := bits.TrailingZeros8(o)
+						o &^= 1 << i
+						if q := s.slots[i]; q != nil {
+							s.resendOnLocked(q, p.next)
+						}
+					}
+				}
+			}
+			if skip {
+				if !inGap {
+					if gaps++; gaps > maxDeferGaps {
+						break
+					}
+					inGap = true
+				}
+				p.next++
+				continue
+			}
+		}
+		inGap = false
+		if !e.sacked && e.sent&bit == 0 && e.mask&bit != 0 && !emit(e) {
+			// The stage is full: first in the next round.
+			s.resendOnLocked(p, p.next)
+			break
+		}
 		p.next++
+	}
+	clear(held)
+	p.held = held[:0]
+	if resume != 0 {
+		p.next = resume
 	}
 	sackDue := len(s.recvRanges) > 0 && p.mp.sackGen != s.sackGen
 	if total == 0 && (s.recvSeq > p.mp.ackSent || sackDue || p.ackDue) {
@@ -251,6 +311,14 @@ func (s *Session) appendSackLocked(buf []byte) []byte {
 const (
 	batchLimit = 256 << 10
 	inlineMax  = 2 << 10
+	// deferScan bounds the frames a writer looks at past a deferred one
+	// per round, so that a long queue of deferred bulk frames costs each
+	// round a bounded scan.
+	deferScan = 512
+	// maxDeferGaps bounds the runs of deferred frames a writer passes
+	// over (see fillLocked): half the SACK's ranges, the rest for the
+	// gaps of frames still on slower paths.
+	maxDeferGaps = maxSackRanges / 2
 )
 
 // releaseLocked returns an acked replay buffer to the pool, unless a writer

@@ -34,6 +34,7 @@ type Session struct {
 	inc          uint64 // incarnation; the dialer starts a new one when fenced
 	peerEpoch    uint64 // 0 until the first handshake (dialer)
 	peerWindow   uint64
+	windowGrowth uint64 // sum over streams of window - StreamWindow (Stream.tuneLocked)
 	maxSendFrame int
 	state        SessionState
 	everUp       bool
@@ -541,7 +542,7 @@ func (s *Session) pathStatsLocked() []PathStats {
 	for _, slot := range s.infoSlot {
 		p := s.slots[slot]
 		out = append(out, PathStats{ID: p.id, Local: p.local, Remote: p.remote, State: p.mp.state,
-			SRTT: p.mp.srtt, RTTVar: p.mp.rttvar, Rate: p.mp.rate, InFlight: p.mp.inflight,
+			SRTT: p.mp.srtt, RTTVar: p.mp.rttvar, Rate: p.mp.rate, InFlight: p.mp.inflight, Queued: p.mp.queued, Window: pathWindow(p),
 			BytesSent: p.mp.bytesSent, BytesReceived: p.recvBytes.Load(), Reinjected: p.mp.reinjected,
 			Stalls: p.mp.stalls})
 	}

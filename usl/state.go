@@ -54,10 +54,12 @@ type PathStats struct {
 	State         PathState
 	SRTT, RTTVar  time.Duration
 	Rate          float64 // delivery-rate estimate, bytes/s
-	InFlight      int
-	BytesSent     uint64 // frame bytes sent on the path, headers included
-	BytesReceived uint64 // frame bytes received on the path
-	Reinjected    uint64 // bytes sent again on this path: reinjections, hedged copies, resends after a reconnect
-	Stalls        uint64 // times the path stalled and its frames were reinjected elsewhere
+	InFlight      int     // frame bytes sent on the path and not yet acked
+	Queued        int     // frame bytes scheduled onto the path and not yet sent
+	Window        int     // what schedulers with room checks let it hold (in flight + queued)
+	BytesSent     uint64  // frame bytes sent on the path, headers included
+	BytesReceived uint64  // frame bytes received on the path
+	Reinjected    uint64  // bytes sent again on this path: reinjections, hedged copies, resends after a reconnect
+	Stalls        uint64  // times the path stalled and its frames were reinjected elsewhere
 	LastError     string
 }

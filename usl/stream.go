@@ -44,6 +44,9 @@ type Stream struct {
 	rmem       int    // allocation of rq's buffers, charged to the session's RecvBuffer
 	consumed   uint64 // bytes read by the application (or discarded)
 	advertised uint64 // the credit limit we granted the peer
+	window     uint64 // our receive window: credit runs to consumed+window
+	tuneAt     time.Time
+	tuneFrom   uint64 // consumed at tuneAt, the start of the tuning epoch
 	removed    bool
 
 	sched   Scheduler            // nil: the session's
@@ -64,6 +67,7 @@ func newStream(s *Session, id uint32, desc []byte) *Stream {
 		rdl:        newDeadline(),
 		wdl:        newDeadline(),
 		advertised: uint64(s.cfg.StreamWindow),
+		window:     uint64(s.cfg.StreamWindow),
 	}
 }
 
@@ -299,14 +303,44 @@ func (st *Stream) creditLocked() {
 	if st.rfin || st.err != nil || s.err != nil {
 		return
 	}
-	w := uint64(s.cfg.StreamWindow)
-	limit := st.consumed + w
-	if limit-st.advertised >= max(w/4, 1) {
-		st.advertised = limit
-		// Credit answers the peer's data: it counts against the control
-		// budget, so a peer that never acks cannot grow these forever.
-		s.pushU64Locked(frameWindow, st, limit, true)
+	if st.consumed+st.window-st.advertised < max(st.window/4, 1) {
+		return
 	}
+	st.tuneLocked(time.Now())
+	st.advertised = st.consumed + st.window
+	// Credit answers the peer's data: it counts against the control
+	// budget, so a peer that never acks cannot grow these forever.
+	s.pushU64Locked(frameWindow, st, st.advertised, true)
+}
+
+// tuneLocked doubles the window when the reader consumed half of it or
+// more in less than 4×fraction×RTT since the epoch began: then the sender
+// was most likely waiting for credit, not for the network. The RTT is the
+// slowest live path's, since frames reordered over it hold up delivery.
+// Growth stops at MaxStreamWindow, and a session's streams together grow
+// by at most RecvBuffer/4 over their initial windows, so the memory an
+// honest peer can make us hold stays near the untuned bound. A window
+// never shrinks: credit granted cannot be taken back.
+func (st *Stream) tuneLocked(now time.Time) {
+	s := st.s
+	if st.tuneAt.IsZero() {
+		st.tuneAt, st.tuneFrom = now, st.consumed
+		return
+	}
+	used := st.consumed - st.tuneFrom
+	if used < st.window/2 {
+		return
+	}
+	rtt := s.slowestRTTLocked()
+	limit := uint64(s.cfg.MaxStreamWindow)
+	if rtt > 0 && st.window < limit && now.Sub(st.tuneAt) < time.Duration(4*float64(used)/float64(st.window)*float64(rtt)) {
+		grow := min(st.window, limit-st.window)
+		if s.windowGrowth+grow <= uint64(s.cfg.RecvBuffer/4) {
+			st.window += grow
+			s.windowGrowth += grow
+		}
+	}
+	st.tuneAt, st.tuneFrom = now, st.consumed
 }
 
 // discardLocked drops buffered data, optionally granting its credit back.
@@ -523,6 +557,7 @@ func (st *Stream) maybeRemoveLocked() {
 	}
 	if st.err != nil || (st.wfin && st.rfin) {
 		st.removed = true
+		st.s.windowGrowth -= st.window - uint64(st.s.cfg.StreamWindow)
 		st.dropPendingLocked()
 		if st.s.streams[st.id] == st {
 			delete(st.s.streams, st.id)

@@ -90,6 +90,9 @@ type pathReport struct {
 	SRTTMs          float64 `json:"srtt_ms"`
 	RTTVarMs        float64 `json:"rttvar_ms"`
 	RateBps         float64 `json:"rate_bytes_per_s"`
+	InFlightBytes   int     `json:"in_flight_bytes"`
+	QueuedBytes     int     `json:"queued_bytes"`
+	WindowBytes     int     `json:"window_bytes"`
 	BytesSent       uint64  `json:"bytes_sent"`
 	BytesReceived   uint64  `json:"bytes_received"`
 	ReinjectedBytes uint64  `json:"reinjected_bytes"`
@@ -188,7 +191,7 @@ func newSessionReport(st usl.Stats) *sessionReport {
 	for _, p := range st.Paths {
 		r.Paths = append(r.Paths, pathReport{ID: p.ID, Local: p.Local, Remote: p.Remote, State: p.State.String(),
 			SRTTMs: float64(p.SRTT.Microseconds()) / 1000, RTTVarMs: float64(p.RTTVar.Microseconds()) / 1000,
-			RateBps: p.Rate, BytesSent: p.BytesSent, BytesReceived: p.BytesReceived,
+			RateBps: p.Rate, InFlightBytes: p.InFlight, QueuedBytes: p.Queued, WindowBytes: p.Window, BytesSent: p.BytesSent, BytesReceived: p.BytesReceived,
 			ReinjectedBytes: p.Reinjected, Stalls: p.Stalls, LastError: p.LastError})
 	}
 	if !st.LastHandshake.IsZero() {
