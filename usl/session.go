@@ -542,7 +542,7 @@ func (s *Session) pathStatsLocked() []PathStats {
 	for _, slot := range s.infoSlot {
 		p := s.slots[slot]
 		out = append(out, PathStats{ID: p.id, Local: p.local, Remote: p.remote, State: p.mp.state,
-			SRTT: p.mp.srtt, RTTVar: p.mp.rttvar, Rate: p.mp.rate, InFlight: p.mp.inflight, Queued: p.mp.queued, Window: pathWindow(p),
+			SRTT: p.mp.srtt, RTTVar: p.mp.rttvar, Rate: p.mp.rate, InFlight: p.mp.inflight, Queued: p.mp.queued, Window: s.pathWindowLocked(p),
 			BytesSent: p.mp.bytesSent, BytesReceived: p.recvBytes.Load(), Reinjected: p.mp.reinjected,
 			Stalls: p.mp.stalls})
 	}

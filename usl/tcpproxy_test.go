@@ -117,7 +117,9 @@ func TestResumeOverTCP(t *testing.T) {
 			select {
 			case <-stop:
 				return
-			case <-time.After(150 * time.Millisecond):
+			// Often enough to bite a transfer of 4 × 8 MiB each way,
+			// which takes about 0.1 s on a quiet machine without them.
+			case <-time.After(40 * time.Millisecond):
 				proxy.resetAll()
 				resets++
 			}
