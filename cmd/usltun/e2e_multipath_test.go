@@ -45,7 +45,7 @@ const (
 // 2-core CI machine, with what was measured (docs/performance.md has the
 // analysis). They stay runnable for measuring: USLTUN_MP_FAILING=1.
 var mpFailing = map[string]string{
-	"row1_mirror_each_link_blackholed": "at the bound's edge: rr worst 2–11 ms against an undisturbed p99 of 1 ms (bound p99 + 10 ms) in 10 runs on a quiet machine, 11 ms in 2 of them (1–8 ms in 10 runs before the flow-control changes of 2026-12-02); with stream windows held at 256 KiB 1–8 ms in 4 runs, and a tuning rule that needs two fast epochs changed nothing (2–10 ms in 5): cause not established",
+	"row1_mirror_each_link_blackholed": "at the bound's edge: rr worst 2–11 ms against an undisturbed p99 of 1 ms (bound p99 + 10 ms) in 10 runs on a quiet machine, 11 ms in 2 of them (1–7 ms in 6 runs before the flow-control changes of 2026-12-02); with stream windows held at 256 KiB 1–8 ms in 4 runs, and a tuning rule that needs two fast epochs changed nothing (2–10 ms in 5): cause not established",
 	"row5_no_head_of_line_1ms_100ms":   "rr p99 6.0–7.5 ms (bound 6 ms) in 6 runs on a quiet machine, p50 2.2–2.6 ms: the bulk flow runs unpaced in both directions at 0.8–1.3 Gbit/s, which the 2 cores limit, so each direction's 1 ms path holds its 256 KiB window in the path's socket, and a round trip waits behind both (about 3.5 ms each at the rate the cores allow); a 128 KiB floor gave 5.4–5.9 ms but cost row 3 a third of its throughput",
 }
 
