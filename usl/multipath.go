@@ -15,6 +15,7 @@ package usl
 
 import (
 	"fmt"
+	"iter"
 	"log/slog"
 	"math/bits"
 	"time"
@@ -224,23 +225,33 @@ func (s *Session) pickLocked(e *entry, seq uint64, now time.Time, late bool) uin
 // window).
 func (s *Session) queueLocked(e *entry, m uint8) {
 	n := len(*e.buf)
-	for q := m &^ e.mask &^ e.sent; q != 0; {
-		i := bits.TrailingZeros8(q)
-		q &^= 1 << i
-		if p := s.slots[i]; p != nil {
-			p.mp.queued += n
-		}
+	for p := range s.slotPaths(m &^ e.mask &^ e.sent) {
+		p.mp.queued += n
 	}
 	e.mask |= m
 }
 
-// pokeSlotsLocked wakes the writers of the slots in m.
-func (s *Session) pokeSlotsLocked(m uint8) {
-	for m != 0 {
-		i := bits.TrailingZeros8(m)
-		m &^= 1 << i
-		if p := s.slots[i]; p != nil {
-			p.poke()
+// assignLocked queues e (seq) on the paths of slots m and puts it on the
+// resend lists of those not in self, whose writers send it first: their
+// own scans may not reach it soon (they stop short past a deferred
+// frame), and what is queued on a path counts against its room until it
+// is sent.
+func (s *Session) assignLocked(e *entry, seq uint64, m, self uint8) {
+	s.queueLocked(e, m)
+	for q := range s.slotPaths(m &^ self) {
+		s.resendOnLocked(q, seq)
+	}
+}
+
+// slotPaths yields the attached paths of the slots in m.
+func (s *Session) slotPaths(m uint8) iter.Seq[*path] {
+	return func(yield func(*path) bool) {
+		for m != 0 {
+			i := bits.TrailingZeros8(m)
+			m &^= 1 << i
+			if p := s.slots[i]; p != nil && !yield(p) {
+				return
+			}
 		}
 	}
 }
@@ -273,26 +284,15 @@ func (s *Session) sentLocked(p *path, e *entry, now time.Time) {
 // that carried it made progress.
 func (s *Session) creditLocked(e *entry, now time.Time) {
 	n := len(*e.buf)
-	for q := e.mask &^ e.sent; q != 0; {
-		i := bits.TrailingZeros8(q)
-		q &^= 1 << i
-		if p := s.slots[i]; p != nil {
-			p.mp.queued = max(p.mp.queued-n, 0)
-		}
+	for p := range s.slotPaths(e.mask &^ e.sent) {
+		p.mp.queued = max(p.mp.queued-n, 0)
 	}
-	m := e.sent
 	// A frame that went on one path proves that path delivers. A copy on
 	// several proves only that one of them does: it keeps the healthy
 	// ones' clocks going but does not bring a probing path back (its
 	// PONG, or a frame it alone carried, does).
-	single := bits.OnesCount8(m) == 1
-	for m != 0 {
-		i := bits.TrailingZeros8(m)
-		m &^= 1 << i
-		p := s.slots[i]
-		if p == nil {
-			continue
-		}
+	single := bits.OnesCount8(e.sent) == 1
+	for p := range s.slotPaths(e.sent) {
 		p.mp.inflight = max(p.mp.inflight-n, 0)
 		if !single && p.mp.state == PathProbing {
 			continue
@@ -446,19 +446,16 @@ func (s *Session) stalledLocked(p *path, now time.Time) {
 // carried it.
 func (s *Session) forceLocked(e *entry, seq uint64, healthy uint8) {
 	var best *path
-	for m := healthy &^ (e.sent | e.mask); m != 0; {
-		i := bits.TrailingZeros8(m)
-		m &^= 1 << i
-		if q := s.slots[i]; q != nil && (best == nil || q.mp.srtt < best.mp.srtt) {
+	for q := range s.slotPaths(healthy &^ (e.sent | e.mask)) {
+		if best == nil || q.mp.srtt < best.mp.srtt {
 			best = q
 		}
 	}
 	if best == nil {
 		return
 	}
-	s.queueLocked(e, 1<<best.mp.slot)
+	s.assignLocked(e, seq, 1<<best.mp.slot, 0)
 	e.again = true
-	s.resendOnLocked(best, seq)
 }
 
 // rescheduleLocked offers e to its scheduler again and queues it on the
@@ -468,15 +465,8 @@ func (s *Session) rescheduleLocked(e *entry, seq uint64, now time.Time, late boo
 	if m == 0 {
 		return false
 	}
-	s.queueLocked(e, m)
+	s.assignLocked(e, seq, m, 0)
 	e.again = true
-	for m != 0 {
-		i := bits.TrailingZeros8(m)
-		m &^= 1 << i
-		if q := s.slots[i]; q != nil {
-			s.resendOnLocked(q, seq)
-		}
-	}
 	return true
 }
 

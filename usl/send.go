@@ -6,7 +6,6 @@ package usl
 import (
 	"encoding/binary"
 	"fmt"
-	"math/bits"
 	"slices"
 	"time"
 )
@@ -221,19 +220,7 @@ func (s *Session) fillLocked(p *path, now time.Time) (pinned bool, wait time.Dur
 					held = append(held, e.st)
 					skip = true
 				} else {
-					s.queueLocked(e, m)
-					// The other chosen paths take it from their resend
-					// lists: their own scans may not reach it soon (they
-					// can stop short, past a deferred frame), and what is
-					// queued on a path counts against its room until it
-					// is sent.
-					for o := m &^ bit; o != 0; {
-						i := bits.TrailingZeros8(o)
-						o &^= 1 << i
-						if q := s.slots[i]; q != nil {
-							s.resendOnLocked(q, p.next)
-						}
-					}
+					s.assignLocked(e, p.next, m, bit)
 				}
 			}
 			if skip {
