@@ -52,7 +52,7 @@ type PathInfo struct {
 	MinRTT     time.Duration // lowest RTT sample of the last 10 s; 0 before the first
 	Rate       float64       // delivery-rate estimate in bytes/s (acked bytes per interval, EWMA); 0 before the first sample
 	InFlight   int           // frame bytes sent on this path and not yet acked or selectively acked, plus those scheduled onto it and not sent yet
-	Window     int           // bytes the path is granted: max(256 KiB, 2×Rate×MinRTT)
+	Window     int           // bytes the path is granted: max(256 KiB, 2×Rate×MinRTT); a session's only path: the replay buffer
 }
 
 // Room reports whether the path may take n more bytes now.
