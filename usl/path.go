@@ -26,6 +26,7 @@ type path struct {
 	local  string // local address of the connection
 
 	kick chan struct{} // cap 1: "there may be something to send"
+	wtok chan struct{} // cap 1: held by whoever runs a write round (writeRound)
 	done chan struct{} // closed when the path is closed
 	once sync.Once
 
@@ -38,6 +39,7 @@ type path struct {
 	pongVal     uint64
 	pingDue     bool
 	ackDue      bool      // dialer: the first write must go out even if empty (key confirmation)
+	endDue      bool      // the ack of the peer's CLOSE went out: the writer ends the session
 	stage       []byte    // small frames and headers gathered for one write
 	segs        [][]byte  // plaintext pieces of one write: stage parts and replay payloads
 	held        []*Stream // scratch of fillLocked: streams with a deferred frame this round
@@ -120,6 +122,7 @@ func newPath(s *Session, c *liveConn) *path {
 		local:  addrString(c.LocalAddr()),
 		start:  time.Now(),
 		kick:   make(chan struct{}, 1),
+		wtok:   make(chan struct{}, 1),
 		done:   make(chan struct{}),
 		stage:  make([]byte, 0, stage),
 	}
@@ -258,7 +261,6 @@ func (p *path) writeLoop() {
 	}()
 	for {
 		s.mu.Lock()
-		now := time.Now()
 		if multi := s.multiLocked(); multi != (tick != nil) {
 			if multi {
 				tick = time.NewTicker(reinjectTick)
@@ -268,44 +270,22 @@ func (p *path) writeLoop() {
 				tick, tickC = nil, nil
 			}
 		}
-		pinned, wait, endAfter := s.fillLocked(p, now)
-		p.maybeStartRekeyLocked(now)
-		p.rkOut, p.rkKey, p.rk.out, p.rk.sendNext = p.rk.out, p.rk.sendNext, nil, nil
 		s.unlock()
-		if len(p.segs) > 0 || p.rkOut != nil {
-			p.rc.seal(p.segs)
-			if p.rkOut != nil {
-				// The REKEY frame ends its own record; what follows is
-				// sealed with the new key.
-				p.rc.seal([][]byte{p.rkOut})
-				if p.rkKey != nil {
-					if err := p.rc.setSend(*p.rkKey); err != nil {
-						s.pathFailed(p, err)
-						return
-					}
-				}
-				p.rkOut, p.rkKey = nil, nil
-			}
-			if pinned {
-				// Unpin before the Write: a Write stuck on a blackholed
-				// connection must not hold acked buffers out of the pool.
-				s.mu.Lock()
-				s.unpinLocked()
-				s.unlock()
-			}
-			p.writing.Store(time.Now().UnixNano())
-			err := p.rc.flush()
-			p.writing.Store(0)
-			if err != nil {
-				s.pathFailed(p, fmt.Errorf("write: %w", err))
-				return
-			}
-			if endAfter {
+		p.wtok <- struct{}{}
+		wrote, wait, stop := p.writeRound()
+		<-p.wtok
+		if stop {
+			s.mu.Lock()
+			end := p.endDue
+			s.unlock()
+			if end {
 				// The ack of the peer's CLOSE is on the wire: nothing is
 				// left to deliver in either direction.
 				s.end(ErrSessionClosed, Closed)
-				return
 			}
+			return
+		}
+		if wrote {
 			continue
 		}
 		if wait > 0 {
@@ -331,6 +311,87 @@ func (p *path) writeLoop() {
 		case <-p.done:
 			return
 		}
+	}
+}
+
+// writeRound gathers what p should send now and writes it: one round of
+// the path's writer, run by its goroutine (writeLoop) or in the goroutine
+// of a caller that queued a small frame (writeInline). The caller holds
+// p.wtok, which serialises the stage, the segments and the record layer's
+// send side between the two. wrote says something went out; wait>0 asks
+// for a delayed ack's round then; stop says the path failed (reported
+// already) or the session must end (p.endDue): the writer then stops.
+func (p *path) writeRound() (wrote bool, wait time.Duration, stop bool) {
+	s := p.s
+	s.mu.Lock()
+	if p.endDue {
+		s.unlock()
+		return false, 0, true
+	}
+	now := time.Now()
+	pinned, wait, endAfter := s.fillLocked(p, now)
+	p.maybeStartRekeyLocked(now)
+	p.rkOut, p.rkKey, p.rk.out, p.rk.sendNext = p.rk.out, p.rk.sendNext, nil, nil
+	if endAfter {
+		p.endDue = true
+	}
+	s.unlock()
+	if len(p.segs) == 0 && p.rkOut == nil {
+		return false, wait, false
+	}
+	p.rc.seal(p.segs)
+	if p.rkOut != nil {
+		// The REKEY frame ends its own record; what follows is sealed
+		// with the new key.
+		p.rc.seal([][]byte{p.rkOut})
+		if p.rkKey != nil {
+			if err := p.rc.setSend(*p.rkKey); err != nil {
+				s.pathFailed(p, err)
+				return true, 0, true
+			}
+		}
+		p.rkOut, p.rkKey = nil, nil
+	}
+	if pinned {
+		// Unpin before the Write: a Write stuck on a blackholed
+		// connection must not hold acked buffers out of the pool.
+		s.mu.Lock()
+		s.unpinLocked()
+		s.unlock()
+	}
+	p.writing.Store(time.Now().UnixNano())
+	err := p.rc.flush()
+	p.writing.Store(0)
+	if err != nil {
+		s.pathFailed(p, fmt.Errorf("write: %w", err))
+		return true, 0, true
+	}
+	return true, 0, endAfter
+}
+
+// writeInline writes what is queued for p in the caller's goroutine, as
+// crypto/tls writes in its caller's: the frame a request/response flow or
+// a connect just queued goes out without waking the writer goroutine,
+// which on two cores is a thread wake-up each way (one of the hand-offs
+// of docs/performance.md). If the writer is in a round of its own, it is
+// poked instead and takes the frame in its next round; so is it when the
+// round leaves more queued than one round takes, or the session must end
+// (the writer ends it: the caller may hold locks of its own).
+func (p *path) writeInline() {
+	select {
+	case p.wtok <- struct{}{}:
+	default:
+		p.poke()
+		return
+	}
+	_, _, stop := p.writeRound()
+	<-p.wtok
+	s := p.s
+	s.mu.Lock()
+	more := stop || p.next < s.nextSeq || len(p.mp.resend) > 0
+	s.unlock()
+	if more {
+		p.poke()
 	}
 }
 

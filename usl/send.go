@@ -12,9 +12,46 @@ import (
 
 // kickLocked wakes the paths' writers.
 func (s *Session) kickLocked() {
+	if s.kickHold {
+		s.kickHeld = true
+		return
+	}
 	for _, p := range s.paths {
 		p.poke()
 	}
+}
+
+// inlineWriteMax is the largest write that goes out in its caller's
+// goroutine (path.writeInline) when the writer is idle: a request, a
+// keystroke, an OPEN or ACCEPT is latency-bound, and the hand-off to the
+// writer goroutine is a thread wake-up on each side. A larger write is
+// bulk, and the writer goroutine sealing one chunk while the caller reads
+// the next is the better use of two cores.
+const inlineWriteMax = 4 << 10
+
+// holdKickLocked makes kickLocked note its kicks instead of waking the
+// writers, until inlinePathLocked: the caller is about to queue frames it
+// may write inline.
+func (s *Session) holdKickLocked() { s.kickHold = true }
+
+// inlinePathLocked ends holdKickLocked. When a kick was held and the
+// session has a single live path, it returns that path, for the caller to
+// write on with writeInline once it has unlocked; otherwise it wakes the
+// writers as the held kick would have (with several paths each writer's
+// round consults the schedulers) and returns nil.
+func (s *Session) inlinePathLocked() *path {
+	s.kickHold = false
+	if !s.kickHeld {
+		return nil
+	}
+	s.kickHeld = false
+	if len(s.paths) == 1 {
+		if p := s.paths[0]; !p.closed && p.mp.slot >= 0 {
+			return p
+		}
+	}
+	s.kickLocked()
+	return nil
 }
 
 // pushLocked appends a sequenced frame of n payload bytes to the replay

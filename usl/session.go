@@ -65,12 +65,16 @@ type Session struct {
 	spaceWait    chan struct{} // closed when replay space frees; nil if none waits
 
 	// Receive side.
-	recvSeq      uint64 // last in-order seq received
-	ackDeadline  time.Time
-	ackTimer     *time.Timer // wakes the writers at ackDeadline (noteRecvLocked)
-	ackUrgent    bool
-	recvSinceAck int
-	recvMem      int // receive buffers of all streams, as allocated, against Config.RecvBuffer
+	recvSeq     uint64 // last in-order seq received
+	ackDeadline time.Time
+	ackTimer    *time.Timer // wakes the writers at ackDeadline (noteRecvLocked)
+	ackUrgent   bool
+	// kickHold makes kickLocked note a kick in kickHeld instead of waking
+	// the writers, while a caller queues a frame it may write inline
+	// (holdKickLocked, inlinePathLocked).
+	kickHold, kickHeld bool
+	recvSinceAck       int
+	recvMem            int // receive buffers of all streams, as allocated, against Config.RecvBuffer
 
 	// Multipath receive side (recv.go).
 	recvRanges    []seqRange  // seqs received past recvSeq: sorted, disjoint, above recvSeq+1
@@ -472,8 +476,13 @@ func (s *Session) OpenStream(ctx context.Context, desc []byte) (*Stream, error) 
 	st := newStream(s, id, append([]byte(nil), desc...))
 	st.opener = true
 	s.streams[id] = st
+	s.holdKickLocked()
 	copy(s.pushLocked(frameOpen, st, len(desc)), desc)
+	p := s.inlinePathLocked()
 	s.unlock()
+	if p != nil {
+		p.writeInline()
+	}
 
 	select {
 	case <-st.openDone:

@@ -93,15 +93,24 @@ func (st *Stream) Descriptor() []byte { return st.desc }
 func (st *Stream) Accept() error {
 	s := st.s
 	s.mu.Lock()
-	defer s.unlock()
 	if st.opener || st.answered {
+		s.unlock()
 		return ErrAlreadyAnswered
 	}
 	if st.err != nil {
-		return st.err
+		err := st.err
+		s.unlock()
+		return err
 	}
 	st.answered, st.opened = true, true
+	s.holdKickLocked()
 	s.pushLocked(frameAccept, st, 0)
+	p := s.inlinePathLocked()
+	s.unlock()
+	if p != nil {
+		// The opener's connect waits for this frame.
+		p.writeInline()
+	}
 	return nil
 }
 
@@ -360,6 +369,7 @@ func (st *Stream) discardLocked(credit bool) {
 func (st *Stream) Write(b []byte) (int, error) {
 	s := st.s
 	total := 0
+	small := len(b) <= inlineWriteMax
 	for len(b) > 0 {
 		s.mu.Lock()
 		if err := st.writeErrLocked(); err != nil {
@@ -371,6 +381,9 @@ func (st *Stream) Write(b []byte) (int, error) {
 		space := s.cfg.ReplayBuffer - s.replayBytes
 		n := min(len(b), credit, space, s.maxSendFrame)
 		if n > 0 {
+			if small {
+				s.holdKickLocked()
+			}
 			copy(s.pushLocked(frameData, st, n), b[:n])
 			st.sent += uint64(n)
 			s.bytesOut += uint64(n)
@@ -379,7 +392,14 @@ func (st *Stream) Write(b []byte) (int, error) {
 				// Writes, so pass the wake-up on to another writer.
 				wake(st.wwake)
 			}
+			var p *path
+			if small {
+				p = s.inlinePathLocked()
+			}
 			s.unlock()
+			if p != nil {
+				p.writeInline()
+			}
 			b = b[n:]
 			total += n
 			continue

@@ -278,6 +278,7 @@ func (l *mpLab) row1(t *testing.T) string {
 	bulkRep := l.verify(t, bulk, 60*time.Second, "bulk")
 	// Where the pauses fell, against the faults: what a failure is about.
 	logPauses(t, t0, 40*time.Millisecond, map[string]*loadgen.Report{"rr": rrRep, "bulk": bulkRep})
+	logSlowest(t, t0, rrRep)
 	t.Logf("events: %s", strings.Join(events, ", "))
 	worst, stall := rrRep.Latency.Max, bulkRep.LongestStall
 	fig := fmt.Sprintf("rr worst %v (p99 %v) against undisturbed p99 %v; bulk longest stall %v", worst.Round(time.Millisecond),
@@ -311,6 +312,16 @@ func logPauses(t *testing.T, t0 time.Time, min time.Duration, reps map[string]*l
 		}
 		t.Logf("%s pauses ≥ %v: %s", what, min, strings.Join(gaps, ", "))
 	}
+}
+
+// logSlowest logs rep's slowest round trips, relative to t0.
+func logSlowest(t *testing.T, t0 time.Time, rep *loadgen.Report) {
+	t.Helper()
+	var s []string
+	for _, x := range rep.Latency.Slowest {
+		s = append(s, fmt.Sprintf("%v at +%v", x.RTT.Round(100*time.Microsecond), x.At.Sub(t0).Round(time.Millisecond)))
+	}
+	t.Logf("slowest round trips: %s", strings.Join(s, ", "))
 }
 
 // row2: the path in use blackholed; data flows again on the other link

@@ -299,7 +299,7 @@ func (r *Run) rr(f *flowEnd, lat *hist) {
 		if !ok {
 			return
 		}
-		lat.add(time.Since(t0))
+		lat.addAt(t0, time.Since(t0))
 	}
 	f.closeWrite()
 	// The server answers the FIN with its own; anything else is an error.

@@ -2,6 +2,7 @@ package loadgen
 
 import (
 	"math/bits"
+	"slices"
 	"time"
 )
 
@@ -12,7 +13,19 @@ type hist struct {
 	counts [64 * histSub]uint64
 	n      uint64
 	max    time.Duration
+	// slowest are the histSlowest longest samples, longest first, with
+	// when each began: where the tail fell against a test's faults.
+	slowest []Sample
 }
+
+// Sample is one round trip: when it began and how long it took.
+type Sample struct {
+	At  time.Time     `json:"at"`
+	RTT time.Duration `json:"rtt"`
+}
+
+// histSlowest is how many of the slowest samples a hist keeps.
+const histSlowest = 5
 
 const histSub = 32
 
@@ -42,12 +55,35 @@ func (h *hist) add(d time.Duration) {
 	h.max = max(h.max, d)
 }
 
+// addAt adds a sample that began at t0, keeping it among the slowest.
+func (h *hist) addAt(t0 time.Time, d time.Duration) {
+	h.add(d)
+	h.keepSlow(Sample{At: t0, RTT: d})
+}
+
+func (h *hist) keepSlow(s Sample) {
+	if len(h.slowest) == histSlowest && s.RTT <= h.slowest[histSlowest-1].RTT {
+		return
+	}
+	i := len(h.slowest)
+	for i > 0 && h.slowest[i-1].RTT < s.RTT {
+		i--
+	}
+	h.slowest = slices.Insert(h.slowest, i, s)
+	if len(h.slowest) > histSlowest {
+		h.slowest = h.slowest[:histSlowest]
+	}
+}
+
 func (h *hist) merge(o *hist) {
 	for i, c := range o.counts {
 		h.counts[i] += c
 	}
 	h.n += o.n
 	h.max = max(h.max, o.max)
+	for _, s := range o.slowest {
+		h.keepSlow(s)
+	}
 }
 
 func (h *hist) quantile(q float64) time.Duration {

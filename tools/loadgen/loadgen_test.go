@@ -310,3 +310,27 @@ func TestHalfClosedWhileReplyStreams(t *testing.T) {
 		t.Fatalf("connect time %v", f.Connect)
 	}
 }
+
+func TestHistSlowest(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	var a, b hist
+	for i := 1; i <= 100; i++ {
+		// Samples in a shuffled order, split over two flows' hists.
+		d := time.Duration((i*37)%100+1) * time.Millisecond
+		h := &a
+		if i%2 == 0 {
+			h = &b
+		}
+		h.addAt(t0.Add(d), d)
+	}
+	a.merge(&b)
+	if len(a.slowest) != histSlowest {
+		t.Fatalf("kept %d samples, want %d", len(a.slowest), histSlowest)
+	}
+	for i, s := range a.slowest {
+		want := time.Duration(100-i) * time.Millisecond
+		if s.RTT != want || !s.At.Equal(t0.Add(want)) {
+			t.Errorf("slowest[%d] = %v at %v, want %v at %v", i, s.RTT, s.At, want, t0.Add(want))
+		}
+	}
+}

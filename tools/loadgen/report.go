@@ -150,6 +150,9 @@ type Latency struct {
 	P50   time.Duration `json:"p50"`
 	P99   time.Duration `json:"p99"`
 	Max   time.Duration `json:"max"`
+	// Slowest are the five longest round trips with when they began,
+	// longest first.
+	Slowest []Sample `json:"slowest,omitempty"`
 }
 
 // Errnos lists the errno names of all errors, in order.

@@ -53,7 +53,7 @@ func (r *Run) assemble(server []EndReport) *Report {
 		rep.BitsPerSec = float64(rep.BytesUp+rep.BytesDown) * 8 / secs
 	}
 	if r.cfg.Mode == RR {
-		rep.Latency = &Latency{Count: lat.n, P50: lat.quantile(0.50), P99: lat.quantile(0.99), Max: lat.max}
+		rep.Latency = &Latency{Count: lat.n, P50: lat.quantile(0.50), P99: lat.quantile(0.99), Max: lat.max, Slowest: lat.slowest}
 	}
 	return rep
 }
