@@ -40,6 +40,7 @@ type path struct {
 	pingDue     bool
 	ackDue      bool      // dialer: the first write must go out even if empty (key confirmation)
 	endDue      bool      // the ack of the peer's CLOSE went out: the writer ends the session
+	running     bool      // run has started the goroutines: the keys are set, writeInline may write
 	stage       []byte    // small frames and headers gathered for one write
 	segs        [][]byte  // plaintext pieces of one write: stage parts and replay payloads
 	held        []*Stream // scratch of fillLocked: streams with a deferred frame this round
@@ -151,6 +152,9 @@ func (p *path) close() {
 
 // run starts the goroutines of an attached path whose keys are set.
 func (p *path) run() {
+	p.s.mu.Lock()
+	p.running = true
+	p.s.unlock()
 	p.conn.last.Store(int64(time.Since(p.conn.base)))
 	dead := p.s.cfg.DeadInterval
 	// The watchdog is a timer, not a check in the writer loop, because the

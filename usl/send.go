@@ -46,7 +46,7 @@ func (s *Session) inlinePathLocked() *path {
 	}
 	s.kickHeld = false
 	if len(s.paths) == 1 {
-		if p := s.paths[0]; !p.closed && p.mp.slot >= 0 {
+		if p := s.paths[0]; p.running && !p.closed && p.mp.slot >= 0 {
 			return p
 		}
 	}
