@@ -46,7 +46,7 @@ const (
 // analysis). They stay runnable for measuring: USLTUN_MP_FAILING=1.
 var mpFailing = map[string]string{
 	"row1_mirror_each_link_blackholed": "at the bound's edge: rr worst 2–11 ms against an undisturbed p99 of 1 ms (bound p99 + 10 ms) in 10 runs on a quiet machine, 11 ms in 2 of them (1–7 ms in 6 runs before the flow-control changes of 2026-12-02); with stream windows held at 256 KiB 1–8 ms in 4 runs, and a tuning rule that needs two fast epochs changed nothing (2–10 ms in 5): cause not established",
-	"row6_hedge_vs_lowrtt_10pct_loss": "passes in 4 of 5 runs; in the others lowrtt leaves the lossy link by itself (its srtt grows with the retransmissions past link 2's 20 ms) and both flows measure link 2, p50 41.9 ms each (fresh-clone CI 2026-12-02 12:42 UTC: hedge p99 79.7 ms, lowrtt 44 ms): the row needs a lossy link that lowrtt keeps choosing",
+	"row6_hedge_vs_lowrtt_10pct_loss":  "passes in 4 of 5 runs; in the others lowrtt leaves the lossy link by itself (its srtt grows with the retransmissions past link 2's 20 ms) and both flows measure link 2, p50 41.9 ms each (fresh-clone CI 2026-12-02 12:42 UTC: hedge p99 79.7 ms, lowrtt 44 ms): the row needs a lossy link that lowrtt keeps choosing",
 	"row5_no_head_of_line_1ms_100ms":   "rr p99 6.0–7.5 ms (bound 6 ms) in 6 runs on a quiet machine, p50 2.2–2.6 ms: the bulk flow runs unpaced in both directions at 0.8–1.3 Gbit/s, which the 2 cores limit, so each direction's 1 ms path holds its 256 KiB window in the path's socket, and a round trip waits behind both (about 3.5 ms each at the rate the cores allow); a 128 KiB floor gave 5.4–5.9 ms but cost row 3 a third of its throughput",
 }
 
