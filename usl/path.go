@@ -264,9 +264,12 @@ func (p *path) writeLoop() {
 		}
 	}()
 	for {
-		s.mu.Lock()
-		if multi := s.multiLocked(); multi != (tick != nil) {
-			if multi {
+		p.wtok <- struct{}{}
+		r := p.writeRound()
+		<-p.wtok
+		wrote, wait, stop := r.wrote, r.wait, r.stop
+		if r.multi != (tick != nil) {
+			if r.multi {
 				tick = time.NewTicker(reinjectTick)
 				tickC = tick.C
 			} else {
@@ -274,10 +277,6 @@ func (p *path) writeLoop() {
 				tick, tickC = nil, nil
 			}
 		}
-		s.unlock()
-		p.wtok <- struct{}{}
-		wrote, wait, stop := p.writeRound()
-		<-p.wtok
 		if stop {
 			s.mu.Lock()
 			end := p.endDue
@@ -318,19 +317,29 @@ func (p *path) writeLoop() {
 	}
 }
 
+// round is what one writeRound did. wrote says something went out;
+// wait>0 asks for a delayed ack's round then; stop says the path failed
+// (reported already) or the session must end (p.endDue): the writer then
+// stops; multi says the session had several paths (the writer's
+// reinjection tick runs only then), read under the round's own lock.
+type round struct {
+	wrote, stop, multi bool
+	wait               time.Duration
+}
+
 // writeRound gathers what p should send now and writes it: one round of
 // the path's writer, run by its goroutine (writeLoop) or in the goroutine
 // of a caller that queued a small frame (writeInline). The caller holds
 // p.wtok, which serialises the stage, the segments and the record layer's
-// send side between the two. wrote says something went out; wait>0 asks
-// for a delayed ack's round then; stop says the path failed (reported
-// already) or the session must end (p.endDue): the writer then stops.
-func (p *path) writeRound() (wrote bool, wait time.Duration, stop bool) {
+// send side between the two.
+func (p *path) writeRound() (r round) {
 	s := p.s
 	s.mu.Lock()
+	r.multi = s.multiLocked()
 	if p.endDue {
 		s.unlock()
-		return false, 0, true
+		r.stop = true
+		return r
 	}
 	now := time.Now()
 	pinned, wait, endAfter := s.fillLocked(p, now)
@@ -341,8 +350,10 @@ func (p *path) writeRound() (wrote bool, wait time.Duration, stop bool) {
 	}
 	s.unlock()
 	if len(p.segs) == 0 && p.rkOut == nil {
-		return false, wait, false
+		r.wait = wait
+		return r
 	}
+	r.wrote = true
 	p.rc.seal(p.segs)
 	if p.rkOut != nil {
 		// The REKEY frame ends its own record; what follows is sealed
@@ -351,7 +362,8 @@ func (p *path) writeRound() (wrote bool, wait time.Duration, stop bool) {
 		if p.rkKey != nil {
 			if err := p.rc.setSend(*p.rkKey); err != nil {
 				s.pathFailed(p, err)
-				return true, 0, true
+				r.stop = true
+				return r
 			}
 		}
 		p.rkOut, p.rkKey = nil, nil
@@ -368,9 +380,11 @@ func (p *path) writeRound() (wrote bool, wait time.Duration, stop bool) {
 	p.writing.Store(0)
 	if err != nil {
 		s.pathFailed(p, fmt.Errorf("write: %w", err))
-		return true, 0, true
+		r.stop = true
+		return r
 	}
-	return true, 0, endAfter
+	r.stop = endAfter
+	return r
 }
 
 // writeInline writes what is queued for p in the caller's goroutine, as
@@ -388,7 +402,7 @@ func (p *path) writeInline() {
 		p.poke()
 		return
 	}
-	_, _, stop := p.writeRound()
+	stop := p.writeRound().stop
 	<-p.wtok
 	s := p.s
 	s.mu.Lock()
