@@ -104,6 +104,7 @@ func TestUpValidation(t *testing.T) {
 		{key, "exactly one of --peer"},
 		{append([]string{"--peer", "a", "--listen", ":1"}, key...), "exactly one of --peer"},
 		{append([]string{"--peer", "a", "--mtu", "100"}, key...), "--mtu 100"},
+		{append([]string{"--peer", "a", "--procs=-1"}, key...), "--procs -1: give a number of CPUs"},
 		{append([]string{"--peer", "a", "--route", "10.1.2.3/16"}, key...), "did you mean 10.1.0.0/16"},
 		{append([]string{"--peer", "a", "--replay-buffer", "12"}, key...), "too small"},
 		{append([]string{"--peer", "a", "--replay-buffer", "lots"}, key...), "is not a size"},

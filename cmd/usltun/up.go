@@ -47,6 +47,7 @@ type upCmd struct {
 	Socks          string          `placeholder:"ADDR:PORT" help:"Serve SOCKS5 here (CONNECT, UDP ASSOCIATE); host names are resolved by the peer. Needs no root."`
 	HTTPProxy      string          `name:"http-proxy" placeholder:"ADDR:PORT" help:"Serve an HTTP proxy (CONNECT, http:// requests) here, for https_proxy. Needs no root."`
 	ProxyAuth      string          `placeholder:"FILE" help:"Require these users (lines user:password, file mode 0600) on --socks and --http-proxy; needed to listen beyond loopback."`
+	Procs          int             `default:"0" placeholder:"N" help:"Run the daemon's Go code on at most N CPUs at once (GOMAXPROCS; 0: the Go runtime's choice, all CPUs). On a two-core client with a few busy flows, 1 halves connect() and round-trip latency and saves CPU; with many flows or peers it slows recovery and a hub's connect rate (docs/performance.md, GOMAXPROCS)."`
 
 	hubMode          bool           // --config has [[peer]] sections (peers.go)
 	addressDefaulted bool           // no --address was given: Address holds the defaults
@@ -57,6 +58,9 @@ type upCmd struct {
 // required flag (kong's Validate hooks would run before that check). Its
 // errors are usage errors.
 func (c *upCmd) AfterApply() error {
+	if c.Procs < 0 {
+		return fmt.Errorf("--procs %d: give a number of CPUs, or 0 for the Go runtime's choice (all of them)", c.Procs)
+	}
 	if len(c.Address) == 0 {
 		c.Address, c.addressDefaulted = []netip.Prefix{defaultAddress4, defaultAddress6}, true
 	}
@@ -187,6 +191,7 @@ func (c *upCmd) sessionConfig(key usl.PrivateKey, log *slog.Logger) usl.Config {
 
 func (c *upCmd) Run(o cmdIO) error {
 	log := c.logger(o.stderr)
+	log.Debug("Go scheduler", "gomaxprocs", setProcs(c.Procs))
 	key, err := readPrivateKey(c.Key, log)
 	if err != nil {
 		return err

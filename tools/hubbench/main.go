@@ -23,7 +23,7 @@
 //
 // It needs root (network namespaces) and a usltun binary:
 //
-//	go run ./tools/hubbench --usltun bin/usltun [--peers 100] [--flows 100] [--bulk 10] [--json]
+//	go run ./tools/hubbench --usltun bin/usltun [--peers 100] [--flows 100] [--bulk 10] [--json] [--usltun-env K=V,...]
 //
 // Everything it creates is removed on exit, also on failure and Ctrl-C.
 package main
@@ -111,6 +111,7 @@ func main() {
 	bulk := flag.Int("bulk", 10, "peers downloading at once for the fairness figure")
 	asJSON := flag.Bool("json", false, "print the figures as JSON")
 	verbose := flag.Bool("v", false, "log the lab's steps")
+	hubEnv := flag.String("usltun-env", "", "extra environment of the hub daemon, K=V,K=V (e.g. GOMAXPROCS=2): to measure runtime settings")
 	flag.Parse()
 	if *usltun == "" || *peers < 1 || *flows < 1 || *bulk < 1 || *bulk > *peers || *peers > 250 {
 		fmt.Fprintln(os.Stderr, "hubbench: give --usltun PATH (make build), --peers 1..250, --flows ≥ 1 and --bulk 1..peers")
@@ -120,7 +121,8 @@ func main() {
 		fmt.Fprintln(os.Stderr, "hubbench: needs root for network namespaces: run it with sudo")
 		os.Exit(2)
 	}
-	res, err := run(*usltun, *peers, *flows, *bulk, *verbose)
+	env := strings.FieldsFunc(*hubEnv, func(r rune) bool { return r == ',' })
+	res, err := run(*usltun, env, *peers, *flows, *bulk, *verbose)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "hubbench: %v\n", err)
 		os.Exit(1)
@@ -144,7 +146,7 @@ type peer struct {
 	flows []*usl.Stream
 }
 
-func run(bin string, npeers, nflows, nbulk int, verbose bool) (res *Results, err error) {
+func run(bin string, env []string, npeers, nflows, nbulk int, verbose bool) (res *Results, err error) {
 	level := slog.LevelWarn
 	if verbose {
 		level = slog.LevelInfo
@@ -216,7 +218,7 @@ func run(bin string, npeers, nflows, nbulk int, verbose bool) (res *Results, err
 	if err := os.WriteFile(conf, []byte(b.String()), 0o600); err != nil {
 		return nil, err
 	}
-	hub := H.Start(tb, "hub", bin, "up", "--config", conf, "--control", filepath.Join(dir, "hub.sock"))
+	hub := H.StartEnv(tb, "hub", env, bin, "up", "--config", conf, "--control", filepath.Join(dir, "hub.sock"))
 	if err := H.WaitDial("tcp", fmt.Sprintf("%s:%d", hubAddr, hubPort), 15*time.Second); err != nil {
 		return nil, fmt.Errorf("hub not listening: %w\n%s", err, hub.Output())
 	}
