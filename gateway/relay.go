@@ -27,8 +27,8 @@ type halfCloser interface {
 // aborts the other with a reset. Once one direction has finished, the other
 // gets halfClose to finish too.
 // Relay buffers come from pool only once data is ready to read (see
-// waitStream and copySocket), so idle flows pin no buffer: 10,000 idle
-// flows would otherwise pin 1.25 GiB.
+// copySocket; the stream side needs none, see copyStream), so idle flows
+// pin no buffer: 10,000 idle flows would otherwise pin 1.25 GiB.
 // The caller's goroutine copies socket → stream itself and one goroutine
 // copies stream → socket: an idle flow costs two parked goroutines, not
 // three (a parked goroutine's stack is most of what an idle flow costs).
@@ -42,7 +42,7 @@ func relayTCP(pool *bufpool.Pool, st *usl.Stream, c *net.TCPConn, halfClose time
 	down := make(chan result, 1)
 	go func() {
 		var r result
-		if r.err = copyHalf(pool, c, st, func() error { return waitStream(st) }); r.err != nil {
+		if r.err = copyStream(pool, c, st); r.err != nil {
 			fail(r.err) // closes c, which ends copySocket below
 		} else {
 			r.timer = time.AfterFunc(halfClose, func() { fail(errHalfCloseTimeout) })
@@ -92,22 +92,15 @@ func abortTCP(st *usl.Stream, c *net.TCPConn, cause error) {
 	st.Close()
 }
 
-// copyHalf copies src to dst until src ends. On EOF it half-closes dst and
-// returns nil; any other error is returned. wait blocks until src has data
-// (or an EOF or error) pending, so a buffer is taken from the pool only for
-// data that is already there.
-func copyHalf(pool *bufpool.Pool, dst halfCloser, src io.Reader, wait func() error) error {
-	if err := splice.Copy(dst, src, pool, wait); err != nil {
+// copyStream copies the stream to dst until the stream's FIN, then
+// half-closes dst; any other error is returned. The stream writes its
+// received buffers to dst itself (usl.Stream.WriteTo, through splice.Copy):
+// no relay buffer, no copy into one, and an idle flow blocks holding none.
+func copyStream(pool *bufpool.Pool, dst halfCloser, st *usl.Stream) error {
+	if err := splice.Copy(dst, st, pool, nil); err != nil {
 		return err
 	}
 	return dst.CloseWrite()
-}
-
-// waitStream blocks until the stream has data, its FIN or an error pending:
-// a usl.Stream's Read with an empty buffer waits without consuming anything.
-func waitStream(st *usl.Stream) error {
-	_, err := st.Read(nil)
-	return err
 }
 
 // copySocket copies the socket c to dst until c's EOF, then half-closes

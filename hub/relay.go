@@ -71,7 +71,7 @@ func (l *Live) forward(ctx context.Context, st *usl.Stream, dst flow.Dest) bool 
 func spliceStreams(pool *bufpool.Pool, a, b *usl.Stream) {
 	done := make(chan error, 2)
 	half := func(dst, src *usl.Stream) {
-		err := splice.Copy(dst, src, pool, func() error { _, err := src.Read(nil); return err })
+		err := splice.Copy(dst, src, pool, nil) // src writes its buffers to dst itself (usl.Stream.WriteTo)
 		if err == nil {
 			err = dst.CloseWrite()
 		}

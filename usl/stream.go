@@ -41,6 +41,7 @@ type Stream struct {
 	rq         []chunk // received bytes; rq[rqHead:] are unread
 	rqHead     int
 	rbuffered  int    // unread payload bytes
+	rheld      int    // bytes WriteTo took out of rq and is writing: not consumed yet
 	rmem       int    // allocation of rq's buffers, charged to the session's RecvBuffer
 	consumed   uint64 // bytes read by the application (or discarded)
 	advertised uint64 // the credit limit we granted the peer
@@ -248,6 +249,74 @@ func (st *Stream) Read(b []byte) (int, error) {
 			return 0, os.ErrDeadlineExceeded
 		}
 	}
+}
+
+// WriteTo writes what the stream receives to w until the peer's FIN, and
+// then returns nil (io.WriterTo, as io.Copy expects). It returns a
+// *ResetError after a reset, ErrStreamClosed after Close,
+// os.ErrDeadlineExceeded after the read deadline, and w's error if w
+// failed. Each received buffer goes to w as it is, outside the session's
+// lock: there is no copy into a buffer of the caller's, and while nothing
+// arrives the caller blocks holding no buffer at all. A buffer counts as
+// consumed, and its credit is granted to the peer, once w has taken it; if
+// w fails, the bytes of that buffer it did not take are lost, as with a Read
+// whose bytes the caller could not write.
+func (st *Stream) WriteTo(w io.Writer) (int64, error) {
+	s := st.s
+	var total int64
+	for {
+		if isClosed(st.rdl.wait()) {
+			return total, os.ErrDeadlineExceeded
+		}
+		s.mu.Lock()
+		c, done, err := st.takeLocked()
+		if done && (err != nil || st.rbuffered > 0) {
+			wake(st.rwake) // as in Read: another reader sees the rest or the end
+		}
+		s.unlock()
+		switch {
+		case c.buf != nil:
+			n, werr := w.Write((*c.buf)[c.off:c.end])
+			total += int64(n)
+			s.mu.Lock()
+			st.rheld -= c.end - c.off
+			st.consumed += uint64(c.end - c.off)
+			st.releaseLocked(c.buf)
+			st.creditLocked()
+			s.unlock()
+			if werr != nil {
+				return total, werr
+			}
+			continue
+		case done && err == io.EOF:
+			return total, nil
+		case done:
+			return total, err
+		}
+		select {
+		case <-st.rwake:
+		case <-st.rdl.wait():
+			return total, os.ErrDeadlineExceeded
+		}
+	}
+}
+
+// takeLocked is one attempt of WriteTo: the next unread buffer, taken out
+// of rq and counted in rheld, or the stream's end (done), or nothing yet.
+func (st *Stream) takeLocked() (c chunk, done bool, err error) {
+	if st.rbuffered == 0 || st.closed {
+		_, done, err = st.tryReadLocked(nil)
+		return chunk{}, done, err
+	}
+	c = st.rq[st.rqHead]
+	st.rq[st.rqHead] = chunk{}
+	st.rqHead++
+	if st.rqHead == len(st.rq) {
+		st.rq, st.rqHead = st.rq[:0], 0
+	}
+	st.rbuffered -= c.end - c.off
+	st.rheld += c.end - c.off
+	return c, false, nil
 }
 
 // tryReadLocked is one attempt of Read; done=false means wait.
@@ -470,7 +539,7 @@ func (st *Stream) deliverLocked(data *[]byte) bool {
 		st.sendResetLocked(ResetAborted, true)
 		return false
 	}
-	if st.consumed+uint64(st.rbuffered+n) > st.advertised {
+	if st.consumed+uint64(st.rbuffered+st.rheld+n) > st.advertised {
 		// The peer overran the credit we granted: abort the stream, not
 		// the session, which is healthy.
 		s.logLocked(slog.LevelWarn, "peer overran stream credit", "stream", st.id)

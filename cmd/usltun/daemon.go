@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -337,6 +338,14 @@ var _ flow.Conn = streamConn{}
 
 func (c streamConn) Read(b []byte) (int, error) {
 	n, err := c.Stream.Read(b)
+	return n, flowError(err)
+}
+
+// WriteTo is the stream's (usl.Stream.WriteTo, which splice.Copy uses to
+// spare a copy), with the stream's own errors translated as Read's are; w's
+// errors are returned as they are.
+func (c streamConn) WriteTo(w io.Writer) (int64, error) {
+	n, err := c.Stream.WriteTo(w)
 	return n, flowError(err)
 }
 

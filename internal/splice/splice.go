@@ -6,12 +6,15 @@
 // thousands of idle flows pin almost nothing: with a wait function a pooled
 // buffer is borrowed for one read of data that is already there; without
 // one, an idle direction blocks in a small buffer of its own and borrows a
-// pooled buffer only while its reads keep filling the small one.
+// pooled buffer only while its reads keep filling the small one. A source
+// that writes its own received buffers (a usl.Stream's WriteTo) takes no
+// buffer of Copy's at all.
 package splice
 
 import (
 	"errors"
 	"io"
+	"syscall"
 
 	"github.com/usltun/usltun/internal/bufpool"
 	"github.com/usltun/usltun/usl"
@@ -50,7 +53,19 @@ func IsWrite(err error) bool {
 //
 // wait, if not nil, blocks until src has data, its EOF or an error pending,
 // without consuming it; io.EOF from wait ends the copy like EOF from src.
+//
+// A src that writes its own buffers (io.WriterTo: a usl.Stream, or a front
+// end's wrapper of one) is asked to, and needs neither pool nor wait: it
+// hands each received buffer to dst without a copy into one of Copy's, and
+// blocks holding none while idle. Kernel sockets and files (syscall.Conn)
+// are read here even though *net.TCPConn has a WriteTo: it copies through a
+// 32 KiB buffer of its own, which an idle flow would pin.
 func Copy(dst io.Writer, src io.Reader, pool *bufpool.Pool, wait func() error) error {
+	if wt, ok := src.(io.WriterTo); ok {
+		if _, kernel := src.(syscall.Conn); !kernel {
+			return copyTo(dst, wt)
+		}
+	}
 	if wait != nil {
 		return copyWaiting(dst, src, pool, wait)
 	}
@@ -84,6 +99,32 @@ func Copy(dst io.Writer, src io.Reader, pool *bufpool.Pool, wait func() error) e
 			big, buf = nil, small[:]
 		}
 	}
+}
+
+// copyTo is Copy from a source that writes to dst itself; dst's errors
+// become *WriteError, as in the other copies.
+func copyTo(dst io.Writer, src io.WriterTo) error {
+	w := &recordingWriter{w: dst}
+	_, err := src.WriteTo(w)
+	if w.err != nil {
+		return &WriteError{w.err}
+	}
+	return err
+}
+
+// recordingWriter remembers the error of its writer, so copyTo can tell
+// the destination's failure from the source's.
+type recordingWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (r *recordingWriter) Write(b []byte) (int, error) {
+	n, err := r.w.Write(b)
+	if err != nil {
+		r.err = err
+	}
+	return n, err
 }
 
 func copyWaiting(dst io.Writer, src io.Reader, pool *bufpool.Pool, wait func() error) error {

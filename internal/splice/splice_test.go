@@ -64,19 +64,56 @@ func TestCopyErrors(t *testing.T) {
 	if !errors.Is(err, errSrc) || IsWrite(err) || dst.String() != "abc" {
 		t.Fatalf("source error: %v, wrote %q", err, dst.String())
 	}
-	err = Copy(failWriter{}, bytes.NewReader([]byte("x")), &pool, nil)
+	err = Copy(failWriter{}, readerOnly{bytes.NewReader([]byte("x"))}, &pool, nil)
 	if !errors.Is(err, errDst) || !IsWrite(err) {
 		t.Fatalf("destination error: %v", err)
 	}
-	err = Copy(failWriter{}, bytes.NewReader([]byte("x")), &pool, func() error { return nil })
+	err = Copy(failWriter{}, readerOnly{bytes.NewReader([]byte("x"))}, &pool, func() error { return nil })
 	if !errors.Is(err, errDst) || !IsWrite(err) {
 		t.Fatalf("destination error, waiting: %v", err)
 	}
 	// wait's EOF ends cleanly, its other errors are returned.
-	if err := Copy(&dst, bytes.NewReader(nil), &pool, func() error { return io.EOF }); err != nil {
+	if err := Copy(&dst, readerOnly{bytes.NewReader(nil)}, &pool, func() error { return io.EOF }); err != nil {
 		t.Fatalf("wait EOF: %v", err)
 	}
-	if err := Copy(&dst, bytes.NewReader(nil), &pool, func() error { return errSrc }); !errors.Is(err, errSrc) {
+	if err := Copy(&dst, readerOnly{bytes.NewReader(nil)}, &pool, func() error { return errSrc }); !errors.Is(err, errSrc) {
 		t.Fatalf("wait error: %v", err)
+	}
+}
+
+// readerOnly hides a reader's WriteTo, so Copy reads it into its buffers.
+type readerOnly struct{ io.Reader }
+
+// writerToSource writes data, then fails with err; Read must not be used.
+type writerToSource struct {
+	data []byte
+	err  error
+}
+
+func (s writerToSource) Read([]byte) (int, error) { panic("Copy read a WriterTo source") }
+func (s writerToSource) WriteTo(w io.Writer) (int64, error) {
+	n, err := w.Write(s.data)
+	if err != nil {
+		return int64(n), err
+	}
+	return int64(n), s.err
+}
+
+// TestCopyWriterTo: a source with WriteTo writes to dst itself, whatever
+// wait says; the destination's errors are *WriteError, the source's are
+// not, and its nil (EOF) ends cleanly.
+func TestCopyWriterTo(t *testing.T) {
+	var pool bufpool.Pool
+	errSrc := errors.New("src broke")
+	never := func() error { t.Fatal("Copy waited on a WriterTo source"); return nil }
+	var dst bytes.Buffer
+	if err := Copy(&dst, writerToSource{data: []byte("abc")}, &pool, never); err != nil || dst.String() != "abc" {
+		t.Fatalf("clean end: %v, wrote %q", err, dst.String())
+	}
+	if err := Copy(&dst, writerToSource{data: []byte("d"), err: errSrc}, &pool, nil); !errors.Is(err, errSrc) || IsWrite(err) {
+		t.Fatalf("source error: %v", err)
+	}
+	if err := Copy(failWriter{}, writerToSource{data: []byte("x")}, &pool, nil); !errors.Is(err, errDst) || !IsWrite(err) {
+		t.Fatalf("destination error: %v", err)
 	}
 }
