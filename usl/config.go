@@ -32,7 +32,7 @@ type Config struct {
 	StreamWindow       int           // per-stream credit window a stream starts with (announced in the handshake); default 256 KiB
 	MaxStreamWindow    int           // largest a stream's window grows to (auto-tuning); default 4 MiB, at least StreamWindow
 	MaxStreams         int           // open streams per session; default 4096
-	MaxFrame           int           // largest data payload per frame; default 65519 (one record), at least 4096
+	MaxFrame           int           // largest data payload per frame; default 65504 (a 64 KiB buffer with its header, one record), at least 4096
 	RecvBuffer         int           // bytes of receive buffers per session, counted as allocated; default 64 MiB
 	ControlBuffer      int           // bytes of unacked control frames the peer's input made us queue; default 2 MiB
 	MaxSessionsPerKey  int           // listener: live sessions per peer key; a new one replaces the oldest; default 4
@@ -93,11 +93,14 @@ const (
 	// is bounded by a quarter of RecvBuffer.
 	DefaultMaxStreamWindow = 4 << 20
 	DefaultMaxStreams      = 4096
-	// DefaultMaxFrame is the largest payload one record carries
-	// (maxRecordPlain): a full DATA frame's payload is sealed and opened
-	// as exactly one record, straight from and into its buffer, and its
-	// header rides in the record of the small frames before it.
-	DefaultMaxFrame = maxRecordPlain
+	// DefaultMaxFrame makes a full DATA frame, its 32-byte header
+	// included, exactly one 64 KiB buffer of the pool: 65519 bytes, the
+	// most one record carries, put the frame in a 128 KiB buffer (the next
+	// size class), so replay memory was twice the bytes it held. Its payload
+	// is still sealed and opened as exactly one record, straight from and
+	// into its buffer, and its header rides in the record of the small
+	// frames before it.
+	DefaultMaxFrame = 1<<16 - headerLen
 	// MinMaxFrame is the floor of MaxFrame and of the max frame a peer
 	// announces: a peer asking for tiny frames would make every byte cost
 	// a header, a record and a buffer.

@@ -43,7 +43,8 @@
 // 64-bit session seq, kept in the replay buffer until acked); ACK, PING,
 // PONG, SACK and REKEY are not. Every frame carries the cumulative ack;
 // stream frames carry their per-stream sseq, which the receiver checks.
-// A full DATA frame's payload (MaxFrame 65519) is exactly one record.
+// A full DATA frame's payload (MaxFrame 65504: with its header, one 64 KiB
+// buffer) is exactly one record.
 // Paths rekey in band with a fresh X25519 exchange after RekeyInterval
 // (120 s) or RekeyRecords (2^30), without stalling data.
 //
@@ -72,7 +73,7 @@
 // ControlBuffer 2 MiB of unacked control frames the peer caused,
 // StreamWindow 256 KiB credit per stream to start with, grown for a fast
 // reader up to MaxStreamWindow 4 MiB (within RecvBuffer/4 for all streams
-// of a session), MaxStreams 4096, MaxFrame 65519
+// of a session), MaxStreams 4096, MaxFrame 65504
 // (at least 4096), MaxSessionsPerKey 4, MaxPathsPerSession 8,
 // PendingHandshakes 512, HandshakeRate 10/s per source prefix. Every
 // default is an exported constant in config.go.

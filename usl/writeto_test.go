@@ -112,3 +112,17 @@ func TestWriteToErrors(t *testing.T) {
 type failingWriter struct{ err error }
 
 func (f failingWriter) Write([]byte) (int, error) { return 0, f.err }
+
+// TestFullFrameBuffer: a full DATA frame with its header fits one 64 KiB
+// buffer of the pool (not the next class, which would double replay memory)
+// and its payload one record.
+func TestFullFrameBuffer(t *testing.T) {
+	var p bufPool
+	b := p.get(headerLen + DefaultMaxFrame)
+	if cap(*b) != 1<<16 {
+		t.Fatalf("a full frame of %d bytes takes a %d-byte buffer, want 65536", headerLen+DefaultMaxFrame, cap(*b))
+	}
+	if DefaultMaxFrame > maxRecordPlain {
+		t.Fatalf("DefaultMaxFrame %d is more than one record (%d)", DefaultMaxFrame, maxRecordPlain)
+	}
+}
