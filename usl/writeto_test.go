@@ -1,6 +1,7 @@
 package usl
 
 import (
+	"context"
 	"crypto/sha256"
 	"errors"
 	"io"
@@ -124,5 +125,63 @@ func TestFullFrameBuffer(t *testing.T) {
 	}
 	if DefaultMaxFrame > maxRecordPlain {
 		t.Fatalf("DefaultMaxFrame %d is more than one record (%d)", DefaultMaxFrame, maxRecordPlain)
+	}
+}
+
+// gateWriter blocks every Write until release is closed, after telling
+// started that a write began.
+type gateWriter struct {
+	started chan struct{}
+	release chan struct{}
+}
+
+func (g *gateWriter) Write(b []byte) (int, error) {
+	select {
+	case g.started <- struct{}{}:
+	default:
+	}
+	<-g.release
+	return len(b), nil
+}
+
+// TestHostileOverrunWhileHeld: a buffer WriteTo is still writing counts
+// against the peer's credit. A peer that sends one byte past its credit
+// while the reader's destination holds most of the window gets the stream
+// reset, as it would with those bytes still queued.
+func TestHostileOverrunWhileHeld(t *testing.T) {
+	const window = 64 << 10
+	l, ck, sk, rec := hostileListener(t, func(c *Config) { c.StreamWindow = window })
+	p := dialRaw(t, l.Addr().String(), ck.priv, sk.pub, newSessionID())
+	defer p.close()
+	p.add(frameOpen, 1, nil)
+	p.flush()
+	s := acceptSession(t, l)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := s.AcceptStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Accept()
+
+	g := &gateWriter{started: make(chan struct{}, 1), release: make(chan struct{})}
+	done := make(chan error, 1)
+	go func() { _, err := st.WriteTo(g); done <- err }()
+	p.add(frameData, 1, make([]byte, DefaultMaxFrame))
+	p.flush()
+	select {
+	case <-g.started:
+	case <-time.After(5 * time.Second):
+		t.Fatal("WriteTo did not start writing the first frame")
+	}
+	// The rest of the window, then one byte past it.
+	p.add(frameData, 1, make([]byte, window-DefaultMaxFrame))
+	p.add(frameData, 1, []byte{1})
+	p.flush()
+	rec.wait(t, "peer overran stream credit")
+	close(g.release)
+	var re *ResetError
+	if err := <-done; !errors.As(err, &re) || re.Code != ResetAborted {
+		t.Fatalf("WriteTo after the overrun: %v, want the stream reset (aborted)", err)
 	}
 }
