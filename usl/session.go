@@ -399,7 +399,10 @@ func (s *Session) endStreamsLocked(err error, graceful bool) {
 	for _, st := range s.acceptQ.drainLocked() {
 		st.failLocked(err)
 	}
-	s.recvMem = 0
+	// recvMem is not zeroed: what is still charged is still allocated
+	// (buffers a graceful end leaves to be read, a buffer a WriteTo is
+	// writing), and each gives its charge back when released; a session
+	// that lives on after a fence must not start below zero.
 }
 
 func (s *Session) dropPathsLocked() {

@@ -269,6 +269,24 @@ func (st *Stream) WriteTo(w io.Writer) (int64, error) {
 			return total, os.ErrDeadlineExceeded
 		}
 		s.mu.Lock()
+		if st.gatherLocked() {
+			// Small buffers queued behind each other (a peer's small
+			// writes while w was slow) go out in one write, as Read
+			// would return them, not a write each.
+			b := s.pool.get(min(st.rbuffered, 1<<16))
+			n := st.readLocked(*b)
+			s.unlock()
+			m, werr := w.Write((*b)[:n])
+			s.pool.put(b)
+			total += int64(m)
+			if werr == nil && m < n {
+				werr = io.ErrShortWrite
+			}
+			if werr != nil {
+				return total, werr
+			}
+			continue
+		}
 		c, done, err := st.takeLocked()
 		if done && (err != nil || st.rbuffered > 0) {
 			wake(st.rwake) // as in Read: another reader sees the rest or the end
@@ -278,6 +296,9 @@ func (st *Stream) WriteTo(w io.Writer) (int64, error) {
 		case c.buf != nil:
 			n, werr := w.Write((*c.buf)[c.off:c.end])
 			total += int64(n)
+			if werr == nil && n < c.end-c.off {
+				werr = io.ErrShortWrite
+			}
 			s.mu.Lock()
 			st.rheld -= c.end - c.off
 			st.consumed += uint64(c.end - c.off)
@@ -299,6 +320,17 @@ func (st *Stream) WriteTo(w io.Writer) (int64, error) {
 			return total, os.ErrDeadlineExceeded
 		}
 	}
+}
+
+// gatherLocked reports whether WriteTo should copy what is queued into one
+// buffer rather than hand over the head buffer: when that is a small one
+// (at most a coalescing buffer) and more is queued behind it.
+func (st *Stream) gatherLocked() bool {
+	if st.closed || st.rbuffered == 0 {
+		return false
+	}
+	c := st.rq[st.rqHead]
+	return cap(*c.buf) <= coalesceBuf && st.rbuffered > c.end-c.off
 }
 
 // takeLocked is one attempt of WriteTo: the next unread buffer, taken out

@@ -185,3 +185,46 @@ func TestHostileOverrunWhileHeld(t *testing.T) {
 		t.Fatalf("WriteTo after the overrun: %v, want the stream reset (aborted)", err)
 	}
 }
+
+// countingGate counts writes and blocks the first one until release.
+type countingGate struct {
+	gateWriter
+	writes, bytes int
+}
+
+func (c *countingGate) Write(b []byte) (int, error) {
+	c.writes++
+	c.bytes += len(b)
+	if c.writes == 1 {
+		return c.gateWriter.Write(b)
+	}
+	return len(b), nil
+}
+
+// TestWriteToGathers: small payloads that queued while the destination
+// was busy go out in one write, as a Read would return them, not a write
+// each.
+func TestWriteToGathers(t *testing.T) {
+	ck, sk := newKeypair(t), newKeypair(t)
+	p := newTCPPair(t, fastCfg(t, ck, sk.pub), fastCfg(t, sk, ck.pub))
+	defer p.close()
+	a, b := openPair(t, p.client, p.server, "gather")
+	g := &countingGate{gateWriter: gateWriter{started: make(chan struct{}, 1), release: make(chan struct{})}}
+	done := make(chan error, 1)
+	go func() { _, err := b.WriteTo(g); done <- err }()
+	a.Write([]byte("first"))
+	<-g.started
+	const small, count = 100, 1000 // 100,000 bytes in 1,000 frames, 25 coalescing buffers
+	for range count {
+		a.Write(make([]byte, small))
+	}
+	waitFor(t, "all small frames received", func() bool { return p.server.Stats().BytesIn == 5+small*count })
+	close(g.release)
+	a.CloseWrite()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if g.bytes != 5+small*count || g.writes > 4 {
+		t.Fatalf("%d bytes in %d writes; want %d bytes in at most 4 (the first, then the queued ones gathered)", g.bytes, g.writes, 5+small*count)
+	}
+}

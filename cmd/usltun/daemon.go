@@ -342,8 +342,8 @@ func (c streamConn) Read(b []byte) (int, error) {
 }
 
 // WriteTo is the stream's (usl.Stream.WriteTo, which splice.Copy uses to
-// spare a copy), with the stream's own errors translated as Read's are; w's
-// errors are returned as they are.
+// spare a copy), with its errors translated as Read's are (a reset into a
+// flow.Error; other errors, w's among them, pass unchanged).
 func (c streamConn) WriteTo(w io.Writer) (int64, error) {
 	n, err := c.Stream.WriteTo(w)
 	return n, flowError(err)

@@ -23,7 +23,7 @@ import (
 const (
 	// ChunkSize is the largest read: one full USL data frame, which is
 	// sealed as one record. A read of 64 KiB would be a full frame plus a
-	// 17-byte one, each with its header, replay entry and ack.
+	// 32-byte one, each with its header, replay entry and ack.
 	ChunkSize = usl.DefaultMaxFrame
 	// idleBuf is the buffer a direction without a wait function blocks in
 	// while idle: idle flows must be cheap. It lives in the goroutine's
