@@ -114,11 +114,12 @@ func acceptSession(t *testing.T, l *Listener) *Session {
 	return s
 }
 
-// rawWithStream is a victim listener, a raw peer with a session on it, and
-// stream 1, which the raw peer opened and the victim accepted.
-func rawWithStream(t *testing.T, mod func(*Config)) (*rawPeer, *Session, *Stream) {
+// rawWithStream is a victim listener, a raw peer with a session on it,
+// stream 1, which the raw peer opened and the victim accepted, and the
+// victim's log.
+func rawWithStream(t *testing.T, mod func(*Config)) (*rawPeer, *Session, *Stream, *logRecorder) {
 	t.Helper()
-	l, ck, sk, _ := hostileListener(t, mod)
+	l, ck, sk, rec := hostileListener(t, mod)
 	p := dialRaw(t, l.Addr().String(), ck.priv, sk.pub, newSessionID())
 	t.Cleanup(p.close)
 	p.add(frameOpen, 1, nil)
@@ -131,7 +132,7 @@ func rawWithStream(t *testing.T, mod func(*Config)) (*rawPeer, *Session, *Stream
 		t.Fatal(err)
 	}
 	st.Accept()
-	return p, s, st
+	return p, s, st, rec
 }
 
 const mib = 1 << 20
@@ -205,7 +206,7 @@ func TestHostileTinyFrames(t *testing.T) {
 // one frame.
 func TestHostileAcksWithheld(t *testing.T) {
 	const budget = 8 << 10
-	p, s, st := rawWithStream(t, func(c *Config) { c.StreamWindow = 16 << 10; c.ControlBuffer = budget })
+	p, s, st, _ := rawWithStream(t, func(c *Config) { c.StreamWindow = 16 << 10; c.ControlBuffer = budget })
 	go io.Copy(io.Discard, st)
 	chunk := make([]byte, 4<<10)
 	peak := 0
@@ -401,7 +402,7 @@ func TestJoin(t *testing.T) {
 // TestStreamSeqChecked: a stream frame whose sseq is not the next one of
 // its stream kills the path with a protocol error.
 func TestStreamSeqChecked(t *testing.T) {
-	p, s, st := rawWithStream(t, nil)
+	p, s, st, _ := rawWithStream(t, nil)
 	p.add(frameData, 1, []byte("in order")) // sseq 1
 	p.sseq[1] = 7
 	p.add(frameData, 1, []byte("skips ahead"))

@@ -239,7 +239,7 @@ func TestMultipathFailoverReinjects(t *testing.T) {
 // path) is delivered at once; the other stream waits for its own frame
 // only.
 func TestMultipathNoHeadOfLine(t *testing.T) {
-	p, s, st1 := rawWithStream(t, nil)
+	p, s, st1, _ := rawWithStream(t, nil)
 	p.add(frameOpen, 3, nil)
 	p.flush()
 	var st3 *Stream

@@ -1,7 +1,6 @@
 package usl
 
 import (
-	"context"
 	"crypto/sha256"
 	"errors"
 	"io"
@@ -150,19 +149,7 @@ func (g *gateWriter) Write(b []byte) (int, error) {
 // reset, as it would with those bytes still queued.
 func TestHostileOverrunWhileHeld(t *testing.T) {
 	const window = 64 << 10
-	l, ck, sk, rec := hostileListener(t, func(c *Config) { c.StreamWindow = window })
-	p := dialRaw(t, l.Addr().String(), ck.priv, sk.pub, newSessionID())
-	defer p.close()
-	p.add(frameOpen, 1, nil)
-	p.flush()
-	s := acceptSession(t, l)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	st, err := s.AcceptStream(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st.Accept()
+	p, _, st, rec := rawWithStream(t, func(c *Config) { c.StreamWindow = window })
 
 	g := &gateWriter{started: make(chan struct{}, 1), release: make(chan struct{})}
 	done := make(chan error, 1)
