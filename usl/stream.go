@@ -276,29 +276,23 @@ func (st *Stream) WriteTo(w io.Writer) (int64, error) {
 			b := s.pool.get(min(st.rbuffered, 1<<16))
 			n := st.readLocked(*b)
 			s.unlock()
-			m, werr := w.Write((*b)[:n])
+			m, werr := writeFull(w, (*b)[:n])
 			s.pool.put(b)
 			total += int64(m)
-			if werr == nil && m < n {
-				werr = io.ErrShortWrite
-			}
 			if werr != nil {
 				return total, werr
 			}
 			continue
 		}
 		c, done, err := st.takeLocked()
-		if done && (err != nil || st.rbuffered > 0) {
-			wake(st.rwake) // as in Read: another reader sees the rest or the end
+		if done {
+			wake(st.rwake) // as in Read: another reader sees the end too
 		}
 		s.unlock()
 		switch {
 		case c.buf != nil:
-			n, werr := w.Write((*c.buf)[c.off:c.end])
+			n, werr := writeFull(w, (*c.buf)[c.off:c.end])
 			total += int64(n)
-			if werr == nil && n < c.end-c.off {
-				werr = io.ErrShortWrite
-			}
 			s.mu.Lock()
 			st.rheld -= c.end - c.off
 			st.consumed += uint64(c.end - c.off)
@@ -320,6 +314,16 @@ func (st *Stream) WriteTo(w io.Writer) (int64, error) {
 			return total, os.ErrDeadlineExceeded
 		}
 	}
+}
+
+// writeFull is w.Write with io.Copy's rule for a writer that took less
+// than all of b without saying why: io.ErrShortWrite.
+func writeFull(w io.Writer, b []byte) (int, error) {
+	n, err := w.Write(b)
+	if err == nil && n < len(b) {
+		err = io.ErrShortWrite
+	}
+	return n, err
 }
 
 // gatherLocked reports whether WriteTo should copy what is queued into one
