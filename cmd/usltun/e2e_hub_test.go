@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -594,43 +595,53 @@ func (l *hubLab) reload(t *testing.T) {
 // on C (runSink), so they share no Go scheduler with P14's rr client and
 // server in this process.
 //
-// P13's own side (its daemon and the helpers) runs at nice 19: in the lab
-// every host shares two cores, and P13 stands for another machine.
-// What the check measures is what P13's traffic costs the hub, not how
-// the lab's scheduler shares P13's processes with P14's.
+// Every lab host shares the machine's two cores, but P13 stands for a
+// machine of its own, so its side (its daemon and the helpers) runs
+// SCHED_IDLE: the kernel gives the others a core the moment they wake,
+// where nice 19 let a P13 thread finish its slice first. What the check
+// should measure is what P13's traffic costs the hub, not how the lab's
+// scheduler shares cores between the lab's processes.
 //
-// It fails on the development machine (2 cores shared with other test
-// runs, load average 5 to 12). The hub's per-peer max_opens (500/s) now
-// refuses 70 % of p13's connects before any work (they count: the budget
-// at work) and the hub's CPU in the flood fell from 1.5–1.9 s to
-// 0.8–1.4 s, but p14's p99 still goes past 2×: run alone (-run
-// TestE2EHub/isolation) 0.87 → 1.74, 2.75 → 3.28 ms (pass), 1.15 → 2.75,
-// 2.95 → 10.5 ms (fail); after the other checks, in the full test, 4 of 5
-// runs fail with the undisturbed p99 itself at 8–23 ms and the disturbed
-// at 39–128 ms. A direct rr from the hub's namespace to C, beside p14's,
-// stays at 0.2–0.6 ms in both phases, so the tail is in the tunnel's
-// processes, not the lab's links. So it runs only with
-// USLTUN_HUB_ISOLATION=1 until that is found and fixed
-// (docs/performance.md says what is known).
+// It still fails too often to be in make test, so it runs only with
+// USLTUN_HUB_ISOLATION=1. Measured on a quiet 2-core machine (ratio of
+// the disturbed p99 to the undisturbed, about 0.6 ms):
+//   - run alone (-run TestE2EHub/isolation): 1.6–2.4 with P13's side at
+//     nice 19, 1.1–2.7 at SCHED_IDLE; in the full test 1.6–2.5;
+//   - what stretches the tail is the lab's sharing of the cores between
+//     the hub and P14's own processes, not the hub's handling of P14:
+//     with P14's daemon and this process (P14's client, C's server) at
+//     SCHED_FIFO, as if each had a machine of its own, the ratio was
+//     0.85–1.24 in 4 runs of 4, and the hub's own goroutine scheduling
+//     latency (runtime/metrics /sched/latencies) stayed at a p99 of
+//     160–230 µs during the flood. SCHED_FIFO is not used here because
+//     a Go process at real-time priority can spin in the runtime's locks
+//     and starve the hub (seen once: 11 minutes of CPU in runtime.lock2);
+//     nice -20 (ratios 1.1–2.2) and pinning the hub to one core and P14's
+//     side to the other (1.3–1.8 alone, 2.7–2.9 in the full test) were
+//     not enough;
+//   - the check does see the hub: with max_opens off and 300 µs of work
+//     added to every open the hub accepts, the ratio was 3.0.
+//
+// docs/performance.md says what is known.
 func (l *hubLab) isolation(t *testing.T) {
 	if os.Getenv("USLTUN_HUB_ISOLATION") == "" {
-		t.Skip("the p99 within 2× check fails on a loaded 2-core machine (see the comment); set USLTUN_HUB_ISOLATION=1 to run it")
+		t.Skip("the p99 within 2× check fails too often on a 2-core lab (see the comment); set USLTUN_HUB_ISOLATION=1 to run it")
 	}
 	const (
 		rate     = 2000
-		duration = 6 * time.Second
+		duration = 10 * time.Second
 		rrEvery  = 20 * time.Millisecond
 	)
 	if err := l.links[12].RateLimit(100_000_000); err != nil {
 		t.Fatal(err)
 	}
-	base := l.verified(l.start(13, loadgen.Config{Mode: loadgen.RR, Interval: rrEvery, Duration: duration}),
-		30*time.Second, "p14 rr, undisturbed").Latency
-	if err := niceAll(l.spokes[12].Pid()); err != nil {
+	if err := schedAll(l.spokes[12].Pid(), unix.SchedAttr{Policy: unix.SCHED_IDLE}); err != nil {
 		t.Fatal(err)
 	}
+	base := l.verified(l.start(13, loadgen.Config{Mode: loadgen.RR, Interval: rrEvery, Duration: duration}),
+		30*time.Second, "p14 rr, undisturbed").Latency
 	l.sinkLoad = net.JoinHostPort(hubServer, fmt.Sprint(hubSinkLoadPort))
-	l.C.StartEnv(t, "sink", []string{floodEnv + "=sink," + l.connect + "," + l.sinkLoad}, "nice", "-n", "19", os.Args[0])
+	l.C.StartEnv(t, "sink", []string{floodEnv + "=sink," + l.connect + "," + l.sinkLoad}, "chrt", "--idle", "0", os.Args[0])
 	for _, a := range []string{l.connect, l.sinkLoad} {
 		if err := l.C.WaitDial("tcp", a, 10*time.Second); err != nil {
 			t.Fatal(err)
@@ -642,7 +653,7 @@ func (l *hubLab) isolation(t *testing.T) {
 		cpu[k], _ = p.CPUTime()
 	}
 	rr := l.start(13, loadgen.Config{Mode: loadgen.RR, Interval: rrEvery, Duration: duration})
-	flood := l.P[12].StartEnv(t, "flood", []string{fmt.Sprintf("%s=%s,%d,%v,%s", floodEnv, l.connect, rate, duration, l.sinkLoad)}, "nice", "-n", "19", os.Args[0])
+	flood := l.P[12].StartEnv(t, "flood", []string{fmt.Sprintf("%s=%s,%d,%v,%s", floodEnv, l.connect, rate, duration, l.sinkLoad)}, "chrt", "--idle", "0", os.Args[0])
 	if err := flood.Wait(duration + 20*time.Second); err != nil {
 		t.Errorf("flood helper: %v\n%s", err, flood.Output())
 	}
@@ -668,14 +679,16 @@ func (l *hubLab) isolation(t *testing.T) {
 	if achieved < 0.9*rate {
 		t.Errorf("the flood made %.0f connects/s, want %d/s", achieved, rate)
 	}
+	t.Logf("p14 slowest undisturbed %s; disturbed %s", slowest(base), slowest(got))
 	if got.P99 > 2*base.P99 {
 		t.Errorf("p14 rr p99 %v beside the flood, more than 2 × its undisturbed %v", got.P99, base.P99)
 	}
 }
 
-// niceAll sets every thread of pid to nice 19 (threads it starts later
-// inherit it).
-func niceAll(pid int) error {
+// schedAll sets the scheduling policy of every thread of pid (threads it
+// starts later inherit it).
+func schedAll(pid int, attr unix.SchedAttr) error {
+	attr.Size = unix.SizeofSchedAttr
 	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
 	if err != nil {
 		return err
@@ -685,8 +698,8 @@ func niceAll(pid int) error {
 		if _, err := fmt.Sscan(task.Name(), &tid); err != nil {
 			continue
 		}
-		if err := syscall.Setpriority(syscall.PRIO_PROCESS, tid, 19); err != nil && !errors.Is(err, syscall.ESRCH) {
-			return fmt.Errorf("nice thread %d of %d: %w", tid, pid, err)
+		if err := unix.SchedSetAttr(tid, &attr, 0); err != nil && !errors.Is(err, syscall.ESRCH) {
+			return fmt.Errorf("scheduling policy %d for thread %d of %d: %w", attr.Policy, tid, pid, err)
 		}
 	}
 	return nil
@@ -788,4 +801,13 @@ func runSink(addr, load string) int {
 		}
 		c.Close()
 	}
+}
+
+// slowest formats a run's slowest round trips.
+func slowest(l *loadgen.Latency) string {
+	var b strings.Builder
+	for _, s := range l.Slowest {
+		fmt.Fprintf(&b, " %v@%s", s.RTT.Round(10*time.Microsecond), s.At.Format("05.000"))
+	}
+	return b.String()
 }
