@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"golang.org/x/sys/unix"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/usltun/usltun/testenv"
 	"github.com/usltun/usltun/tools/loadgen"
+	"golang.org/x/sys/unix"
 )
 
 // The hub lab: one `usltun up` hub H reading [[peer]] sections, C behind it
